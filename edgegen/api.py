@@ -1,0 +1,221 @@
+"""The Python API: ``edgegen.load(...)`` returns a Generator that generates or streams text."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgegen import runtimes
+from edgegen.errors import EdgegenError
+from edgegen.manifest import Manifest, read_manifest
+from edgegen.models import choose_backend, resolve_model
+from edgegen.profiles import DeviceProfile, load_profile
+from edgegen.sampling import Sampler, SamplingConfig
+from edgegen.strategies import DecodeCounters, DecodeRequest, make_strategy
+from edgegen.tokenizer import Message, StreamDecoder, TextTokenizer
+
+# device -> profile used when none is named
+_DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server"}
+NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Timings and counts of one generation. Times in milliseconds."""
+
+    prompt_tokens: int
+    new_tokens: int
+    prefill_ms: float
+    ttft_ms: float  # request start to first new token
+    decode_ms: float  # first new token to last
+    tokens_per_s: float  # decode rate: (new_tokens - 1) / decode time
+    target_steps: int  # target forwards after prefill
+    tokens_per_step: float  # new tokens per target forward (1 for AR)
+    target_ms: float
+    draft_ms: float
+    draft_proposed: int
+    draft_accepted: int
+    acceptance_rate: float
+    strategy: str
+    backend: str
+    device: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # generated tokens only (EOS excluded)
+    prompt_token_ids: list[int]
+    stats: GenerationStats
+    finish_reason: str  # "eos" | "stop" | "length"
+    drafts: list[Any] = field(default_factory=list)  # multi-draft strategies
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class TextStream:
+    """Iterator of text pieces; ``result`` holds the GenerationResult once it is exhausted."""
+
+    def __init__(self, events: Iterator[str]) -> None:
+        self._events = events
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._events
+
+
+class Generator:
+    """A loaded model on one backend and device. Create with ``edgegen.load``."""
+
+    def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.session = session
+        self.profile = profile
+        self.tokenizer = TextTokenizer(folder, manifest)
+
+    @property
+    def backend(self) -> str:
+        return self.session.backend
+
+    def generate(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
+                 chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+                 **options: Any) -> GenerationResult:
+        """Generate a completion of ``prompt`` (a string, or chat messages [{"role", "content"}]).
+
+        ``chat`` applies the model's chat template (a string becomes one user message); ``strategy``
+        names a decode strategy ("ar" by default) and ``options`` go to it. Greedy when
+        ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty and ``seed``.
+        """
+        stream = self.stream(prompt, max_new_tokens, temperature, chat, strategy, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty, seed=seed, stop=stop, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
+               chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+               **options: Any) -> TextStream:
+        """Like ``generate`` but yields text pieces as they are final (never half a character).
+
+        The returned TextStream's ``result`` is set when iteration ends.
+        """
+        config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, seed=seed)
+        if isinstance(prompt, str) and not prompt.strip():
+            raise EdgegenError("prompt is empty")
+        if max_new_tokens < 1:
+            raise EdgegenError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prompt_ids = self.tokenizer.encode_prompt(prompt, chat)
+        limit = self.session.max_length
+        if len(prompt_ids) + max_new_tokens > limit:
+            raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                               f"the {limit} tokens this {self.session.device} session holds")
+        decoder = make_strategy(strategy, **options)
+        request = DecodeRequest(self.session, prompt_ids, Sampler(config), max_new_tokens)
+        stream = TextStream(iter(()))
+        stream._events = self._run(decoder, request, list(stop), stream)
+        return stream
+
+    def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream) -> Iterator[str]:
+        start = time.perf_counter()
+        first = None
+        eos = set(self.manifest.eos_token_ids)
+        text_stream = StreamDecoder(self.tokenizer)
+        hold = max((len(s) for s in stop), default=1) - 1  # text that may still become a stop string
+        tokens: list[int] = []
+        text, emitted, finish = "", 0, "length"
+        steps = decoder.decode(request)
+        try:
+            for new in steps:
+                if first is None:
+                    first = time.perf_counter()
+                for token in new:
+                    if token in eos:
+                        finish = "eos"
+                        break
+                    tokens.append(token)
+                    text += text_stream.push([token])
+                    if stop and (cut := _find_stop(text, stop, emitted - hold)) is not None:
+                        text, finish = text[:cut], "stop"
+                        break
+                    if len(tokens) >= request.max_new_tokens:
+                        break
+                if finish != "length" or len(tokens) >= request.max_new_tokens:
+                    break
+                safe = len(text) - hold
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+        finally:
+            steps.close()
+        if finish != "stop":
+            text += text_stream.flush()
+        if len(text) > emitted:
+            yield text[emitted:]
+        end = time.perf_counter()
+        stream.result = GenerationResult(text=text, token_ids=tokens, prompt_token_ids=request.prompt_ids,
+                                         stats=self._stats(decoder, request, len(tokens), start, first, end),
+                                         finish_reason=finish)
+
+    def _stats(self, decoder: Any, request: DecodeRequest, n: int, start: float, first: float | None,
+               end: float) -> GenerationStats:
+        c: DecodeCounters = request.counters
+        first = first if first is not None else end
+        decode_s = end - first
+        return GenerationStats(
+            prompt_tokens=len(request.prompt_ids), new_tokens=n, prefill_ms=c.prefill_s * 1e3,
+            ttft_ms=(first - start) * 1e3, decode_ms=decode_s * 1e3,
+            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
+            target_steps=c.target_steps, tokens_per_step=(n - 1) / c.target_steps if c.target_steps else 0.0,
+            target_ms=c.target_s * 1e3, draft_ms=c.draft_s * 1e3, draft_proposed=c.draft_proposed,
+            draft_accepted=c.draft_accepted,
+            acceptance_rate=c.draft_accepted / c.draft_proposed if c.draft_proposed else 0.0,
+            strategy=decoder.name, backend=self.session.backend, device=str(self.session.device))
+
+
+def _find_stop(text: str, stop: list[str], search_from: int) -> int | None:
+    """Index where the earliest stop string starts in text (searching only text not yet emitted)."""
+    hits = [i for s in stop if (i := text.find(s, max(0, search_from))) >= 0]
+    return min(hits) if hits else None
+
+
+def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
+         device: str | None = None, profile: str | None = None, max_length: int | None = None,
+         threads: int | None = None) -> Generator:
+    """Load a model for generation.
+
+    model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
+    a Hugging Face model folder or a .gguf file. backend: "onnxruntime", "openvino" or None to
+    pick the faster for the device (measured once). device: "CPU" (default), "GPU", "NPU", "CUDA",
+    "DML". profile: a device profile name (default: the one for the device).
+    """
+    if draft is not None:
+        raise EdgegenError("draft models are not supported yet (speculative decoding is not built)")
+    device = (device or (load_profile(profile).device if profile else "CPU")).upper()
+    if profile is None:
+        profile = _DEVICE_PROFILES.get(device, "cpu")
+    prof = load_profile(profile)
+    folder = resolve_model(model, prof)
+    manifest = read_manifest(folder)
+
+    def open_session(name: str) -> runtimes.Session:
+        options: dict[str, Any] = {"max_length": max_length, "threads": threads}
+        if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
+            options["npuw_devices"] = os.environ[NPUW_ENV]
+        return runtimes.open_session(folder, manifest, name, device=device, **options)
+
+    if backend is None:
+        backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)
+    runtimes.graph_format(backend)  # unknown backend -> clear error before loading anything
+    return Generator(folder, manifest, open_session(backend), prof)

@@ -1,0 +1,21 @@
+"""Autoregressive decoding: one target forward per token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+from edgegen.strategies.base import DecodeRequest, prefill, step
+
+
+class Autoregressive:
+    name: ClassVar[str] = "ar"
+
+    def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
+        history = list(request.prompt_ids)  # the repetition penalty sees prompt and output
+        logits = prefill(request)
+        while True:
+            token = request.sampler.pick(logits, history)
+            history.append(token)
+            yield [token]
+            logits = step(request, [token])[-1]

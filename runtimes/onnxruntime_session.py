@@ -1,0 +1,139 @@
+"""ONNX Runtime backend: GroupQueryAttention graphs with one preallocated, shared KV buffer.
+
+The graph reads ``past`` and writes ``present`` into the same [1, kv_heads, capacity, head_dim]
+buffer (IO binding), so no step copies the cache through Python; the attention mask's length tells
+the kernel how many slots are valid. Rollback is therefore free: shrink the length and the next
+forward overwrites the dropped slots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import Manifest
+
+# device name (CLI/profile) -> execution provider
+EXECUTION_PROVIDERS = {
+    "CPU": "CPUExecutionProvider",
+    "CUDA": "CUDAExecutionProvider",
+    "DML": "DmlExecutionProvider",
+    "OPENVINO": "OpenVINOExecutionProvider",
+}
+# where IO-bound tensors live for each provider
+_BUFFER_DEVICE = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+_INITIAL_CAPACITY = 512
+
+
+def available_devices() -> list[str]:
+    have = set(ort.get_available_providers())
+    return [d for d, ep in EXECUTION_PROVIDERS.items() if ep in have]
+
+
+class OnnxRuntimeSession:
+    """A Session (see runtimes.base) over an ONNX Runtime InferenceSession."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
+                 threads: int | None = None) -> None:
+        graph = manifest.graph("onnx")
+        if graph.kv.stateful or not graph.kv.shared_buffer:
+            raise EdgegenError(f"{folder}: the ONNX backend needs a shared-buffer KV graph; re-export the model")
+        provider = EXECUTION_PROVIDERS.get(device.upper())
+        if provider is None:
+            raise EdgegenError(f"unknown onnxruntime device '{device}' (known: {', '.join(EXECUTION_PROVIDERS)})")
+        if provider not in ort.get_available_providers():
+            raise EdgegenError(
+                f"device '{device}' is not present: onnxruntime has {', '.join(available_devices())}"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.manifest = manifest
+        self.device = provider
+        self._graph = graph
+        try:
+            self._session = ort.InferenceSession(str(folder / graph.path), options, providers=[provider])
+        except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
+            raise EdgegenError(f"cannot load {folder / graph.path}: {str(e).splitlines()[0]}") from None
+        self._buffer_device = _BUFFER_DEVICE.get(provider, "cpu")
+        self._kv_dtype = np.dtype(graph.kv.dtype)
+        self._limit = min(max_length or manifest.context_length, manifest.context_length)
+        self._binding = self._session.io_binding()
+        self._position = 0
+        # GPU caches cannot grow cheaply: allocate the whole length once.
+        self._allocate(self._limit if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, self._limit))
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def max_length(self) -> int:
+        return self._limit
+
+    def _allocate(self, capacity: int) -> None:
+        """(Re)allocate the KV buffers at ``capacity`` slots, keeping the first ``position`` entries."""
+        m = self.manifest
+        shape = (1, m.num_kv_heads, capacity, m.head_dim)
+        old = getattr(self, "_cache", None)
+        self._cache = []
+        for layer in range(m.num_layers):
+            pair = []
+            for i in range(2):
+                if self._buffer_device == "cpu":
+                    buf = np.zeros(shape, self._kv_dtype)
+                    if old is not None:
+                        buf[:, :, : self._position] = old[layer][i][:, :, : self._position]
+                    value = ort.OrtValue.ortvalue_from_numpy(buf)
+                    pair.append(buf)
+                else:
+                    value = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_dtype, self._buffer_device, 0)
+                    pair.append(value)
+                self._bind_kv(layer, i, value)
+            self._cache.append(pair)
+        self._capacity = capacity
+
+    def _bind_kv(self, layer: int, which: int, value: ort.OrtValue) -> None:
+        kv = self._graph.kv
+        past = (kv.past_key, kv.past_value)[which] % layer
+        present = (kv.present_key, kv.present_value)[which] % layer
+        # Same memory for input and output: the kernel appends the new entries in place.
+        self._binding.bind_ortvalue_input(past, value)
+        self._binding.bind_ortvalue_output(present, value)
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
+        n = ids.shape[1]
+        end = self._position + n
+        if end > self._limit:
+            raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
+        if end > self._capacity:
+            self._allocate(min(self._limit, max(end, 2 * self._capacity)))
+        names = self._graph.inputs
+        self._binding.bind_cpu_input(names["input_ids"], ids)
+        self._binding.bind_cpu_input(names["attention_mask"], np.ones((1, end), np.int64))
+        if self._buffer_device == "cpu":
+            logits = np.empty((1, n, self.manifest.vocab_size), np.float32)
+            self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+            self._session.run_with_iobinding(self._binding)
+        else:
+            self._binding.bind_output(self._graph.logits, "cpu")
+            self._session.run_with_iobinding(self._binding)
+            logits = self._binding.get_outputs()[0].numpy()
+        self._position = end
+        out = logits[0]
+        return out[-1:] if last_only else out
+
+    def trim(self, length: int) -> None:
+        if not 0 <= length <= self._position:
+            raise ValueError(f"cannot trim a cache of {self._position} tokens to {length}")
+        self._position = length
+
+    def reset(self) -> None:
+        self._position = 0

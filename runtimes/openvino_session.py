@@ -1,0 +1,127 @@
+"""OpenVINO native backend: stateful IR, the KV cache lives in the infer request's state.
+
+CPU and GPU take any number of tokens per call. The NPU runs through NPUW with static shapes
+(a prompt of at most max_prompt_len tokens, then one token per call up to min_response_len more).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import Manifest
+
+_core: ov.Core | None = None
+
+
+def core() -> ov.Core:
+    global _core
+    if _core is None:
+        _core = ov.Core()
+    return _core
+
+
+def available_devices() -> list[str]:
+    return list(core().available_devices)
+
+
+def _npu_config(static_shapes: dict[str, int]) -> dict[str, object]:
+    config: dict[str, object] = {
+        "NPU_USE_NPUW": "YES",
+        "NPUW_LLM": "YES",
+        "NPUW_LLM_MAX_PROMPT_LEN": static_shapes.get("max_prompt_len", 1024),
+        "NPUW_LLM_MIN_RESPONSE_LEN": static_shapes.get("min_response_len", 128),
+    }
+    return config
+
+
+class OpenVINOSession:
+    """A Session (see runtimes.base) over a compiled stateful OpenVINO model."""
+
+    backend = "openvino"
+
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
+                 threads: int | None = None, npuw_devices: str | None = None) -> None:
+        graph = manifest.graph("openvino")
+        if not graph.kv.stateful:
+            raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
+        device = device.upper()
+        present = available_devices()
+        # NPUW can place the NPU graph on the CPU (NPUW_DEVICES=CPU): the NPU path, tested without an NPU.
+        if device not in present and not (device == "NPU" and npuw_devices):
+            raise EdgegenError(f"device '{device}' is not present: OpenVINO has {', '.join(present)}")
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        self._static = device == "NPU"
+        self._limit = min(max_length or manifest.context_length, manifest.context_length)
+        if self._static:
+            shapes = manifest.static_shapes or {"max_prompt_len": 1024, "min_response_len": 128}
+            config = _npu_config(shapes)
+            if npuw_devices:
+                config["NPUW_DEVICES"] = npuw_devices
+            self._max_prompt = shapes.get("max_prompt_len", 1024)
+            self._limit = self._max_prompt + shapes.get("min_response_len", 128)
+        elif threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.manifest = manifest
+        self.device = device
+        self._graph = graph
+        try:
+            compiled = core().compile_model(str(folder / graph.path), device, config)
+        except RuntimeError as e:
+            raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
+        self._request = compiled.create_infer_request()
+        self._names = graph.inputs
+        self._beam_idx = np.zeros(1, np.int32)
+        self._position = 0
+        self._request.reset_state()
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def max_length(self) -> int:
+        return self._limit
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
+        n = ids.shape[1]
+        start, end = self._position, self._position + n
+        if end > self._limit:
+            raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
+        if self._static:
+            if start == 0 and n > self._max_prompt:
+                raise EdgegenError(f"prompt of {n} tokens exceeds the NPU graph's {self._max_prompt}")
+            if start > 0 and n > 1:
+                raise EdgegenError("the NPU static graph forwards one token at a time after the prompt")
+        names = self._names
+        inputs = {
+            names["input_ids"]: ids,
+            names["attention_mask"]: np.ones((1, end), np.int64),
+            names["position_ids"]: np.arange(start, end, dtype=np.int64).reshape(1, -1),
+            names["beam_idx"]: self._beam_idx,
+        }
+        self._request.infer(inputs)
+        self._position = end
+        logits = self._request.get_tensor(self._graph.logits).data[0]
+        # Copy: the request reuses its output memory on the next call.
+        return np.array(logits[-1:] if last_only else logits, np.float32)
+
+    def trim(self, length: int) -> None:
+        if not 0 <= length <= self._position:
+            raise ValueError(f"cannot trim a cache of {self._position} tokens to {length}")
+        if length == self._position:
+            return
+        if self._static:
+            raise EdgegenError("the NPU static graph cannot roll back its cache")
+        for state in self._request.query_state():
+            value = state.state.data  # [batch, kv_heads, seq, head_dim]
+            state.state = ov.Tensor(np.ascontiguousarray(value[:, :, :length]))
+        self._position = length
+
+    def reset(self) -> None:
+        self._request.reset_state()
+        self._position = 0
