@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the whole test suite (installs what it needs into .venv first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh export,dev
+exec .venv/bin/python -m pytest -q -rs "$@"
