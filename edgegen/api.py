@@ -19,7 +19,8 @@ from edgegen.strategies import DecodeCounters, DecodeRequest, make_strategy
 from edgegen.tokenizer import Message, StreamDecoder, TextTokenizer
 
 # device -> profile used when none is named
-_DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server"}
+_DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server",
+                    "DML": "cpu"}
 NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU
 
 
@@ -203,8 +204,10 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     if draft is not None:
         raise EdgegenError("draft models are not supported yet (speculative decoding is not built)")
     device = (device or (load_profile(profile).device if profile else "CPU")).upper()
+    if device not in _DEVICE_PROFILES:
+        raise EdgegenError(f"unknown device '{device}' (known: {', '.join(_DEVICE_PROFILES)})")
     if profile is None:
-        profile = _DEVICE_PROFILES.get(device, "cpu")
+        profile = _DEVICE_PROFILES[device]
     prof = load_profile(profile)
     folder = resolve_model(model, prof)
     manifest = read_manifest(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,8 +30,7 @@ def _export(source: str | None, out: Path, profile: DeviceProfile) -> Path:
     except ImportError as e:
         raise EdgegenError(f"exporting a model needs the export extras ({e.name} is missing): "
                            "pip install 'edgegen[export]'") from None
-    print(f"edgegen: first use of {source or DEFAULT_MODEL_NAME} on profile '{profile.name}': "
-          f"exporting to {out} (once)", file=sys.stderr)
+    # export_model validates the source first, then shows its stages: the one-time cost is visible.
     return export_model(source, out, profile=profile.name)
 
 

@@ -1,0 +1,228 @@
+"""Benchmark engines and the one timing loop they all share.
+
+Every engine (edgegen on each backend, every baseline) implements ``runtimes.baselines.TokenEngine``:
+``generate(prompt_ids, new_tokens, on_token)`` reports each new token through ``on_token``. ``measure``
+wraps that callback in one clock, so TTFT and decode rate mean the same thing for every engine:
+TTFT = call start to first token; decode rate = (tokens - 1) / (first token to last token).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import Manifest, is_model_folder, read_manifest
+from edgegen.runtimes.baselines import TokenCallback, TokenEngine
+
+PROMPT_SETS = ("code", "chat")
+EDGEGEN_BACKENDS = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One benchmark prompt: raw text (``chat`` False) or a user message for the chat template."""
+
+    id: str
+    prompt: str
+    chat: bool
+    category: str  # the prompt set it came from: "code" | "chat"
+
+
+@dataclass
+class Timing:
+    """One measured generation."""
+
+    tokens: list[int]
+    ttft_s: float  # call start to first token
+    decode_s: float  # first token to last token
+    engine_metrics: dict[str, float] = field(default_factory=dict)  # the engine's own figures
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode rate: (tokens - 1) / decode time (the first token belongs to TTFT)."""
+        return (len(self.tokens) - 1) / self.decode_s if len(self.tokens) > 1 and self.decode_s > 0 else 0.0
+
+
+@dataclass
+class Run:
+    """One engine on one prompt at one precision (one repeat)."""
+
+    engine: str
+    backend: str
+    weights: str
+    prompt_id: str
+    category: str
+    prompt_tokens: int
+    repeat: int
+    timing: Timing
+
+
+def load_prompts(which: str = "all", limit: int | None = None) -> list[Prompt]:
+    """The packaged prompt sets: "code", "chat" or "all"; ``limit`` keeps the first N of each set."""
+    names = PROMPT_SETS if which == "all" else (which,)
+    if any(n not in PROMPT_SETS for n in names):
+        raise EdgegenError(f"unknown prompt set '{which}' (known: {', '.join(PROMPT_SETS)}, all)")
+    prompts = []
+    for name in names:
+        text = resources.files("edgegen.bench").joinpath("prompts", f"{name}.jsonl").read_text()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        prompts += [Prompt(r["id"], r["prompt"], bool(r["chat"]), name) for r in rows[:limit]]
+    return prompts
+
+
+def measure(engine: TokenEngine, prompt_ids: list[int], new_tokens: int) -> Timing:
+    """THE timing loop: run ``engine`` once and time its tokens with one clock."""
+    stamps: list[float] = []
+    tokens: list[int] = []
+
+    def on_token(token: int) -> None:
+        stamps.append(time.perf_counter())
+        tokens.append(token)
+
+    start = time.perf_counter()
+    metrics = engine.generate(list(prompt_ids), new_tokens, on_token)
+    if len(tokens) != new_tokens:
+        raise EdgegenError(f"{engine.name} produced {len(tokens)} tokens, expected {new_tokens}")
+    return Timing(tokens, stamps[0] - start, stamps[-1] - stamps[0], dict(metrics or {}))
+
+
+class EdgegenEngine:
+    """edgegen's AR strategy on one backend, greedy, exactly ``new_tokens`` tokens (EOS ignored).
+
+    It drives the same strategy, sampler and session that ``Generator.generate`` uses, but from
+    token ids and without stopping at EOS (``generate`` takes text and has no ``ignore_eos``).
+    """
+
+    def __init__(self, folder: Path, backend: str, device: str = "CPU") -> None:
+        import edgegen
+
+        self.backend = backend
+        self.name = f"edgegen-{'ort' if backend == 'onnxruntime' else 'ov'}"
+        self._gen = edgegen.load(folder, backend=backend, device=device)
+
+    def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
+        from edgegen.sampling import Sampler, SamplingConfig
+        from edgegen.strategies import DecodeRequest, make_strategy
+
+        request = DecodeRequest(self._gen.session, list(prompt_ids), Sampler(SamplingConfig()), new_tokens)
+        steps = make_strategy("ar").decode(request)
+        produced = 0
+        try:
+            for new in steps:
+                for token in new[: new_tokens - produced]:
+                    on_token(token)
+                produced += min(len(new), new_tokens - produced)
+                if produced >= new_tokens:
+                    break
+        finally:
+            steps.close()
+        return {"prefill_ms": request.counters.prefill_s * 1e3}
+
+
+def _folder_weights(manifest: Manifest) -> str:
+    found = {g.weights for g in manifest.graphs.values()}
+    return found.pop() if len(found) == 1 else "/".join(sorted(found))
+
+
+def prepare_folders(model: str | None, weights: Sequence[str]) -> list[tuple[str, Path]]:
+    """(precision, exported folder) pairs to benchmark.
+
+    An exported folder (has edgegen.json) is used as is, at its own precision. The default model,
+    a Hugging Face folder or a .gguf file is exported once per precision, with both graph formats,
+    into ``cache_dir()/bench/<name>-<weights>`` and reused afterwards.
+    """
+    from edgegen.models import DEFAULT_MODEL_NAME, cache_dir
+
+    if model not in (None, "default") and is_model_folder(Path(model).expanduser()):
+        folder = Path(model).expanduser()
+        own = _folder_weights(read_manifest(folder))
+        if weights and set(weights) != {own}:
+            print(f"edgegen bench: {folder} is exported at {own}; ignoring --weights {'/'.join(weights)}",
+                  file=sys.stderr)
+        return [(own, folder)]
+    source = None if model in (None, "default") else str(Path(model).expanduser())
+    if source is not None and not Path(source).exists():
+        raise EdgegenError(f"model not found: {model}")
+    name = DEFAULT_MODEL_NAME if source is None else Path(source).stem
+    pairs = []
+    for w in weights or ("int8",):
+        out = cache_dir() / "bench" / f"{name}-{w}"
+        if not is_model_folder(out):
+            try:
+                from edgegen.export import export_model
+            except ImportError as e:
+                raise EdgegenError(f"exporting for the bench needs the export extras ({e.name} is missing): "
+                                   "pip install 'edgegen[export]'") from None
+            print(f"edgegen bench: exporting {name} at {w} to {out} (once)", file=sys.stderr)
+            export_model(source, out, formats=("onnx", "openvino"), weights=w)
+        pairs.append((w, out))
+    return pairs
+
+
+def encode_prompts(folder: Path, prompts: Sequence[Prompt]) -> dict[str, list[int]]:
+    """Token ids of every prompt (chat template applied where ``chat``), with the folder's tokenizer."""
+    from edgegen.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(folder, read_manifest(folder))
+    return {p.id: tokenizer.encode_prompt(p.prompt, p.chat) for p in prompts}
+
+
+def open_engines(folder: Path, baselines: bool, device: str = "CPU",
+                 note: Callable[[str], None] = print) -> list[TokenEngine]:
+    """edgegen on each backend whose graph the folder has, then the baselines (skips noted in one line)."""
+    from edgegen.runtimes.baselines import open_baselines
+
+    graphs = read_manifest(folder).graphs
+    engines: list[TokenEngine] = []
+    for backend in EDGEGEN_BACKENDS:
+        fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        if fmt not in graphs:
+            note(f"edgegen on {backend}: {folder} has no {fmt} graph, skipped")
+            continue
+        try:
+            engines.append(EdgegenEngine(folder, backend, device))
+        except (EdgegenError, ImportError) as e:
+            note(f"edgegen on {backend}: {e}, skipped")
+    if baselines:
+        opened, notes = open_baselines(folder, device)
+        engines += opened
+        for line in notes:
+            note(line)
+    return engines
+
+
+def run_precision(weights: str, folder: Path, prompts: Sequence[Prompt], new_tokens: int, repeats: int,
+                  warmup: int, baselines: bool, note: Callable[[str], None] = print) -> list[Run]:
+    """Every engine on every prompt at one precision: warm-up runs first, then the timed runs."""
+    from tqdm import tqdm
+
+    ids = encode_prompts(folder, prompts)
+    engines = open_engines(folder, baselines, note=note)
+    runs: list[Run] = []
+    total = len(engines) * (warmup + len(prompts) * repeats)
+    with tqdm(total=total, desc=f"bench {weights}", unit="run", file=sys.stderr, leave=False) as bar:
+        for engine in engines:
+            for i in range(warmup):
+                bar.set_postfix_str(f"{engine.name} warm-up")
+                measure(engine, ids[prompts[i % len(prompts)].id], new_tokens)
+                bar.update()
+            for prompt in prompts:
+                bar.set_postfix_str(f"{engine.name} {prompt.id}")
+                for r in range(repeats):
+                    timing = measure(engine, ids[prompt.id], new_tokens)
+                    runs.append(Run(engine.name, engine.backend, weights, prompt.id, prompt.category,
+                                    len(ids[prompt.id]), r, timing))
+                    bar.update()
+    return runs
+
+
+def median(values: Sequence[float]) -> float:
+    """Median, 0.0 for no values."""
+    return statistics.median(values) if values else 0.0

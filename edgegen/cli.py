@@ -1,0 +1,208 @@
+"""The ``edgegen`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from edgegen.errors import EdgegenError
+
+_WEIGHTS = ["fp32", "fp16", "int8", "int4"]
+
+
+def _model_options(f: Any) -> Any:
+    f = click.option("--model", default=None, help="Exported folder, HF folder or .gguf (default: SmolLM2-135M).")(f)
+    f = click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+                     help="Runtime (default: the faster for the device, measured once).")(f)
+    f = click.option("--device", default=None, help="CPU (default), GPU, NPU, CUDA, DML.")(f)
+    f = click.option("--profile", default=None, help="Device profile (default: the device's).")(f)
+    return f
+
+
+def _sampling_options(f: Any) -> Any:
+    f = click.option("--max-new-tokens", type=int, default=256, show_default=True)(f)
+    f = click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")(f)
+    f = click.option("--top-k", type=int, default=0, help="0 = off.")(f)
+    f = click.option("--top-p", type=float, default=1.0, help="1.0 = off.")(f)
+    f = click.option("--repetition-penalty", type=float, default=1.0)(f)
+    f = click.option("--seed", type=int, default=None)(f)
+    f = click.option("--stop", multiple=True, help="Stop string (repeatable).")(f)
+    return f
+
+
+def _load(model: str | None, backend: str | None, device: str | None, profile: str | None) -> Any:
+    import edgegen
+
+    return edgegen.load(model=model, backend=backend, device=device, profile=profile)
+
+
+def _stats_line(stats: Any) -> str:
+    return (f"[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, first token {stats.ttft_ms:.0f} ms, "
+            f"{stats.strategy} on {stats.backend}/{stats.device}]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgegen")
+def cli() -> None:
+    """edgegen: fast on-device generation with ONNX Runtime and OpenVINO."""
+
+
+@cli.command()
+@click.argument("prompt")
+@_model_options
+@_sampling_options
+@click.option("--strategy", default="ar", show_default=True, help="Decode strategy.")
+@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
+        max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
+        seed: int | None, stop: tuple[str, ...], strategy: str, raw: bool, as_json: bool) -> None:
+    """Generate a completion of PROMPT, streaming it to the terminal."""
+    gen = _load(model, backend, device, profile)
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
+                  top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+    if as_json:
+        click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
+        return
+    stream = gen.stream(prompt, **kwargs)
+    for piece in stream:
+        click.echo(piece, nl=False)
+    click.echo()
+    click.echo(_stats_line(stream.result.stats), err=True)
+
+
+@cli.command()
+@_model_options
+@_sampling_options
+@click.option("--system", default=None, help="System message.")
+def chat(model: str | None, backend: str | None, device: str | None, profile: str | None, max_new_tokens: int,
+         temperature: float, top_k: int, top_p: float, repetition_penalty: float, seed: int | None,
+         stop: tuple[str, ...], system: str | None) -> None:
+    """Interactive chat that keeps the conversation (/reset clears it, /exit or Ctrl-D leaves)."""
+    gen = _load(model, backend, device, profile)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    click.echo(f"chatting with {gen.manifest.name} on {gen.backend} ({'/reset, /exit'})", err=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            click.echo()
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = history[:1] if system else []
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        stream = gen.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+        click.echo("bot> ", nl=False)
+        for piece in stream:
+            click.echo(piece, nl=False)
+        click.echo()
+        history.append({"role": "assistant", "content": stream.result.text})
+
+
+@cli.command()
+@click.option("--model", default="default", show_default=True, help="'default', an HF folder or a .gguf file.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "both"]), default=None,
+              help="Graphs to build (default: the profile's, else both).")
+@click.option("--weights", type=click.Choice(_WEIGHTS), default=None, help="Weight precision (default: profile's).")
+@click.option("--sym", is_flag=True, default=None, help="Symmetric int4/int8 weights.")
+@click.option("--group-size", type=int, default=None, help="Quantization group size (-1: per channel).")
+@click.option("--device-profile", "profile", default=None, help="Shape the export for a device profile.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
+def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, group_size: int | None,
+           profile: str | None, out: str, no_quality_gate: bool) -> None:
+    """Export a model to ONNX and/or OpenVINO at a precision and shape for a device."""
+    from pathlib import Path
+
+    from edgegen.profiles import load_profile
+
+    if profile:
+        load_profile(profile)  # unknown profile: clear error before importing the exporters
+    try:
+        from edgegen.export import export_model
+    except ImportError as e:
+        raise EdgegenError(f"export needs the export extras ({e.name} is missing): pip install 'edgegen[export]'")
+    formats = None if fmt is None else (("onnx", "openvino") if fmt == "both" else (fmt,))
+    kwargs: dict[str, Any] = {"profile": profile, "quality_gate": not no_quality_gate}
+    for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size)):
+        if value is not None:
+            kwargs[key] = value
+    path = export_model(None if model == "default" else model, Path(out), **kwargs)
+    click.echo(f"exported to {path}")
+
+
+@cli.command()
+def devices() -> None:
+    """List runtimes, execution providers, devices present and the profile that applies."""
+    from edgegen import runtimes
+    from edgegen.api import _DEVICE_PROFILES
+    from edgegen.profiles import available_profiles
+
+    for name, version in runtimes.runtime_versions().items():
+        click.echo(f"{name} {version}")
+    for backend, found in runtimes.available_devices().items():
+        for device in found:
+            click.echo(f"  {backend:12s} {device:10s} profile: {_DEVICE_PROFILES.get(device, 'cpu')}")
+    click.echo(f"profiles: {', '.join(available_profiles())}")
+
+
+@cli.command()
+@click.option("--model", default="default", show_default=True,
+              help="'default' (exported per precision into the cache), an exported folder, an HF folder or .gguf.")
+@click.option("--weights", "weights", type=click.Choice(_WEIGHTS), multiple=True,
+              help="Precision to benchmark (repeatable; default int8). Ignored for an exported folder.")
+@click.option("--prompts", type=click.Choice(["code", "chat", "all"]), default="all", show_default=True)
+@click.option("--new-tokens", type=int, default=128, show_default=True, help="Tokens per run (EOS ignored).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Timed runs per prompt.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs per engine.")
+@click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
+@click.option("--no-baselines", is_flag=True, help="Skip openvino-genai and onnxruntime-genai.")
+@click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False))
+def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, repeats: int, warmup: int,
+          limit: int | None, no_baselines: bool, out: str) -> None:
+    """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
+    from pathlib import Path
+
+    from edgegen.bench import run_bench
+
+    run_bench(model=model, weights=weights or ("int8",), prompts=prompts, new_tokens=new_tokens, repeats=repeats,
+              warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
+              command="edgegen bench " + " ".join(sys.argv[1:][1:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+              echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="edgegen", standalone_mode=False)
+    except EdgegenError as e:
+        click.echo(f"error: {e}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script wrapper: exit with main()'s status."""
+    sys.exit(main())

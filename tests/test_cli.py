@@ -1,0 +1,103 @@
+"""The `edgegen` command line: a real run on the default model, and bad input handled in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def edgegen(*args: str, env: dict[str, str] | None = None, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"{prelude}import sys; from edgegen.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_run_default_model_json(int8_model: Path) -> None:
+    # --model omitted: the default model, found in EDGEGEN_CACHE where the fixture exported it.
+    proc = edgegen("run", "--json", "--max-new-tokens", "16", "--raw", "def add(a, b):")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["token_ids"]) == 16 and out["text"].strip()
+    assert out["stats"]["new_tokens"] == 16 and out["prompt_token_ids"]
+
+
+def test_run_streams_text_and_stats(int8_model: Path) -> None:
+    proc = edgegen("run", "--model", str(int8_model), "--max-new-tokens", "12", "Say hello.")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and "tokens/s" in proc.stderr
+
+
+def test_runtime_path_needs_no_torch(int8_model: Path) -> None:
+    block = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+    proc = edgegen("run", "--model", str(int8_model), "--max-new-tokens", "8", "Hi!", prelude=block)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def bad_folders(tmp_path: Path, int8_model: Path) -> dict[str, Path]:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "edgegen.json").write_text("{not json")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "edgegen.json").write_text((int8_model / "edgegen.json").read_text())
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(os.urandom(4096))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return {"corrupt": corrupt, "incomplete": incomplete, "fake": fake, "empty": empty}
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("missing", "model not found"),
+    ("corrupt", "corrupt manifest"),
+    ("incomplete", "is missing"),
+    ("fake", "gguf"),
+    ("empty", "not a model folder"),
+])
+def test_bad_model_is_one_clear_line(case: str, needle: str, bad_folders: dict[str, Path], tmp_path: Path) -> None:
+    model = bad_folders.get(case, tmp_path / "does-not-exist")
+    assert_one_line_error(edgegen("run", "--model", str(model), "hello"), needle)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--device", "NPU"], "not present"),
+    (["--device", "TPU"], "TPU"),
+    (["--profile", "toaster"], "unknown device profile"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--max-new-tokens", "100000"], "exceeds"),
+    (["--strategy", "telepathy"], "unknown strategy"),
+])
+def test_bad_options_are_one_clear_line(args: list[str], needle: str, int8_model: Path) -> None:
+    assert_one_line_error(edgegen("run", "--model", str(int8_model), *args, "hello"), needle)
+
+
+def test_empty_prompt(int8_model: Path) -> None:
+    assert_one_line_error(edgegen("run", "--model", str(int8_model), "   "), "prompt is empty")
+
+
+def test_export_bad_inputs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(edgegen("export", "--model", str(tmp_path / "nope.gguf"), "--out", str(out)), "not found")
+    assert_one_line_error(edgegen("export", "--device-profile", "toaster", "--out", str(out)), "unknown device profile")
+    assert not out.exists()
+
+
+def test_devices_lists_cpu() -> None:
+    proc = edgegen("devices")
+    assert proc.returncode == 0 and "CPU" in proc.stdout and "cpu" in proc.stdout

@@ -1,0 +1,57 @@
+"""The Session interface on both backends: rollback, cache growth, multi-token forwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegen.manifest import read_manifest
+from edgegen.runtimes import open_session
+
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+def _ids(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(200, 20000, size=n).astype(np.int64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trim_rolls_back_exactly(backend: str, fp32_model: Path) -> None:
+    session = open_session(fp32_model, read_manifest(fp32_model), backend)
+    prompt, cont = _ids(12), _ids(8, seed=1)
+    straight = session.forward(np.concatenate([prompt, cont]))[-len(cont):]
+
+    session.reset()
+    session.forward(prompt)
+    session.forward(_ids(5, seed=2))  # rejected draft tokens
+    session.trim(len(prompt))
+    assert session.position == len(prompt)
+    rolled = session.forward(cont)
+    np.testing.assert_allclose(rolled, straight, atol=2e-3)
+    assert (rolled.argmax(-1) == straight.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incremental_equals_one_pass_beyond_initial_capacity(backend: str, fp32_model: Path) -> None:
+    # 530 tokens crosses the ONNX session's first KV allocation (512 slots), forcing a regrow.
+    session = open_session(fp32_model, read_manifest(fp32_model), backend)
+    ids = _ids(530)
+    whole = session.forward(ids)
+    session.reset()
+    session.forward(ids[:505])
+    steps = np.concatenate([session.forward(ids[i:i + 1]) for i in range(505, 530)])
+    np.testing.assert_allclose(steps, whole[505:], atol=2e-3)
+    assert session.position == 530
+
+
+def test_last_only_and_limits(fp32_model: Path) -> None:
+    from edgegen.errors import EdgegenError
+
+    session = open_session(fp32_model, read_manifest(fp32_model), "onnxruntime", max_length=16)
+    assert session.forward(_ids(10), last_only=True).shape == (1, session.manifest.vocab_size)
+    with pytest.raises(EdgegenError, match="exceeds"):
+        session.forward(_ids(7))
+    with pytest.raises(ValueError):
+        session.trim(11)
