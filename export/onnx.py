@@ -1,0 +1,108 @@
+"""ONNX export through onnxruntime-genai's model builder (GroupQueryAttention + MatMulNBits graphs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import GraphInfo, KVCacheLayout
+
+ONNX_SUBDIR = "onnx"
+_ONNX_TO_NUMPY = {1: "float32", 10: "float16", 16: "bfloat16"}  # onnx.TensorProto element types
+_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
+
+
+def build_onnx(
+    hf_dir: Path,
+    model_folder: Path,
+    *,
+    weights: str,
+    sym: bool,
+    group_size: int,
+    execution_provider: str = "cpu",
+    cache_dir: Path,
+) -> GraphInfo:
+    """Build `model_folder/onnx/model.onnx` from an HF folder and describe it as a GraphInfo."""
+    if weights not in ("fp32", "fp16", "int8", "int4"):
+        raise EdgegenError(f"unsupported ONNX weight precision '{weights}' (fp32, fp16, int8, int4)")
+    quantized = weights in ("int8", "int4")
+    if quantized and group_size not in _BLOCK_SIZES:
+        raise EdgegenError(
+            f"ONNX {weights} needs a group size of {', '.join(map(str, _BLOCK_SIZES))} (MatMulNBits blocks); "
+            f"got {group_size}"
+        )
+    out = model_folder / ONNX_SUBDIR
+    extra = []
+    if quantized:
+        # The builder defaults to symmetric; edgegen's --sym defaults to asymmetric like NNCF, so be explicit.
+        extra = [f"block_size={group_size}", f"is_symmetric={'true' if sym else 'false'}"]
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    try:
+        from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+        # Importing the MatMulNBits quantizer runs logging.basicConfig(level=INFO) and it then logs
+        # every node (plus a spurious "Gather only supports 4 bits" ERROR for the tied embedding).
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
+    except Exception as e:
+        raise EdgegenError(f"the ONNX model builder (onnxruntime-genai) cannot be imported: {e}") from None
+    try:
+        opts = parse_extra_options(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), extra)
+        create_model(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), **opts)
+    except (NotImplementedError, ValueError) as e:
+        raise EdgegenError(
+            f"the ONNX builder cannot export this model ({weights}, {execution_provider}): {e}"
+        ) from None
+    finally:
+        root.setLevel(root_state[0])
+        root.handlers[:] = root_state[1]
+    if not (out / "model.onnx").is_file():
+        raise EdgegenError(f"the ONNX builder produced no model.onnx in {out}")
+    return describe_onnx(
+        model_folder,
+        weights=weights,
+        sym=sym,
+        group_size=group_size if quantized else 0,
+        execution_provider=execution_provider,
+    )
+
+
+def describe_onnx(
+    model_folder: Path, *, weights: str, sym: bool, group_size: int, execution_provider: str
+) -> GraphInfo:
+    """Read names and the KV dtype from the built graph and genai_config.json (never guessed)."""
+    import onnx
+
+    out = model_folder / ONNX_SUBDIR
+    genai = json.loads((out / "genai_config.json").read_text())
+    dec = genai["model"]["decoder"]
+    graph = onnx.load(str(out / dec["filename"]), load_external_data=False).graph
+    inputs = {i.name: i for i in graph.input}
+    past_key = dec["inputs"]["past_key_names"]
+    first_past = inputs.get(past_key % 0)
+    if first_past is None:
+        raise EdgegenError(f"built ONNX graph has no input {past_key % 0}")
+    elem = first_past.type.tensor_type.elem_type
+    kv = KVCacheLayout(
+        stateful=False,
+        shared_buffer=bool(genai.get("search", {}).get("past_present_share_buffer", False)),
+        past_key=past_key,
+        past_value=dec["inputs"]["past_value_names"],
+        present_key=dec["outputs"]["present_key_names"],
+        present_value=dec["outputs"]["present_value_names"],
+        dtype=_ONNX_TO_NUMPY.get(elem, "float32"),
+    )
+    roles = {r: dec["inputs"][r] for r in ("input_ids", "attention_mask", "position_ids") if r in dec["inputs"]}
+    return GraphInfo(
+        format="onnx",
+        path=f"{ONNX_SUBDIR}/{dec['filename']}",
+        weights=weights,
+        inputs=roles,
+        logits=dec["outputs"]["logits"],
+        kv=kv,
+        sym=sym if weights in ("int8", "int4") else False,
+        group_size=group_size,
+        execution_provider=execution_provider,
+    )

@@ -1,0 +1,119 @@
+"""OpenVINO export: optimum-intel builds a stateful fp32/fp16 IR, then NNCF compresses its weights.
+
+Compression is done here rather than through optimum-intel's quantization config so that edgegen's
+--sym/--group-size map one-to-one onto NNCF and the stage can be timed and reported on its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgegen.export.progress import warn
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import GraphInfo, KVCacheLayout
+
+OV_SUBDIR = "openvino"
+OV_MODEL = "openvino_model.xml"
+TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
+_ROLES = ("input_ids", "attention_mask", "position_ids", "beam_idx")
+
+
+def build_openvino_ir(hf_dir: Path, model_folder: Path, *, weights: str) -> Path:
+    """Export the stateful IR (fp16 only for weights=fp16; fp32 otherwise, compressed afterwards)."""
+    if weights not in ("fp32", "fp16", "int8", "int4"):
+        raise EdgegenError(f"unsupported OpenVINO weight precision '{weights}' (fp32, fp16, int8, int4)")
+    out = model_folder / OV_SUBDIR
+    try:
+        from optimum.exporters.openvino import main_export
+        from optimum.intel.openvino.configuration import OVConfig
+    except Exception as e:
+        raise EdgegenError(f"optimum-intel cannot be imported: {e}") from None
+    # An explicit float dtype keeps optimum-intel from applying its own default compression.
+    dtype = "fp16" if weights == "fp16" else "fp32"
+    try:
+        main_export(
+            model_name_or_path=str(hf_dir),
+            output=str(out),
+            task="text-generation-with-past",
+            ov_config=OVConfig(dtype=dtype),
+            stateful=True,
+            convert_tokenizer=True,
+            library_name="transformers",
+        )
+    except Exception as e:
+        raise EdgegenError(f"optimum-intel cannot export this model to OpenVINO: {type(e).__name__}: {e}") from None
+    if not (out / OV_MODEL).is_file():
+        raise EdgegenError(f"optimum-intel produced no {OV_MODEL} in {out}")
+    missing = [n for n in TOKENIZER_IRS if not (out / n).is_file()]
+    if missing:
+        # The runtime tokenizes with tokenizer.json; only openvino-genai's speculative pipeline needs these.
+        warn(f"OpenVINO tokenizer conversion failed ({', '.join(missing)} missing); the export is still usable")
+    return out / OV_MODEL
+
+
+def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_size: int) -> int:
+    """Compress the IR's weights in place with NNCF (int8 per-channel, int4 grouped); returns the group size used.
+
+    int8 in NNCF is per-channel only, so its group size is always -1. int4 layers whose input size is not
+    a multiple of the group (SmolLM2's 576) get the largest power-of-two group that divides it.
+    """
+    if weights not in ("int8", "int4"):
+        return 0
+    try:
+        import nncf
+        import openvino as ov
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+    except Exception as e:
+        raise EdgegenError(f"NNCF cannot be imported: {e}") from None
+    mode_name = f"{weights.upper()}_{'SYM' if sym else 'ASYM'}"
+    mode = nncf.CompressWeightsMode[mode_name]
+    kwargs: dict[str, object] = {"mode": mode, "ratio": 1.0}
+    used_group = -1
+    if weights == "int4":
+        used_group = group_size
+        kwargs["group_size"] = group_size
+        kwargs["advanced_parameters"] = AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+        )
+    core = ov.Core()
+    model = core.read_model(str(ir_path))
+    try:
+        compressed = nncf.compress_weights(model, **kwargs)
+    except Exception as e:
+        raise EdgegenError(f"NNCF weight compression ({mode_name}) failed: {type(e).__name__}: {e}") from None
+    # The .bin is memory-mapped by read_model: write beside it, then swap the files.
+    tmp = ir_path.with_name("compressed_" + ir_path.name)
+    ov.save_model(compressed, str(tmp), compress_to_fp16=False)
+    del model, compressed
+    for suffix in (".xml", ".bin"):
+        shutil.move(str(tmp.with_suffix(suffix)), str(ir_path.with_suffix(suffix)))
+    return used_group
+
+
+def describe_openvino(model_folder: Path, ir_path: Path, *, weights: str, sym: bool, group_size: int) -> GraphInfo:
+    """Read the IR's input/output names; KV lives in OpenVINO state, so there are no cache tensors."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(ir_path))
+    names = {n for p in model.inputs for n in p.get_names()}
+    inputs = {r: r for r in _ROLES if r in names}
+    if "input_ids" not in inputs:
+        raise EdgegenError(f"OpenVINO IR {ir_path.name} has no input_ids input (inputs: {sorted(names)})")
+    outputs = {n for p in model.outputs for n in p.get_names()}
+    if "logits" not in outputs:
+        raise EdgegenError(f"OpenVINO IR {ir_path.name} has no logits output")
+    stateful = len(model.get_sinks()) > 0
+    if not stateful:
+        raise EdgegenError(f"OpenVINO IR {ir_path.name} is not stateful; edgegen needs the KV cache in state")
+    return GraphInfo(
+        format="openvino",
+        path=str(ir_path.relative_to(model_folder)),
+        weights=weights,
+        inputs=inputs,
+        logits="logits",
+        kv=KVCacheLayout(stateful=True, shared_buffer=False),
+        sym=sym if weights in ("int8", "int4") else False,
+        group_size=group_size,
+    )

@@ -1,0 +1,279 @@
+"""`export_model`: source -> ONNX and/or OpenVINO graphs + tokenizer + edgegen.json, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgegen.export.progress import Stages, quiet, warn
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import GraphInfo, Manifest, is_model_folder
+
+FORMATS = ("onnx", "openvino")
+WEIGHTS = ("fp32", "fp16", "int8", "int4")
+DEFAULT_FORMATS = ("onnx", "openvino")
+DEFAULT_WEIGHTS = "int8"
+DEFAULT_GROUP_SIZE = 128
+# BOS by architecture when neither the GGUF nor the tokenizer files say: Gemma was trained with it,
+# Llama-family chat models such as SmolLM2 were not.
+_ADD_BOS_BY_TYPE = {"gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True}
+
+
+def export_model(
+    source: str | Path | None,
+    out_dir: Path,
+    *,
+    formats: Sequence[str] | None = None,
+    weights: str | None = None,
+    sym: bool | None = None,
+    group_size: int | None = None,
+    profile: str | None = None,
+    quality_gate: bool = True,
+    progress: bool = True,
+    execution_provider: str | None = None,
+) -> Path:
+    """Export `source` into the edgegen model folder `out_dir` and return its path.
+
+    source: None or "default" (the embedded SmolLM2 GGUF), a .gguf file, or a Hugging Face model folder.
+    formats/weights/sym/group_size/execution_provider: None takes the device profile's value when a
+    profile is given, else the built-in default (onnx+openvino, int8, asymmetric, group 128, cpu).
+    quality_gate: score every graph's perplexity against the fp32 torch model (flag, never fail).
+    The folder appears complete or not at all: everything is built in a hidden sibling and renamed.
+    """
+    from edgegen.export.source import resolve_source
+
+    out_dir = Path(out_dir).expanduser().resolve()
+    prof = None
+    if profile is not None:
+        from edgegen.profiles import load_profile
+
+        prof = load_profile(profile)
+    formats = tuple(formats if formats is not None else (prof.formats if prof else DEFAULT_FORMATS))
+    weights = weights if weights is not None else (prof.weights if prof else DEFAULT_WEIGHTS)
+    sym = sym if sym is not None else (prof.sym if prof else False)
+    if group_size is None:
+        group_size = prof.group_size if prof and prof.group_size > 0 else DEFAULT_GROUP_SIZE
+    ep = execution_provider or (prof.onnx_execution_provider if prof else "cpu")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise EdgegenError(f"unknown export format(s) {bad or '(none)'}: choose from {', '.join(FORMATS)}")
+    if weights not in WEIGHTS:
+        raise EdgegenError(f"unknown weight precision '{weights}': choose from {', '.join(WEIGHTS)}")
+
+    src = resolve_source(source)  # validates before any heavy import or work
+    check_output_dir(out_dir)
+    stages = Stages(progress, ["convert GGUF"] * (src.kind == "gguf") + _stage_names(formats, weights, quality_gate))
+    with quiet(not progress), atomic_folder(out_dir) as tmp:
+        manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages)
+        if prof is not None:
+            manifest = replace(manifest, profile=prof.name, static_shapes=dict(prof.static_shapes))
+        manifest.write(tmp)  # last: a folder with edgegen.json is a complete folder
+    stages.summary(out_dir)
+    return out_dir
+
+
+def _stage_names(formats: Sequence[str], weights: str, gate: bool) -> list[str]:
+    names: list[str] = []
+    for fmt in formats:
+        names.append(f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} ({weights})")
+        if fmt == "openvino" and weights in ("int8", "int4"):
+            names.append(f"compress OpenVINO weights ({weights})")
+    if gate:
+        names.append("quality gate")
+    return names
+
+
+def _export_into(
+    tmp: Path,
+    src: Any,
+    formats: Sequence[str],
+    weights: str,
+    sym: bool,
+    group_size: int,
+    ep: str,
+    quality_gate: bool,
+    stages: Stages,
+) -> Manifest:
+    """Fill `tmp` with graphs and tokenizer files; returns the manifest (not yet written)."""
+    from edgegen.export.source import copy_tokenizer_files, materialize_hf, source_sha256
+
+    work = tmp / ".work"  # scratch (HF conversion, builder cache); removed before the folder is published
+    work.mkdir()
+    if src.kind == "gguf":
+        with stages.stage("convert GGUF"):
+            hf_dir = materialize_hf(src, work / "hf")
+    else:
+        hf_dir = src.path
+    chat_template = copy_tokenizer_files(hf_dir, tmp)
+    manifest = _manifest_from_hf(hf_dir, src, chat_template)
+    graphs: dict[str, GraphInfo] = {}
+    for fmt in formats:
+        if fmt == "onnx":
+            from edgegen.export.onnx import build_onnx
+
+            with stages.stage(f"build ONNX ({weights})"):
+                graphs["onnx"] = build_onnx(
+                    hf_dir,
+                    tmp,
+                    weights=weights,
+                    sym=sym,
+                    group_size=group_size,
+                    execution_provider=ep,
+                    cache_dir=work / "onnx-cache",
+                )
+        else:
+            from edgegen.export.openvino import build_openvino_ir, compress_openvino_weights, describe_openvino
+
+            with stages.stage(f"build OpenVINO ({weights})"):
+                ir = build_openvino_ir(hf_dir, tmp, weights=weights)
+            used_group = 0
+            if weights in ("int8", "int4"):
+                with stages.stage(f"compress OpenVINO weights ({weights})"):
+                    used_group = compress_openvino_weights(ir, weights=weights, sym=sym, group_size=group_size)
+            graphs["openvino"] = describe_openvino(tmp, ir, weights=weights, sym=sym, group_size=used_group)
+    if quality_gate:
+        with stages.stage("quality gate"):
+            graphs = _run_gate(tmp, hf_dir, manifest, graphs, stages)
+    import edgegen
+
+    manifest = replace(
+        manifest,
+        graphs=graphs,
+        source={"kind": src.kind, "path": str(src.path), "sha256": source_sha256(src)},
+        edgegen_version=getattr(edgegen, "__version__", ""),
+    )
+    shutil.rmtree(work)
+    return manifest
+
+
+def _run_gate(
+    tmp: Path, hf_dir: Path, manifest: Manifest, graphs: dict[str, GraphInfo], stages: Stages
+) -> dict[str, GraphInfo]:
+    from edgegen.export import quality
+
+    ids = quality.gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos)
+    ppl_fp32 = quality.torch_perplexity(hf_dir, ids)
+    stages.note(f"perplexity on {len(ids)} tokens of '{quality.TEXT_ID}': fp32 torch {ppl_fp32:.3f}")
+    out: dict[str, GraphInfo] = {}
+    for fmt, g in graphs.items():
+        ppl = quality.graph_perplexity(tmp, g, ids, manifest.num_kv_heads, manifest.head_dim)
+        q = quality.gate_result(g.weights, ppl, ppl_fp32)
+        stages.note(f"{fmt} {g.weights}: {q['ppl']:.3f} (x{q['ratio']:.4f})" + ("  FLAGGED" if q["flagged"] else ""))
+        if q["flagged"]:
+            limit = quality.THRESHOLDS.get(g.weights, 1.10)
+            warn(
+                f"{fmt} {g.weights} perplexity {ppl:.3f} is {(q['ratio'] - 1) * 100:.1f}% above fp32 "
+                f"{ppl_fp32:.3f} (limit {(limit - 1) * 100:.0f}%): check its output"
+            )
+        out[fmt] = replace(g, quality=q)
+    return out
+
+
+def _manifest_from_hf(hf_dir: Path, src: Any, chat_template: str | None) -> Manifest:
+    """Architecture facts from the HF config (the same numbers both builders used)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(hf_dir))
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    heads = int(text.num_attention_heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    eos: list[int] = []
+    gen_path = hf_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    for value in (gen.get("eos_token_id"), getattr(text, "eos_token_id", None), getattr(cfg, "eos_token_id", None)):
+        for tok in value if isinstance(value, list) else [value]:
+            if isinstance(tok, int) and tok not in eos:
+                eos.append(tok)
+    bos = gen.get("bos_token_id", getattr(text, "bos_token_id", None))
+    return Manifest(
+        name=src.name,
+        architecture=text.model_type,
+        num_layers=int(text.num_hidden_layers),
+        hidden_size=int(text.hidden_size),
+        num_heads=heads,
+        num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(head_dim),
+        vocab_size=int(text.vocab_size),
+        context_length=int(getattr(text, "max_position_embeddings", 0) or 0),
+        bos_token_id=bos if isinstance(bos, int) else None,
+        eos_token_ids=eos,
+        add_bos=_decide_add_bos(hf_dir, src, text.model_type),
+        chat_template=chat_template,
+    )
+
+
+def _decide_add_bos(hf_dir: Path, src: Any, model_type: str) -> bool:
+    """GGUF metadata first, then the tokenizer's own setting, then a per-architecture default."""
+    if src.add_bos is not None:
+        return bool(src.add_bos)
+    try:
+        tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        tc = {}
+    if isinstance(tc.get("add_bos_token"), bool):
+        return tc["add_bos_token"]
+    try:
+        post = json.loads((hf_dir / "tokenizer.json").read_text()).get("post_processor") or {}
+    except (OSError, json.JSONDecodeError):
+        post = {}
+    if post.get("type") == "TemplateProcessing" and post.get("single", [{}])[0].get("SpecialToken"):
+        return True
+    return _ADD_BOS_BY_TYPE.get(model_type, False)
+
+
+# --- atomic output folder ---------------------------------------------------------------------------
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse to overwrite anything but an edgegen model folder (or an empty folder)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise EdgegenError(f"output path {out_dir} exists and is not a folder")
+    if any(out_dir.iterdir()) and not is_model_folder(out_dir):
+        raise EdgegenError(
+            f"output folder {out_dir} is not empty and not an edgegen model folder; refusing to replace it"
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden sibling folder; on success it replaces `out_dir`, on any failure it is removed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        check_output_dir(out_dir)  # again: something may have appeared while we worked
+        _publish(tmp, out_dir)
+    except BaseException:  # KeyboardInterrupt included: never leave half an export behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        os.replace(tmp, out_dir)
+        return
+    # Replace an older export: move it aside first so a failed rename can put it back.
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
