@@ -29,6 +29,7 @@ class Source:
     path: Path  # the .gguf file or the HF folder
     name: str  # display name for the manifest, e.g. "SmolLM2-135M-Instruct"
     add_bos: bool | None = None  # what the GGUF metadata says about BOS; None: unknown
+    tokenizer_model: str | None = None  # GGUF tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SPM)
 
 
 def default_model_source() -> Path:
@@ -81,11 +82,18 @@ def _gguf_source(path: Path) -> Source:
         if end > path.stat().st_size:
             raise ValueError("tensor data runs past the end of the file")
         add_bos = _gguf_field(reader, "tokenizer.ggml.add_bos_token")
+        tok_model = _gguf_field(reader, "tokenizer.ggml.model")
     except EdgegenError:
         raise
     except Exception as e:  # the gguf package raises ValueError, IndexError, struct errors, ...
         raise EdgegenError(f"{path} is not a readable GGUF model (corrupt or truncated: {e})") from None
-    return Source("gguf", path.resolve(), _name_from_gguf(path), None if add_bos is None else bool(add_bos))
+    return Source(
+        "gguf",
+        path.resolve(),
+        _name_from_gguf(path),
+        None if add_bos is None else bool(add_bos),
+        str(tok_model) if tok_model is not None else None,
+    )
 
 
 def _gguf_field(reader: object, key: str) -> object | None:
@@ -149,16 +157,17 @@ def materialize_hf(src: Source, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
-    _fix_gguf_tokenizer(dest, model.config, src.add_bos)
+    _fix_gguf_tokenizer(dest, model.config, src)
     return dest
 
 
-def _fix_gguf_tokenizer(folder: Path, config: object, add_bos: bool | None) -> None:
+def _fix_gguf_tokenizer(folder: Path, config: object, src: Source) -> None:
     """Make the GGUF-derived tokenizer files agree with the GGUF metadata.
 
-    transformers rebuilds the tokenizer with add_bos_token=true and eos = its BOS guess whatever the GGUF
-    says (SmolLM2: `add_bos_token: false`, eos `<|im_end|>`). onnxruntime-genai and openvino-tokenizers
-    read these files, so fix them here rather than in every consumer.
+    transformers rebuilds a Llama-architecture GGUF tokenizer as a CodeLlamaTokenizer whatever the GGUF
+    says: add_bos_token=true, eos = BOS, extra FIM tokens past the model's vocab, a SentencePiece-style
+    decoder. onnxruntime-genai (it picks its tokenizer from tokenizer_class: SmolLM2 encoded to -1 ids)
+    and openvino-tokenizers read these files, so fix them once here.
     """
     tj_path, tc_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
     if not tj_path.is_file() or not tc_path.is_file():
@@ -171,11 +180,26 @@ def _fix_gguf_tokenizer(folder: Path, config: object, add_bos: bool | None) -> N
     if isinstance(eos_id, int) and eos_id in id_to_token:
         tc["eos_token"] = id_to_token[eos_id]
         tc["eos_token_id"] = eos_id
-    if add_bos is False:
-        tc["add_bos_token"] = False
-        # The post-processor is what actually prepends BOS in a fast tokenizer.
-        if (tj.get("post_processor") or {}).get("type") == "TemplateProcessing":
-            tj["post_processor"] = None
+    if src.add_bos is not None:
+        tc["add_bos_token"] = src.add_bos
+    if src.add_bos is False and (tj.get("post_processor") or {}).get("type") == "TemplateProcessing":
+        tj["post_processor"] = None  # the post-processor is what actually prepends BOS
+    if src.tokenizer_model == "gpt2":
+        # Byte-level BPE (SmolLM2): restore what the original HF tokenizer files say.
+        vocab = int(getattr(config, "vocab_size", 0) or 0)
+        if vocab:
+            tj["added_tokens"] = [t for t in tj.get("added_tokens", []) if t["id"] < vocab]
+        tj["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        for key in ("prefix_token", "middle_token", "suffix_token", "eot_token", "fill_token", "legacy"):
+            tc.pop(key, None)
+        kept = {t["content"] for t in tj["added_tokens"]}
+        extra = [t for t in tc.get("extra_special_tokens", []) if t in kept]
+        if extra:
+            tc["extra_special_tokens"] = extra
+        else:
+            tc.pop("extra_special_tokens", None)
+        tc["tokenizer_class"] = "GPT2Tokenizer"
+        tc["add_prefix_space"] = False
     tj_path.write_text(json.dumps(tj, ensure_ascii=False, indent=2))
     tc_path.write_text(json.dumps(tc, ensure_ascii=False, indent=2))
 
