@@ -174,10 +174,9 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
 
     from edgegen.bench import run_bench
 
-    run_bench(model=model, weights=weights or ("int8",), prompts=prompts, new_tokens=new_tokens, repeats=repeats,
+    run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
-              command="edgegen bench " + " ".join(sys.argv[1:][1:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
-              echo=click.echo)
+              command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,19 +14,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgegen.bench.report import Row, machine_info, markdown_table, summarize, write_reports
-from edgegen.bench.runner import Prompt, Run, Timing, load_prompts, measure, prepare_folders, run_precision
+from edgegen.bench.runner import (
+    Prompt,
+    Run,
+    Timing,
+    exported_folder,
+    folder_weights,
+    load_prompts,
+    measure,
+    prepare_folder,
+    run_precision,
+)
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 
 
-def run_bench(model: str | None = None, weights: Sequence[str] = ("int8",), prompts: str = "all",
+def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: str = "all",
               new_tokens: int = 128, repeats: int = 1, warmup: int = 1, baselines: bool = True,
               out: Path = Path("bench-out"), limit: int | None = None, command: str = "edgegen bench",
               echo: Callable[[str], None] = print) -> list[Row]:
     """Run the benchmark, write ``out``/bench.json, bench.md, bench.png, print the table; return its rows.
 
     model: None/"default" (SmolLM2, exported per precision into the cache), an exported folder (used
-    at its own precision), or a Hugging Face folder / .gguf (exported per precision). limit: the first
+    at its own precision), or a Hugging Face folder / .gguf (exported per precision). weights: the
+    precisions to export and compare (default int8; ignored for an exported folder). limit: the first
     N prompts of each set only (quick runs).
     """
     if new_tokens < 2:
@@ -40,11 +51,22 @@ def run_bench(model: str | None = None, weights: Sequence[str] = ("int8",), prom
         notes.append(line)
         echo(line)
 
+    folder = exported_folder(model)
+    if folder is not None and weights and set(weights) != {folder_weights(folder)}:
+        note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     runs: list[Run] = []
     eos: set[int] = set()
-    for precision, folder in prepare_folders(model, weights):
-        eos |= set(read_manifest(folder).eos_token_ids)
-        runs += run_precision(precision, folder, chosen, new_tokens, repeats, warmup, baselines, note)
+    for precision in [folder_weights(folder)] if folder is not None else list(weights) or ["int8"]:
+        try:
+            path = folder if folder is not None else prepare_folder(model, precision)
+        except Exception as e:  # one precision failing to export must not lose the others
+            first_line = (str(e).splitlines() or [""])[0]
+            note(f"{precision}: export failed, skipped ({type(e).__name__}: {first_line})")
+            continue
+        eos |= set(read_manifest(path).eos_token_ids)
+        runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note)
+    if not runs:
+        raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     rows = summarize(runs, eos)
     settings = {"command": command, "model": model or "default", "weights": list(weights),
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,

@@ -131,39 +131,38 @@ def _folder_weights(manifest: Manifest) -> str:
     return found.pop() if len(found) == 1 else "/".join(sorted(found))
 
 
-def prepare_folders(model: str | None, weights: Sequence[str]) -> list[tuple[str, Path]]:
-    """(precision, exported folder) pairs to benchmark.
+def exported_folder(model: str | None) -> Path | None:
+    """``model`` as an exported folder (has edgegen.json) to use as is, else None (it must be exported)."""
+    if model in (None, "default"):
+        return None
+    path = Path(model).expanduser()
+    return path if is_model_folder(path) else None
 
-    An exported folder (has edgegen.json) is used as is, at its own precision. The default model,
-    a Hugging Face folder or a .gguf file is exported once per precision, with both graph formats,
-    into ``cache_dir()/bench/<name>-<weights>`` and reused afterwards.
-    """
+
+def folder_weights(folder: Path) -> str:
+    """The precision of an exported folder's graphs (e.g. "int8"; "fp32/int8" if they differ)."""
+    return _folder_weights(read_manifest(folder))
+
+
+def prepare_folder(model: str | None, weights: str) -> Path:
+    """An exported folder with both graph formats at ``weights`` for the default model, an HF folder or
+    a .gguf: exported once into ``cache_dir()/bench/<name>-<weights>`` and reused afterwards."""
     from edgegen.models import DEFAULT_MODEL_NAME, cache_dir
 
-    if model not in (None, "default") and is_model_folder(Path(model).expanduser()):
-        folder = Path(model).expanduser()
-        own = _folder_weights(read_manifest(folder))
-        if weights and set(weights) != {own}:
-            print(f"edgegen bench: {folder} is exported at {own}; ignoring --weights {'/'.join(weights)}",
-                  file=sys.stderr)
-        return [(own, folder)]
     source = None if model in (None, "default") else str(Path(model).expanduser())
     if source is not None and not Path(source).exists():
         raise EdgegenError(f"model not found: {model}")
     name = DEFAULT_MODEL_NAME if source is None else Path(source).stem
-    pairs = []
-    for w in weights or ("int8",):
-        out = cache_dir() / "bench" / f"{name}-{w}"
-        if not is_model_folder(out):
-            try:
-                from edgegen.export import export_model
-            except ImportError as e:
-                raise EdgegenError(f"exporting for the bench needs the export extras ({e.name} is missing): "
-                                   "pip install 'edgegen[export]'") from None
-            print(f"edgegen bench: exporting {name} at {w} to {out} (once)", file=sys.stderr)
-            export_model(source, out, formats=("onnx", "openvino"), weights=w)
-        pairs.append((w, out))
-    return pairs
+    out = cache_dir() / "bench" / f"{name}-{weights}"
+    if is_model_folder(out):
+        return out
+    try:
+        from edgegen.export import export_model
+    except ImportError as e:
+        raise EdgegenError(f"exporting for the bench needs the export extras ({e.name} is missing): "
+                           "pip install 'edgegen[export]'") from None
+    print(f"edgegen bench: exporting {name} at {weights} to {out} (once)", file=sys.stderr)
+    return export_model(source, out, formats=("onnx", "openvino"), weights=weights)
 
 
 def encode_prompts(folder: Path, prompts: Sequence[Prompt]) -> dict[str, list[int]]:
