@@ -56,6 +56,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     runs: list[Run] = []
     eos: set[int] = set()
+    folders: dict[str, str] = {}
     for precision in [folder_weights(folder)] if folder is not None else list(weights) or ["int8"]:
         try:
             path = folder if folder is not None else prepare_folder(model, precision)
@@ -64,13 +65,15 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             note(f"{precision}: export failed, skipped ({type(e).__name__}: {first_line})")
             continue
         eos |= set(read_manifest(path).eos_token_ids)
+        folders[precision] = str(path)
         runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note)
     if not runs:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     rows = summarize(runs, eos)
     settings = {"command": command, "model": model or "default", "weights": list(weights),
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,
-                "repeats": repeats, "warmup": warmup, "baselines": baselines}
+                "repeats": repeats, "warmup": warmup, "baselines": baselines,
+                "folders": folders}
     paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes)
     echo(markdown_table(rows))
     echo("wrote " + ", ".join(str(p) for p in paths))

@@ -171,6 +171,8 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
         "identical: prompts whose greedy tokens equal the baseline's, up to the first EOS.", "",
         f"Machine: {machine_line(machine)}", "",
     ]
+    if settings.get("folders"):
+        parts += ["Models: " + ", ".join(f"{w} `{p}`" for w, p in settings["folders"].items()), ""]
     parts += [f"- {n}" for n in notes] + ([""] if notes else [])
     return "\n".join(parts)
 
