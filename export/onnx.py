@@ -38,6 +38,11 @@ def build_onnx(
     if quantized:
         # The builder defaults to symmetric; edgegen's --sym defaults to asymmetric like NNCF, so be explicit.
         extra = [f"block_size={group_size}", f"is_symmetric={'true' if sym else 'false'}"]
+        if weights == "int4" and not sym:
+            # Builder 0.18 bug: a tied embedding quantized to asymmetric uint4 (GatherBlockQuantized) gives
+            # a graph ONNX Runtime refuses to load (uint8 Reshape output where float is expected).
+            # Untied, the embedding stays float and only the LM head MatMul is quantized.
+            extra.append("shared_embeddings=false")
     root = logging.getLogger()
     root_state = (root.level, list(root.handlers))
     try:

@@ -164,7 +164,11 @@ def _run_gate(
     stages.note(f"perplexity on {len(ids)} tokens of '{quality.TEXT_ID}': fp32 torch {ppl_fp32:.3f}")
     out: dict[str, GraphInfo] = {}
     for fmt, g in graphs.items():
-        ppl = quality.graph_perplexity(tmp, g, ids, manifest.num_kv_heads, manifest.head_dim)
+        try:
+            ppl = quality.graph_perplexity(tmp, g, ids, manifest.num_kv_heads, manifest.head_dim)
+        except Exception as e:  # a graph its own runtime cannot run must not be published
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgegenError(f"the exported {fmt} {g.weights} graph does not run: {msg}") from None
         q = quality.gate_result(g.weights, ppl, ppl_fp32)
         stages.note(f"{fmt} {g.weights}: {q['ppl']:.3f} (x{q['ratio']:.4f})" + ("  FLAGGED" if q["flagged"] else ""))
         if q["flagged"]:
