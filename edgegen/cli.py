@@ -115,7 +115,7 @@ def chat(model: str | None, backend: str | None, device: str | None, profile: st
 @click.option("--weights", type=click.Choice(_WEIGHTS), default=None, help="Weight precision (default: profile's).")
 @click.option("--sym", is_flag=True, default=None, help="Symmetric int4/int8 weights.")
 @click.option("--group-size", type=int, default=None, help="Quantization group size (-1: per channel).")
-@click.option("--device-profile", "profile", default=None, help="Shape the export for a device profile.")
+@click.option("--device-profile", "profile", default=None, help="Shape the export for a device profile (default: cpu).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
 def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, group_size: int | None,
@@ -132,7 +132,7 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
     except ImportError as e:
         raise EdgegenError(f"export needs the export extras ({e.name} is missing): pip install 'edgegen[export]'")
     formats = None if fmt is None else (("onnx", "openvino") if fmt == "both" else (fmt,))
-    kwargs: dict[str, Any] = {"profile": profile, "quality_gate": not no_quality_gate}
+    kwargs: dict[str, Any] = {"profile": profile or "cpu", "quality_gate": not no_quality_gate}
     for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size)):
         if value is not None:
             kwargs[key] = value
