@@ -57,6 +57,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     runs: list[Run] = []
     eos: set[int] = set()
     folders: dict[str, str] = {}
+    quality: dict[str, dict[str, float]] = {}
     for precision in [folder_weights(folder)] if folder is not None else list(weights) or ["int8"]:
         try:
             path = folder if folder is not None else prepare_folder(model, precision)
@@ -64,7 +65,9 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             first_line = (str(e).splitlines() or [""])[0]
             note(f"{precision}: export failed, skipped ({type(e).__name__}: {first_line})")
             continue
-        eos |= set(read_manifest(path).eos_token_ids)
+        manifest = read_manifest(path)
+        eos |= set(manifest.eos_token_ids)
+        quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
         runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note)
     if not runs:
@@ -73,7 +76,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     settings = {"command": command, "model": model or "default", "weights": list(weights),
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,
                 "repeats": repeats, "warmup": warmup, "baselines": baselines,
-                "folders": folders}
+                "folders": folders, "quality": quality}
     paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes)
     echo(markdown_table(rows))
     echo("wrote " + ", ".join(str(p) for p in paths))

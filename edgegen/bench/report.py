@@ -173,6 +173,10 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
     ]
     if settings.get("folders"):
         parts += ["Models: " + ", ".join(f"{w} `{p}`" for w, p in settings["folders"].items()), ""]
+    gates = [f"{w} {fmt} x{ratio:.3f}"
+             for w, found in settings.get("quality", {}).items() for fmt, ratio in found.items()]
+    if gates:
+        parts += ["Export quality gate (perplexity over fp32 torch): " + ", ".join(gates), ""]
     parts += [f"- {n}" for n in notes] + ([""] if notes else [])
     return "\n".join(parts)
 

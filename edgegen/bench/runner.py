@@ -212,9 +212,11 @@ def run_precision(weights: str, folder: Path, prompts: Sequence[Prompt], new_tok
                 bar.set_postfix_str(f"{engine.name} warm-up")
                 measure(engine, ids[prompts[i % len(prompts)].id], new_tokens)
                 bar.update()
-            for prompt in prompts:
-                bar.set_postfix_str(f"{engine.name} {prompt.id}")
-                for r in range(repeats):
+        # Engines take turns on each prompt, so a load change on a shared machine hits them all alike.
+        for prompt in prompts:
+            for r in range(repeats):
+                for engine in engines:
+                    bar.set_postfix_str(f"{engine.name} {prompt.id}")
                     timing = measure(engine, ids[prompt.id], new_tokens)
                     runs.append(Run(engine.name, engine.backend, weights, prompt.id, prompt.category,
                                     len(ids[prompt.id]), r, timing))
