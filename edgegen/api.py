@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -89,15 +90,17 @@ class Generator:
     def generate(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
                  chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
-                 **options: Any) -> GenerationResult:
-        """Generate a completion of ``prompt`` (a string, or chat messages [{"role", "content"}]).
+                 ignore_eos: bool = False, **options: Any) -> GenerationResult:
+        """Generate a completion of ``prompt``: a string, chat messages [{"role", "content"}] or token ids.
 
-        ``chat`` applies the model's chat template (a string becomes one user message); ``strategy``
-        names a decode strategy ("ar" by default) and ``options`` go to it. Greedy when
-        ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty and ``seed``.
+        ``chat`` applies the model's chat template (a string becomes one user message; token ids are
+        used as given); ``strategy`` names a decode strategy ("ar" by default) and ``options`` go to
+        it. Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
+        and ``seed``. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
         """
         stream = self.stream(prompt, max_new_tokens, temperature, chat, strategy, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, seed=seed, stop=stop, **options)
+                             repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
+                             **options)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -106,18 +109,23 @@ class Generator:
     def stream(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
                chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
-               **options: Any) -> TextStream:
+               ignore_eos: bool = False, **options: Any) -> TextStream:
         """Like ``generate`` but yields text pieces as they are final (never half a character).
 
         The returned TextStream's ``result`` is set when iteration ends.
         """
         config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
-        if isinstance(prompt, str) and not prompt.strip():
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
             raise EdgegenError("prompt is empty")
         if max_new_tokens < 1:
             raise EdgegenError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        prompt_ids = self.tokenizer.encode_prompt(prompt, chat)
+        if _is_token_ids(prompt):
+            prompt_ids = [int(t) for t in prompt]
+            if min(prompt_ids) < 0 or max(prompt_ids) >= self.manifest.vocab_size:
+                raise EdgegenError(f"prompt token ids must be 1 or more ids in [0, {self.manifest.vocab_size})")
+        else:
+            prompt_ids = self.tokenizer.encode_prompt(prompt, chat)
         limit = self.session.max_length
         if len(prompt_ids) + max_new_tokens > limit:
             raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
@@ -125,13 +133,14 @@ class Generator:
         decoder = make_strategy(strategy, **options)
         request = DecodeRequest(self.session, prompt_ids, Sampler(config), max_new_tokens)
         stream = TextStream(iter(()))
-        stream._events = self._run(decoder, request, list(stop), stream)
+        stream._events = self._run(decoder, request, list(stop), stream, ignore_eos)
         return stream
 
-    def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream) -> Iterator[str]:
+    def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream,
+             ignore_eos: bool) -> Iterator[str]:
         start = time.perf_counter()
         first = None
-        eos = set(self.manifest.eos_token_ids)
+        eos = set() if ignore_eos else set(self.manifest.eos_token_ids)
         text_stream = StreamDecoder(self.tokenizer)
         hold = max((len(s) for s in stop), default=1) - 1  # text that may still become a stop string
         tokens: list[int] = []
@@ -183,6 +192,10 @@ class Generator:
             draft_accepted=c.draft_accepted,
             acceptance_rate=c.draft_accepted / c.draft_proposed if c.draft_proposed else 0.0,
             strategy=decoder.name, backend=self.session.backend, device=str(self.session.device))
+
+
+def _is_token_ids(prompt: object) -> bool:
+    return not isinstance(prompt, str) and all(isinstance(t, numbers.Integral) for t in prompt)
 
 
 def _find_stop(text: str, stop: list[str], search_from: int) -> int | None:

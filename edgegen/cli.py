@@ -123,20 +123,17 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
     """Export a model to ONNX and/or OpenVINO at a precision and shape for a device."""
     from pathlib import Path
 
+    from edgegen.models import export as run_export
     from edgegen.profiles import load_profile
 
     if profile:
         load_profile(profile)  # unknown profile: clear error before importing the exporters
-    try:
-        from edgegen.export import export_model
-    except ImportError as e:
-        raise EdgegenError(f"export needs the export extras ({e.name} is missing): pip install 'edgegen[export]'")
     formats = None if fmt is None else (("onnx", "openvino") if fmt == "both" else (fmt,))
     kwargs: dict[str, Any] = {"profile": profile or "cpu", "quality_gate": not no_quality_gate}
     for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size)):
         if value is not None:
             kwargs[key] = value
-    path = export_model(None if model == "default" else model, Path(out), **kwargs)
+    path = run_export(None if model == "default" else model, Path(out), **kwargs)
     click.echo(f"exported to {path}")
 
 

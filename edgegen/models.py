@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,14 +25,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgegen")
 
 
-def _export(source: str | None, out: Path, profile: DeviceProfile) -> Path:
+def export(source: str | Path | None, out: Path, **options: Any) -> Path:
+    """Run the exporter, turning a missing export dependency into one clear line."""
     try:
         from edgegen.export import export_model
+
+        return export_model(source, out, **options)
     except ImportError as e:
         raise EdgegenError(f"exporting a model needs the export extras ({e.name} is missing): "
                            "pip install 'edgegen[export]'") from None
+
+
+def _export(source: str | None, out: Path, profile: DeviceProfile) -> Path:
     # export_model validates the source first, then shows its stages: the one-time cost is visible.
-    return export_model(source, out, profile=profile.name)
+    return export(source, out, profile=profile.name)
 
 
 def resolve_model(model: str | Path | None, profile: DeviceProfile) -> Path:

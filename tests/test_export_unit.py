@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgegen.export import pipeline, quality, source
 
 from edgegen.errors import EdgegenError
+from edgegen.export import pipeline, quality, source
 from edgegen.manifest import MANIFEST_NAME
 
 

@@ -108,6 +108,28 @@ def category_table(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
+def loop_overhead_lines(runs: Sequence[Run]) -> list[str]:
+    """Per edgegen engine: what the NumPy loop adds per token on top of the runtime's forward.
+
+    decode time (first to last token) minus the time inside session.forward, over the forwards in
+    that span: sampling, bookkeeping and Python calls.
+    """
+    lines = []
+    for engine, weights in dict.fromkeys((r.engine, r.weights) for r in runs if not is_baseline(r.engine)):
+        per_token, shares = [], []
+        for r in runs:
+            m = r.timing.engine_metrics
+            if (r.engine, r.weights) != (engine, weights) or not m.get("target_steps"):
+                continue
+            overhead = r.timing.decode_s * 1e3 - m["target_ms"]
+            per_token.append(overhead / m["target_steps"] * 1e3)
+            shares.append(overhead / (r.timing.decode_s * 1e3))
+        if per_token:
+            lines.append(f"{engine} {weights}: {median(per_token):.0f} us/token "
+                         f"({100 * median(shares):.1f}% of decode time)")
+    return lines
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, OS, runtime and baseline versions, and the date."""
     from edgegen import __version__
@@ -171,6 +193,10 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
         "identical: prompts whose greedy tokens equal the baseline's, up to the first EOS.", "",
         f"Machine: {machine_line(machine)}", "",
     ]
+    overhead = loop_overhead_lines(runs)
+    if overhead:
+        parts += ["Python/NumPy loop overhead per token (decode time outside session.forward): "
+                  + "; ".join(overhead), ""]
     if settings.get("folders"):
         parts += ["Models: " + ", ".join(f"{w} `{p}`" for w, p in settings["folders"].items()), ""]
     gates = [f"{w} {fmt} x{ratio:.3f}"

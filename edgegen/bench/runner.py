@@ -123,7 +123,8 @@ class EdgegenEngine:
                     break
         finally:
             steps.close()
-        return {"prefill_ms": request.counters.prefill_s * 1e3}
+        c = request.counters
+        return {"prefill_ms": c.prefill_s * 1e3, "target_ms": c.target_s * 1e3, "target_steps": c.target_steps}
 
 
 def _folder_weights(manifest: Manifest) -> str:
