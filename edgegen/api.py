@@ -16,7 +16,7 @@ from edgegen.manifest import Manifest, read_manifest
 from edgegen.models import choose_backend, resolve_model
 from edgegen.profiles import DeviceProfile, load_profile
 from edgegen.sampling import Sampler, SamplingConfig
-from edgegen.strategies import DecodeCounters, DecodeRequest, make_strategy
+from edgegen.strategies import DecodeCounters, DecodeRequest, Drafter, ModelDrafter, make_strategy
 from edgegen.tokenizer import Message, StreamDecoder, TextTokenizer
 
 # device -> profile used when none is named
@@ -76,12 +76,14 @@ class TextStream:
 class Generator:
     """A loaded model on one backend and device. Create with ``edgegen.load``."""
 
-    def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile,
+                 drafter: Drafter | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
         self.profile = profile
         self.tokenizer = TextTokenizer(folder, manifest)
+        self.drafter = drafter  # the draft model's drafter, used by strategy="speculative"
 
     @property
     def backend(self) -> str:
@@ -130,7 +132,7 @@ class Generator:
         if len(prompt_ids) + max_new_tokens > limit:
             raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                                f"the {limit} tokens this {self.session.device} session holds")
-        decoder = make_strategy(strategy, **options)
+        decoder = make_strategy(strategy, self.drafter, **options)
         request = DecodeRequest(self.session, prompt_ids, Sampler(config), max_new_tokens)
         stream = TextStream(iter(()))
         stream._events = self._run(decoder, request, list(stop), stream, ignore_eos)
@@ -206,16 +208,16 @@ def _find_stop(text: str, stop: list[str], search_from: int) -> int | None:
 
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
-         threads: int | None = None) -> Generator:
+         threads: int | None = None, draft_confidence: float = 0.0) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
     a Hugging Face model folder or a .gguf file. backend: "onnxruntime", "openvino" or None to
     pick the faster for the device (measured once). device: "CPU" (default), "GPU", "NPU", "CUDA",
-    "DML". profile: a device profile name (default: the one for the device).
+    "DML". profile: a device profile name (default: the one for the device). draft: an exported
+    draft model (same tokenizer and vocabulary) for strategy="speculative"; draft_confidence stops a
+    draft early when the drafter's top probability falls below it.
     """
-    if draft is not None:
-        raise EdgegenError("draft models are not supported yet (speculative decoding is not built)")
     device = (device or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in _DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(_DEVICE_PROFILES)})")
@@ -234,4 +236,24 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     if backend is None:
         backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)
     runtimes.graph_format(backend)  # unknown backend -> clear error before loading anything
-    return Generator(folder, manifest, open_session(backend), prof)
+    session = open_session(backend)
+    drafter = None
+    if draft is not None:
+        draft_folder = resolve_model(draft, prof)
+        draft_manifest = read_manifest(draft_folder)
+        check_draft_compatible(folder, manifest, draft_folder, draft_manifest)
+        draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
+                                              max_length=session.max_length, threads=threads)
+        drafter = ModelDrafter(draft_session, confidence=draft_confidence)
+    return Generator(folder, manifest, session, prof, drafter)
+
+
+def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:
+    """A drafter must share the target's vocabulary and tokenizer, or its tokens mean other things."""
+    if draft.vocab_size != manifest.vocab_size:
+        raise EdgegenError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens; "
+                           f"the target {manifest.name} has {manifest.vocab_size}")
+    mine = TextTokenizer(folder, manifest).vocabulary()
+    theirs = TextTokenizer(draft_folder, draft).vocabulary()
+    if mine != theirs:
+        raise EdgegenError(f"draft model {draft.name} uses another tokenizer than the target {manifest.name}")

@@ -33,15 +33,18 @@ def _sampling_options(f: Any) -> Any:
     return f
 
 
-def _load(model: str | None, backend: str | None, device: str | None, profile: str | None) -> Any:
+def _load(model: str | None, backend: str | None, device: str | None, profile: str | None,
+          draft: str | None = None) -> Any:
     import edgegen
 
-    return edgegen.load(model=model, backend=backend, device=device, profile=profile)
+    return edgegen.load(model=model, backend=backend, device=device, profile=profile, draft=draft)
 
 
 def _stats_line(stats: Any) -> str:
+    drafts = (f", {stats.acceptance_rate:.0%} of {stats.draft_proposed} drafts accepted, "
+              f"{stats.tokens_per_step:.2f} tokens/step") if stats.draft_proposed else ""
     return (f"[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, first token {stats.ttft_ms:.0f} ms, "
-            f"{stats.strategy} on {stats.backend}/{stats.device}]")
+            f"{stats.strategy} on {stats.backend}/{stats.device}{drafts}]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,16 +57,22 @@ def cli() -> None:
 @click.argument("prompt")
 @_model_options
 @_sampling_options
-@click.option("--strategy", default="ar", show_default=True, help="Decode strategy.")
+@click.option("--strategy", default="ar", show_default=True,
+              help="Decode strategy: ar, speculative (needs --draft), prompt-lookup.")
+@click.option("--draft", default=None, help="Exported draft model for --strategy speculative.")
+@click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length (speculative strategies).")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-        seed: int | None, stop: tuple[str, ...], strategy: str, raw: bool, as_json: bool) -> None:
+        seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, num_draft_tokens: int | None,
+        raw: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal."""
-    gen = _load(model, backend, device, profile)
+    gen = _load(model, backend, device, profile, draft)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+    if num_draft_tokens is not None:
+        kwargs["num_draft_tokens"] = num_draft_tokens
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
         return
@@ -174,6 +183,74 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
               command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
+
+
+@cli.group()
+def draft() -> None:
+    """Train, pack and export FastDraft drafters (a small model that drafts for a target)."""
+
+
+@draft.command("train")
+@click.option("--target", default="default", show_default=True,
+              help="'default', an exported edgegen folder, an HF folder or a .gguf.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Training folder (checkpoints, logs).")
+@click.option("--layers", type=int, default=2, show_default=True, help="Drafter depth.")
+@click.option("--tokens", type=int, default=None, help="Training tokens over all stages (default 1M).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps over all stages (instead of --tokens).")
+@click.option("--stage", type=click.Choice(["pretrain", "distill", "all"]), default="all", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--init", "init", type=click.Choice(["spread", "first"]), default="spread", show_default=True,
+              help="Target layers that seed the drafter: evenly spaced (first..last) or the first N.")
+@click.option("--pretrain-frac", type=float, default=0.5, show_default=True, help="Budget share of stage 1 (all).")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--gen-prompts", type=int, default=240, show_default=True, help="Stage-2 prompts (x3 temperatures).")
+@click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
+@click.option("--no-export", is_flag=True, help="Do not export the drafter at the end.")
+@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def draft_train(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, resume: bool,
+                seed: int, threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float,
+                gen_prompts: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> None:
+    """Train a drafter for --target with the FastDraft recipe (resumable)."""
+    from edgegen.export.drafter import TrainConfig, train_drafter
+
+    cfg = TrainConfig(target=target, out=out, layers=layers, tokens=tokens, steps=steps, stage=stage, seed=seed,
+                      threads=threads, init=init, pretrain_frac=pretrain_frac, batch_size=batch_size,
+                      seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, ckpt_minutes=ckpt_minutes,
+                      export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
+    cfg.validate()
+    summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    click.echo(f"trained drafter in {summary['out']} ({summary['tokens_seen']} tokens, "
+               f"{summary['train_tokens_per_s']} tokens/s)")
+
+
+@draft.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Training folder, ckpt-* folder or packed drafter (.safetensors).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option("--target", default=None, help="Target it was trained for (default: the recorded one).")
+@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
+def draft_export(checkpoint: str, out: str, target: str | None, no_quality_gate: bool) -> None:
+    """Export a drafter to ONNX + OpenVINO (int8, symmetric) with its target facts in edgegen.json."""
+    from edgegen.export.drafter import export_drafter
+
+    path = export_drafter(checkpoint, out, target=target, quality_gate=not no_quality_gate)
+    click.echo(f"exported drafter to {path}")
+
+
+@draft.command("pack")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed file (.safetensors).")
+def draft_pack(checkpoint: str, out: str) -> None:
+    """Store only the drafter's own weights (fp16) and recipe: the target provides the rest."""
+    from edgegen.export.drafter import pack_drafter
+
+    path = pack_drafter(checkpoint, out)
+    click.echo(f"packed drafter: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:

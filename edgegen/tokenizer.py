@@ -71,6 +71,10 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def vocabulary(self) -> dict[str, int]:
+        """Token string -> id, special tokens included (drafter compatibility)."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgegen.runtimes.base import Session
-
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
+from edgegen.runtimes.base import Session
 
 # backend name -> (module, session class, graph format it runs)
 BACKENDS: dict[str, tuple[str, str, str]] = {

@@ -1,26 +1,43 @@
-"""Decode strategies, registered by name."""
+"""Decode strategies, registered by name.
+
+A factory takes the loaded draft model's drafter (or None) and the strategy's options.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from edgegen.errors import EdgegenError
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeCounters, DecodeRequest, Strategy
+from edgegen.strategies.drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.speculative import PromptLookup, Speculative
 
-# name -> factory taking the strategy's options (keyword arguments)
+
+def _speculative(drafter: Drafter | None, **options: Any) -> Strategy:
+    if drafter is None:
+        raise EdgegenError("strategy 'speculative' needs a draft model (--draft DIR); "
+                           "'prompt-lookup' needs none")
+    return Speculative(drafter, **options)
+
+
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    Autoregressive.name: Autoregressive,
+    Autoregressive.name: lambda drafter, **options: Autoregressive(**options),
+    PromptLookup.name: lambda drafter, **options: PromptLookup(**options),
+    Speculative.name: _speculative,
 }
 
 
-def make_strategy(name: str, **options: object) -> Strategy:
+def make_strategy(name: str, drafter: Drafter | None = None, **options: Any) -> Strategy:
+    """Build strategy ``name``; unknown names and bad options are one-line EdgegenErrors."""
     if name not in STRATEGIES:
         raise EdgegenError(f"unknown strategy '{name}' (known: {', '.join(STRATEGIES)})")
     try:
-        return STRATEGIES[name](**options)
-    except TypeError as e:
+        return STRATEGIES[name](drafter, **options)
+    except (TypeError, ValueError) as e:
         raise EdgegenError(f"bad options for strategy '{name}': {e}") from None
 
 
-__all__ = ["STRATEGIES", "DecodeCounters", "DecodeRequest", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter", "ModelDrafter",
+           "PromptLookupDrafter", "Strategy", "make_strategy"]

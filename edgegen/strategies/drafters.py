@@ -1,0 +1,112 @@
+"""Drafters: cheap proposers of the next few tokens, all behind one small protocol.
+
+The speculative loop only calls ``begin``, ``propose`` and ``update``; it never asks which drafter it
+holds (prompt lookup, a FastDraft model, or a combination).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edgegen.runtimes.base import Session
+from edgegen.sampling import Sampler, sample
+
+
+@dataclass(frozen=True)
+class Draft:
+    tokens: list[int]
+    q: np.ndarray | None = None  # (len(tokens), vocab) distributions the tokens were drawn from; None: deterministic
+
+
+class Drafter(Protocol):
+    def begin(self, prompt_ids: list[int]) -> None:
+        """A new sequence starts with these tokens."""
+        ...
+
+    def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
+        """Up to ``max_tokens`` tokens to follow ``context`` (possibly none)."""
+        ...
+
+    def update(self, context: list[int], accepted: int) -> None:
+        """The target accepted ``accepted`` draft tokens; ``context`` is the sequence now."""
+        ...
+
+
+class PromptLookupDrafter:
+    """Copies what followed the most recent earlier occurrence of the context's last n tokens.
+
+    Training-free and deterministic (q is one-hot); strong where output repeats input (code edits,
+    summaries, RAG). Tries n = max_ngram down to min_ngram.
+    """
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        pass
+
+    def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
+        ids = np.asarray(context, dtype=np.int64)
+        for n in range(min(self.max_ngram, len(ids) - 1), self.min_ngram - 1, -1):
+            # windows starting at 0 .. len-n-1: every n-gram that has at least one token after it
+            windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)
+            hits = np.flatnonzero((windows == ids[-n:]).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + n  # the most recent match
+                return Draft(ids[start : start + max_tokens].tolist())
+        return Draft([])
+
+    def update(self, context: list[int], accepted: int) -> None:
+        pass
+
+
+class ModelDrafter:
+    """A small language model (FastDraft) that shares the target's tokenizer, run on any Session.
+
+    Its KV cache follows the accepted sequence: after each verification it is trimmed to the longest
+    prefix it shares with the new context, and the next proposal feeds only what it has not seen.
+    """
+
+    def __init__(self, session: Session, confidence: float = 0.0) -> None:
+        self.session = session
+        self.confidence = confidence  # stop drafting when the drafter's top probability falls below
+        self._fed: list[int] = []  # tokens in the drafter's cache, in order
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        self.session.reset()
+        self._fed = []
+
+    def _feed(self, tokens: list[int]) -> np.ndarray:
+        logits = self.session.forward(np.asarray(tokens, np.int64), last_only=True)
+        self._fed.extend(tokens)
+        return logits[-1]
+
+    def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
+        if max_tokens <= 0:
+            return Draft([])
+        logits = self._feed(context[len(self._fed) :])
+        tokens: list[int] = []
+        rows: list[np.ndarray] = []
+        while True:
+            q = sampler.distribution(logits, context + tokens)
+            token = int(np.argmax(q)) if sampler.config.greedy else sample(q, sampler.rng)
+            if tokens and q.max() < self.confidence:
+                break  # unsure: a short draft wastes less target work than a rejected long one
+            tokens.append(token)
+            rows.append(q)
+            if len(tokens) == max_tokens or len(context) + len(tokens) >= self.session.max_length:
+                break
+            logits = self._feed([token])
+        return Draft(tokens, None if sampler.config.greedy else np.stack(rows))
+
+    def update(self, context: list[int], accepted: int) -> None:
+        n = min(len(self._fed), len(context))
+        differ = np.flatnonzero(np.asarray(self._fed[:n]) != np.asarray(context[:n]))
+        keep = int(differ[0]) if differ.size else n
+        self.session.trim(keep)
+        del self._fed[keep:]

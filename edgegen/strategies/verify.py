@@ -1,0 +1,55 @@
+"""Speculative verification in NumPy: which draft tokens the target accepts, and what comes next.
+
+One rule serves greedy and sampling (Leviathan et al. 2023; Chen et al. 2023): accept draft token x
+with probability min(1, p(x) / q(x)); at the first rejection draw from norm(max(0, p - q)); if every
+draft token is accepted, draw a bonus token from p. p and q are the *fully processed* distributions
+(sampling.distribution). Greedy configs make p one-hot at the argmax, and a deterministic drafter
+(prompt lookup, greedy drafting) has one-hot q, so the rule becomes "accept while the draft equals
+the target's argmax, then take the argmax": lossless and token-identical to AR greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgegen.sampling import Sampler, sample
+
+
+def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int, rng: np.random.Generator) -> int | None:
+    """Accept draft token ``x`` (return None) or return the replacement token drawn from the residual.
+
+    ``q`` None means the draft was deterministic (q is one-hot at x).
+    """
+    q_x = 1.0 if q is None else q[x]
+    if p[x] >= q_x or rng.random() * q_x < p[x]:  # u < p(x)/q(x), without dividing by a zero q
+        return None
+    residual = p.copy()
+    if q is None:
+        residual[x] = 0.0
+    else:
+        np.subtract(residual, q, out=residual)
+        np.maximum(residual, 0.0, out=residual)
+    total = residual.sum()
+    if total <= 0.0:  # p == q up to rounding: any draw from p is exact
+        return sample(p, rng)
+    return sample(residual / total, rng)
+
+
+def verify(target_logits: np.ndarray, draft: Sequence[int], q: np.ndarray | None, history: list[int],
+           sampler: Sampler) -> list[int]:
+    """Tokens to append after one target pass over [last token] + draft.
+
+    target_logits: (len(draft) + 1, vocab); row i is the target's next-token logits after
+    history + draft[:i]. q: (len(draft), vocab) draft distributions, or None if deterministic.
+    Returns the accepted draft prefix followed by one target token (the correction or the bonus).
+    """
+    context = list(history)
+    for i, x in enumerate(draft):
+        p = sampler.distribution(target_logits[i], context)
+        replacement = accept_or_resample(p, None if q is None else q[i], x, sampler.rng)
+        if replacement is not None:
+            return [*draft[:i], replacement]
+        context.append(x)
+    return [*draft, sampler.pick(target_logits[len(draft)], context)]

@@ -1,0 +1,187 @@
+"""FastDraft drafter training on a tiny in-process Llama (the real 135M target is too slow for the suite):
+loss goes down, resume is bit-exact, checkpoints are atomic, pack/unpack round-trips, and a drafter is
+refused by a target with another vocabulary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from edgegen.errors import EdgegenError  # noqa: E402
+from edgegen.export.drafter import TrainConfig, check_drafter_compat, pack_drafter, train_drafter, unpack_drafter  # noqa: E402
+from edgegen.export.drafter import ckpt as ck  # noqa: E402
+from edgegen.export.drafter.config import STDLIB  # noqa: E402
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Rivers flow to the sea and the sea returns rain to the hills. "
+    "A function takes arguments and returns a value; a class groups data with the functions that act on it. "
+)
+
+
+def _tiny_target(folder: Path, vocab_extra: int = 0) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    code = "".join(p.read_text() for p in sorted(Path(STDLIB, "json").glob("*.py")))
+    tok.train_from_iterator([TEXT * 20, code], trainer=trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1, bos_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def _cfg(target: Path, out: Path, text_dir: Path, **kw) -> TrainConfig:
+    base = dict(target=str(target), out=str(out), layers=1, steps=30, stage="all", pretrain_frac=0.5, seq_len=32,
+                batch_size=4, lr=3e-3, warmup=3, code_globs=[f"{STDLIB}/json/*.py"], text_globs=[f"{text_dir}/*.txt"],
+                corpus_tokens=20000, val_tokens=600, eval_tokens=256, gen_prompts=8, gen_max_new_tokens=16,
+                gen_batch=8, gen_val_every=4, ckpt_every=5, ckpt_minutes=1e9, export=False, progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("drafter")
+    text_dir = root / "text"
+    text_dir.mkdir()
+    for i in range(6):
+        (text_dir / f"doc{i}.txt").write_text((TEXT + f" Document {i}. ") * (10 + i))
+    target = _tiny_target(root / "target")
+    out = root / "run-a"
+    train_drafter(_cfg(target, out, text_dir), echo=lambda m: None)
+    return {"root": root, "text": text_dir, "target": target, "run": out}
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors, _, meta = ck.load_checkpoint(ck.latest_checkpoint(run))
+    assert meta["stage_idx"] == 2 and meta["global_step"] == 30
+    return tensors
+
+
+def test_loss_decreases(setup: dict[str, Path]) -> None:
+    evals = [json.loads(x) for x in (setup["run"] / "metrics.jsonl").read_text().splitlines()]
+    ev = {e["label"]: e["sets"] for e in evals if e["event"] == "eval"}
+    assert set(ev) == {"init", "after pretrain", "after distill"}
+    assert set(ev["init"]) == {"val_code", "val_text", "val_gen"}
+    assert ev["after pretrain"]["val_code"]["kl"] < ev["init"]["val_code"]["kl"]
+    assert ev["after distill"]["val_gen"]["kl"] < ev["init"]["val_gen"]["kl"]
+    for sets in ev.values():
+        for m in sets.values():
+            assert 0.0 <= m["agreement"] <= 1.0 and 0.0 <= m["alpha"] <= 1.0
+    train = [e for e in evals if e["event"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert sorted(p.name for p in setup["run"].glob("ckpt-*")) == ["ckpt-00000030"]
+
+
+def test_resume_is_exact(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "run-b"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(n: int):
+        def hook(step: int) -> None:
+            if step == n:
+                raise Stop
+
+        return hook
+
+    cfg = _cfg(setup["target"], out, setup["text"])
+    with pytest.raises(Stop):  # killed in stage 1, 2 steps after the checkpoint at step 10
+        train_drafter(cfg, step_hook=stop_at(12), echo=lambda m: None)
+    assert ck.latest_checkpoint(out).name == "ckpt-00000010"
+    with pytest.raises(EdgegenError, match="--resume"):
+        train_drafter(_cfg(setup["target"], out, setup["text"]), echo=lambda m: None)
+    with pytest.raises(Stop):  # killed again in stage 2
+        train_drafter(_cfg(setup["target"], out, setup["text"]), resume=True, step_hook=stop_at(23),
+                      echo=lambda m: None)
+    assert ck.latest_checkpoint(out).name == "ckpt-00000020"
+    train_drafter(_cfg(setup["target"], out, setup["text"]), resume=True, echo=lambda m: None)
+    a, b = _final_weights(setup["run"]), _final_weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = {"w": torch.arange(6, dtype=torch.float32)}
+    ck.save_checkpoint(tmp_path, 1, w, {"step": 1}, {"step": 1})
+    real_save = torch.save
+
+    def broken_save(obj, path, *a, **k):  # write half a file, then die
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(tmp_path, 2, {"w": w["w"] * 2}, {"step": 2}, {"step": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000001"]
+    # a hard kill can leave the hidden build folder: never taken for a checkpoint, removed on the next run
+    stale = tmp_path / ".tmp-ckpt-crashed"
+    stale.mkdir()
+    (stale / "trainable.safetensors").write_bytes(b"partial")
+    tensors, state, meta = ck.load_checkpoint(ck.latest_checkpoint(tmp_path))
+    assert torch.equal(tensors["w"], w["w"]) and state["step"] == 1 and meta["step"] == 1
+    ck.clean_stale(tmp_path)
+    assert not stale.exists()
+    ck.save_checkpoint(tmp_path, 3, w, {"step": 3}, {"step": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000003"]
+
+
+def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ckpt_w = _final_weights(setup["run"])
+    assert all(not k.startswith(("model.embed_tokens", "lm_head")) for k in ckpt_w)  # shared weights not stored
+    target = AutoModelForCausalLM.from_pretrained(str(setup["target"]))
+    for dtype, cast in (("float32", torch.float32), ("float16", torch.float16)):
+        packed = pack_drafter(setup["run"], tmp_path / f"d-{dtype}.safetensors", dtype=dtype)
+        hf = unpack_drafter(packed, setup["target"], tmp_path / f"hf-{dtype}")
+        sd = load_file(str(hf / "model.safetensors"))
+        for k, v in ckpt_w.items():
+            assert torch.equal(sd[k], v.to(cast).to(torch.float32)), k
+        assert torch.equal(sd["model.embed_tokens.weight"], target.model.embed_tokens.weight)
+        assert (hf / "tokenizer.json").read_bytes() == (setup["target"] / "tokenizer.json").read_bytes()
+        model = AutoModelForCausalLM.from_pretrained(str(hf))
+        assert model.config.num_hidden_layers == 1
+        with torch.no_grad():
+            assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+
+
+def test_mismatched_vocab_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
+    from edgegen.cli import main
+    from edgegen.manifest import Manifest
+
+    other = _tiny_target(tmp_path / "other", vocab_extra=8)
+    packed = pack_drafter(setup["run"], tmp_path / "d.safetensors")
+    with pytest.raises(EdgegenError, match="vocabulary"):
+        unpack_drafter(packed, other, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert main(["draft", "export", "--checkpoint", str(packed), "--target", str(other),
+                 "--out", str(tmp_path / "m")]) == 1
+    assert not (tmp_path / "m").exists()
+    base = dict(architecture="llama", num_layers=1, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                context_length=256, bos_token_id=None, eos_token_ids=[0], add_bos=False)
+    drafter = Manifest(name="d", vocab_size=320, extras={"drafter": {"target_vocab_size": 320}}, **base)
+    with pytest.raises(EdgegenError, match="vocabulary"):
+        check_drafter_compat(drafter, Manifest(name="t", vocab_size=328, **base))
+    check_drafter_compat(drafter, Manifest(name="t", vocab_size=320, **base))
+    with pytest.raises(EdgegenError, match="not a drafter"):
+        check_drafter_compat(Manifest(name="x", vocab_size=320, **base), Manifest(name="t", vocab_size=320, **base))
+    shutil.rmtree(other)

@@ -1,0 +1,86 @@
+"""Speculative decoding on the real default model: greedy output identical to AR, rollback exercised."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import edgegen
+from edgegen.errors import EdgegenError
+
+PROMPTS = [
+    ("def fibonacci(n):", False),
+    ("import os\nimport sys\n\n\ndef main():\n    path = sys.argv[1]\n    if os.path.exists(path):\n", False),
+    ("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n", False),
+    ("Repeat this sentence twice: the quick brown fox jumps over the lazy dog.", True),
+    ("What is the capital of France?", True),
+    ("List three uses of Python, one per line.", True),
+    ("Rewrite in uppercase: edge devices run small language models.", True),
+    ("The water cycle has four stages:", False),
+]
+
+
+def _assert_same_as_ar(gen: edgegen.Generator, strategy: str, **options) -> tuple[int, int]:
+    proposed = accepted = 0
+    for prompt, chat in PROMPTS:
+        ar = gen.generate(prompt, max_new_tokens=48, chat=chat)
+        spec = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy=strategy, **options)
+        assert spec.token_ids == ar.token_ids, f"{strategy} on {gen.backend} differs from AR on {prompt!r}"
+        assert spec.finish_reason == ar.finish_reason
+        proposed += spec.stats.draft_proposed
+        accepted += spec.stats.draft_accepted
+    return proposed, accepted
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_prompt_lookup_greedy_equals_ar(backend: str, int8_model: Path) -> None:
+    proposed, accepted = _assert_same_as_ar(edgegen.load(int8_model, backend=backend), "prompt-lookup")
+    assert 0 < accepted < proposed  # drafts were accepted and rejected: rollback ran
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_model_drafter_greedy_equals_ar(backend: str, int8_model: Path, fp32_model: Path) -> None:
+    # The fp32 export drafting for the int8 target: same tokenizer, close but not equal predictions.
+    gen = edgegen.load(int8_model, backend=backend, draft=fp32_model)
+    proposed, accepted = _assert_same_as_ar(gen, "speculative", num_draft_tokens=3)
+    assert 0 < accepted < proposed
+
+
+def test_sampling_is_seeded_for_speculative(int8_model: Path, fp32_model: Path) -> None:
+    gen = edgegen.load(int8_model, backend="onnxruntime", draft=fp32_model)
+    kwargs = dict(max_new_tokens=24, temperature=0.8, top_p=0.95, seed=5, strategy="speculative")
+    first, second = (gen.generate("Tell me about owls.", **kwargs) for _ in range(2))
+    assert first.token_ids == second.token_ids and first.stats.draft_proposed > 0
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for item in src.iterdir():
+        (dst / item.name).symlink_to(item) if item.is_dir() else shutil.copy2(item, dst / item.name)
+    return dst
+
+
+def test_mismatched_drafter_is_refused(int8_model: Path, tmp_path: Path) -> None:
+    other_vocab = _copy_model(int8_model, tmp_path / "vocab")
+    manifest = json.loads((other_vocab / "edgegen.json").read_text())
+    manifest["vocab_size"] = 32000
+    (other_vocab / "edgegen.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgegenError, match="vocabulary"):
+        edgegen.load(int8_model, backend="onnxruntime", draft=other_vocab)
+
+    other_tokenizer = _copy_model(int8_model, tmp_path / "tokenizer")
+    tok = json.loads((other_tokenizer / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other_tokenizer / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(EdgegenError, match="another tokenizer"):
+        edgegen.load(int8_model, backend="onnxruntime", draft=other_tokenizer)
+
+
+def test_speculative_without_draft_is_a_clear_error(int8_model: Path) -> None:
+    with pytest.raises(EdgegenError, match="needs a draft model"):
+        edgegen.load(int8_model, backend="onnxruntime").generate("hi", strategy="speculative")
