@@ -11,6 +11,9 @@ from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
 
 BACKENDS = ["onnxruntime", "openvino"]
+# Logits are ~20 in magnitude; OpenVINO picks kernels by the number of rows, which moves fp32 logits
+# by up to ~1e-2 between a one-pass and an incremental run. A wrong cache moves them by whole units.
+ATOL = 2e-2
 
 
 def _ids(n: int, seed: int = 0) -> np.ndarray:
@@ -29,7 +32,7 @@ def test_trim_rolls_back_exactly(backend: str, fp32_model: Path) -> None:
     session.trim(len(prompt))
     assert session.position == len(prompt)
     rolled = session.forward(cont)
-    np.testing.assert_allclose(rolled, straight, atol=2e-3)
+    np.testing.assert_allclose(rolled, straight, atol=ATOL)
     assert (rolled.argmax(-1) == straight.argmax(-1)).all()
 
 
@@ -42,7 +45,8 @@ def test_incremental_equals_one_pass_beyond_initial_capacity(backend: str, fp32_
     session.reset()
     session.forward(ids[:505])
     steps = np.concatenate([session.forward(ids[i:i + 1]) for i in range(505, 530)])
-    np.testing.assert_allclose(steps, whole[505:], atol=2e-3)
+    np.testing.assert_allclose(steps, whole[505:], atol=ATOL)
+    assert (steps.argmax(-1) == whole[505:].argmax(-1)).all()
     assert session.position == 530
 
 
