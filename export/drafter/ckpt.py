@@ -1,0 +1,92 @@
+"""Resumable checkpoints written atomically.
+
+A checkpoint is a folder `ckpt-<global step>` holding the trained weights (safetensors), the training
+state (optimizer, stage/step = data position, RNG states) and meta.json. It is built in a hidden
+`.tmp-ckpt-*` sibling, every file and the folder are fsynced, then it is renamed into place (a rename is
+atomic), `LATEST` is replaced atomically, and older checkpoints are removed. A folder named `ckpt-*` is
+therefore always complete; a crash can only leave a `.tmp-ckpt-*` folder, which the next run deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+LATEST = "LATEST"
+PREFIX = "ckpt-"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_stale(run_dir: Path) -> None:
+    for p in Path(run_dir).glob(".tmp-ckpt-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, Any], state: dict[str, Any],
+                    meta: dict[str, Any], keep: int = 1) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    final = run_dir / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=run_dir))
+    try:
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        if final.exists():  # the same step saved again (after a resume): move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-old-", dir=run_dir))
+            old.rmdir()
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_path(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pointer = run_dir / (LATEST + ".tmp")
+    pointer.write_text(final.name + "\n")
+    _fsync_path(pointer)
+    os.replace(pointer, run_dir / LATEST)
+    _fsync_path(run_dir)
+    for p in sorted(run_dir.glob(PREFIX + "*"))[:-keep] if keep > 0 else []:
+        if p != final:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if pointer.is_file():
+        cand = run_dir / pointer.read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    found = [p for p in sorted(run_dir.glob(PREFIX + "*")) if (p / "meta.json").is_file()]
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(tensors, state, meta)"""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    state = torch.load(path / "state.pt", weights_only=False)
+    meta = json.loads((path / "meta.json").read_text())
+    return tensors, state, meta

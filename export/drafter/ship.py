@@ -1,0 +1,189 @@
+"""Shipping a drafter: pack only its non-shared weights, rebuild it against the target, export it.
+
+The embedding (and the tied head) is the target's own, so a packed drafter holds just the transformer
+layers and the final norm (fp16 safetensors, ~14 MB for 2 layers of SmolLM2-135M) plus its recipe.
+`unpack_drafter` rebuilds the full HF drafter folder from the target's weights and tokenizer, refusing a
+target whose vocabulary or tokenizer differs from the one the drafter was trained for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgegen.errors import EdgegenError
+
+PACK_FORMAT = "edgegen-drafter/1"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                    "generation_config.json")
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    from edgegen.export.drafter.ckpt import latest_checkpoint
+
+    path = Path(path).expanduser()
+    if (path / "meta.json").is_file() and (path / "trainable.safetensors").is_file():
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is not None:
+            return found
+    raise EdgegenError(f"{path} is not a drafter checkpoint or training folder (no complete ckpt-* inside)")
+
+
+def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16") -> Path:
+    """Store the trained (non-shared) weights of `checkpoint` (a ckpt-* folder or a training folder: its
+    latest checkpoint) in `out_file` (safetensors, `dtype`), with the recipe and target facts as metadata."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise EdgegenError(f"unsupported pack dtype '{dtype}': float16, bfloat16 or float32")
+    ckpt = _checkpoint_dir(Path(checkpoint))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    tensors = load_file(str(ckpt / "trainable.safetensors"))
+    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in tensors.items()}
+    info = {"format": PACK_FORMAT, "dtype": dtype, "checkpoint": ckpt.name, "target_spec": meta.get("target_spec"),
+            "layer_map": meta["layer_map"], "recipe": meta["recipe"], "evals": meta.get("evals", [])[-3:],
+            "tokens_seen": meta.get("tokens_seen"), **meta["target"]}
+    out_file = Path(out_file).expanduser().resolve()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"edgegen_drafter": json.dumps(info, sort_keys=True)})
+    os.replace(tmp, out_file)
+    return out_file
+
+
+def read_packed(packed: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    packed = Path(packed).expanduser()
+    if not packed.is_file():
+        raise EdgegenError(f"packed drafter not found: {packed}")
+    try:
+        with safe_open(str(packed), framework="pt") as f:
+            meta = f.metadata() or {}
+        info = json.loads(meta["edgegen_drafter"])
+    except (KeyError, json.JSONDecodeError, OSError, Exception) as e:  # safetensors raises its own error types
+        raise EdgegenError(f"{packed} is not a packed edgegen drafter: {e}") from None
+    if info.get("format") != PACK_FORMAT:
+        raise EdgegenError(f"{packed} has drafter format {info.get('format')!r}; this edgegen reads {PACK_FORMAT}")
+    return load_file(str(packed)), info
+
+
+def check_target_facts(info: dict[str, Any], target_hf_dir: Path) -> None:
+    """Refuse a target whose vocabulary size or tokenizer differs from the drafter's."""
+    from edgegen.export.drafter.target import _hf_vocab, file_sha256
+
+    vocab = _hf_vocab(Path(target_hf_dir))
+    if vocab != info["target_vocab_size"]:
+        raise EdgegenError(f"drafter was trained for a vocabulary of {info['target_vocab_size']} tokens "
+                           f"({info.get('target_name')}); the target has {vocab}")
+    sha = file_sha256(Path(target_hf_dir) / "tokenizer.json")
+    if sha != info["target_tokenizer_sha256"]:
+        raise EdgegenError(f"drafter was trained with another tokenizer than {target_hf_dir}'s "
+                           f"(sha256 {info['target_tokenizer_sha256'][:12]} vs {sha[:12]})")
+
+
+def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: str | Path) -> Path:
+    """Rebuild the full HF drafter folder: the target's embedding/head + the packed layers and norm."""
+    import torch
+
+    from edgegen.export.drafter.model import build_student, load_teacher, load_trainable
+
+    tensors, info = read_packed(packed)
+    target_hf_dir = Path(target_hf_dir).expanduser()
+    check_target_facts(info, target_hf_dir)
+    recipe = info["recipe"]
+    teacher = load_teacher(target_hf_dir)
+    student, mapping = build_student(teacher, recipe["layers"], recipe["init"], recipe.get("train_embedding", False))
+    if mapping != info["layer_map"]:
+        raise EdgegenError(f"the target has another depth than the drafter's ({mapping} vs {info['layer_map']})")
+    load_trainable(student, {k: v.to(torch.float32) for k, v in tensors.items()})
+    out = Path(out_hf_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        student.eval()
+        student.save_pretrained(str(tmp))
+        for name in _TOKENIZER_FILES:
+            if (target_hf_dir / name).is_file():
+                shutil.copy2(target_hf_dir / name, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def drafter_extras(info: dict[str, Any]) -> dict[str, Any]:
+    return {"target_name": info["target_name"], "target_vocab_size": info["target_vocab_size"],
+            "target_tokenizer_sha256": info["target_tokenizer_sha256"],
+            "recipe": {**info["recipe"], "layer_map": info["layer_map"], "tokens_seen": info.get("tokens_seen"),
+                       "packed_dtype": info["dtype"], "evals": info.get("evals", [])}}
+
+
+def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str | None = None,
+                   cache_dir: str | Path | None = None, quality_gate: bool = True, progress: bool = True,
+                   formats: tuple[str, ...] = ("onnx", "openvino"), weights: str = "int8", sym: bool = True) -> Path:
+    """Export a drafter (packed file, ckpt-* folder or training folder) like a target: ONNX + OpenVINO int8
+    symmetric, with `extras["drafter"]` in edgegen.json. `target` defaults to the one it was trained for."""
+    from edgegen.export.drafter.target import resolve_target
+    from edgegen.export.pipeline import _publish, check_output_dir, export_model
+    from edgegen.manifest import read_manifest
+
+    out = Path(out_dir).expanduser().resolve()
+    check_output_dir(out)
+    src = Path(checkpoint).expanduser()
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.drafter-", dir=_mkparent(out)))
+    try:
+        packed = src if src.is_file() else pack_drafter(src, work / "drafter.safetensors")
+        _, info = read_packed(packed)
+        spec = target or info.get("target_spec") or "default"
+        tinfo = resolve_target(spec, Path(cache_dir) if cache_dir else work)
+        name = f"{tinfo.name}-drafter-{info['recipe']['layers']}L"
+        hf = unpack_drafter(packed, tinfo.hf_dir, work / name)
+        staged = export_model(hf, work / "model", formats=formats, weights=weights, sym=sym,
+                              quality_gate=quality_gate, progress=progress)
+        manifest = read_manifest(staged)
+        manifest = replace(manifest, extras={**manifest.extras, "drafter": drafter_extras(info)})
+        tmp_json = staged / "edgegen.json.tmp"
+        tmp_json.write_text(manifest.to_json() + "\n")
+        os.replace(tmp_json, staged / "edgegen.json")
+        check_output_dir(out)
+        _publish(staged, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _mkparent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def check_drafter_compat(drafter: Any, target: Any) -> None:
+    """Refuse a drafter (model folder or Manifest) that was not trained for `target` (folder or Manifest)."""
+    from edgegen.export.drafter.target import file_sha256
+    from edgegen.manifest import Manifest, read_manifest
+
+    d = drafter if isinstance(drafter, Manifest) else read_manifest(drafter)
+    t = target if isinstance(target, Manifest) else read_manifest(target)
+    facts = d.extras.get("drafter")
+    if not isinstance(facts, dict):
+        raise EdgegenError(f"model '{d.name}' is not a drafter (no extras.drafter in its manifest)")
+    if facts.get("target_vocab_size") != t.vocab_size or d.vocab_size != t.vocab_size:
+        raise EdgegenError(f"drafter '{d.name}' has a vocabulary of {facts.get('target_vocab_size')} tokens; "
+                           f"target '{t.name}' has {t.vocab_size}")
+    if not isinstance(target, Manifest):
+        sha = file_sha256(Path(target) / t.tokenizer)
+        if sha != facts.get("target_tokenizer_sha256"):
+            raise EdgegenError(f"drafter '{d.name}' was trained with another tokenizer than target '{t.name}'")
