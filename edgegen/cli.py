@@ -201,8 +201,8 @@ def draft() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
-@click.option("--init", "init", type=click.Choice(["spread", "first"]), default="spread", show_default=True,
-              help="Target layers that seed the drafter: evenly spaced (first..last) or the first N.")
+@click.option("--init", "init", type=click.Choice(["first", "spread"]), default="first", show_default=True,
+              help="Target layers that seed the drafter: the first N or evenly spaced (first..last).")
 @click.option("--pretrain-frac", type=float, default=0.5, show_default=True, help="Budget share of stage 1 (all).")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--seq-len", type=int, default=256, show_default=True)

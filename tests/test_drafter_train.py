@@ -38,7 +38,8 @@ def _tiny_target(folder: Path, vocab_extra: int = 0) -> Path:
     tok.save(str(folder / "tokenizer.json"))
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=32, intermediate_size=64,
                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1, bos_token_id=None)
+                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1, bos_token_id=None,
+                      initializer_range=0.3)  # peaked outputs: a teacher with something to learn
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     return folder
