@@ -48,3 +48,24 @@ class Session(Protocol):
     def reset(self) -> None:
         """Empty the cache (a new sequence)."""
         ...
+
+
+class CachePosition:
+    """The bookkeeping both backends share: one integer position and a length limit."""
+
+    _position: int = 0
+    _limit: int = 0
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def max_length(self) -> int:
+        return self._limit
+
+    def _check_trim(self, length: int) -> bool:
+        """Validate a trim target; True when it actually drops entries."""
+        if not 0 <= length <= self._position:
+            raise ValueError(f"cannot trim a cache of {self._position} tokens to {length}")
+        return length < self._position

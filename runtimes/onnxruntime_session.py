@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
+from edgegen.runtimes.base import CachePosition
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {
@@ -33,7 +34,7 @@ def available_devices() -> list[str]:
     return [d for d, ep in EXECUTION_PROVIDERS.items() if ep in have]
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(CachePosition):
     """A Session (see runtimes.base) over an ONNX Runtime InferenceSession."""
 
     backend = "onnxruntime"
@@ -68,14 +69,6 @@ class OnnxRuntimeSession:
         self._position = 0
         # GPU caches cannot grow cheaply: allocate the whole length once.
         self._allocate(self._limit if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, self._limit))
-
-    @property
-    def position(self) -> int:
-        return self._position
-
-    @property
-    def max_length(self) -> int:
-        return self._limit
 
     def _allocate(self, capacity: int) -> None:
         """(Re)allocate the KV buffers at ``capacity`` slots, keeping the first ``position`` entries."""
@@ -142,9 +135,8 @@ class OnnxRuntimeSession:
         return logits[0]
 
     def trim(self, length: int) -> None:
-        if not 0 <= length <= self._position:
-            raise ValueError(f"cannot trim a cache of {self._position} tokens to {length}")
-        self._position = length
+        self._check_trim(length)
+        self._position = length  # the dropped slots are overwritten by the next forward
 
     def reset(self) -> None:
         self._position = 0

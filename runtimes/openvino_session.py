@@ -13,6 +13,7 @@ import openvino as ov
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
+from edgegen.runtimes.base import CachePosition
 
 _core: ov.Core | None = None
 
@@ -38,7 +39,7 @@ def _npu_config(static_shapes: dict[str, int]) -> dict[str, object]:
     return config
 
 
-class OpenVINOSession:
+class OpenVINOSession(CachePosition):
     """A Session (see runtimes.base) over a compiled stateful OpenVINO model."""
 
     backend = "openvino"
@@ -78,14 +79,6 @@ class OpenVINOSession:
         self._position = 0
         self._request.reset_state()
 
-    @property
-    def position(self) -> int:
-        return self._position
-
-    @property
-    def max_length(self) -> int:
-        return self._limit
-
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
         n = ids.shape[1]
@@ -111,9 +104,7 @@ class OpenVINOSession:
         return np.array(logits[-1:] if last_only else logits, np.float32)
 
     def trim(self, length: int) -> None:
-        if not 0 <= length <= self._position:
-            raise ValueError(f"cannot trim a cache of {self._position} tokens to {length}")
-        if length == self._position:
+        if not self._check_trim(length):
             return
         if self._static:
             raise EdgegenError("the NPU static graph cannot roll back its cache")
