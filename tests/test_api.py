@@ -55,3 +55,12 @@ def test_backends_agree_on_the_default_export(int8_model: Path) -> None:
     texts = [edgegen.load(int8_model, backend=b).generate("def fibonacci(n):", max_new_tokens=12, chat=False)
              for b in ("onnxruntime", "openvino")]
     assert texts[0].token_ids[:8] == texts[1].token_ids[:8]
+
+
+def test_int8_export_passes_its_quality_gate(int8_model: Path) -> None:
+    from edgegen.manifest import read_manifest
+
+    for fmt, graph in read_manifest(int8_model).graphs.items():
+        gate = graph.quality
+        assert graph.weights == "int8" and graph.sym
+        assert not gate["flagged"] and gate["ratio"] <= 1.02, (fmt, gate)

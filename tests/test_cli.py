@@ -101,3 +101,19 @@ def test_export_bad_inputs(tmp_path: Path) -> None:
 def test_devices_lists_cpu() -> None:
     proc = edgegen("devices")
     assert proc.returncode == 0 and "CPU" in proc.stdout and "cpu" in proc.stdout
+
+
+def test_chat_keeps_history(int8_model: Path) -> None:
+    code = "import sys; from edgegen.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    def chat(lines: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", code, "chat", "--model", str(int8_model), "--max-new-tokens",
+                               "24"], input=lines, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return [a.split("you>")[0].strip() for a in proc.stdout.split("bot> ")[1:]]
+
+    two_turns = chat("My name is Ada and I love sailing.\nWhat do I love?\n/exit\n")
+    one_turn = chat("What do I love?\n")  # Ctrl-D (end of input) also leaves
+    assert len(two_turns) == 2 and len(one_turn) == 1 and all(two_turns + one_turn)
+    # greedy decoding: the same question answers differently only because the first turn is in the history
+    assert two_turns[1] != one_turn[0]
