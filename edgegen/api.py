@@ -208,7 +208,8 @@ def _find_stop(text: str, stop: list[str], search_from: int) -> int | None:
 
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
-         threads: int | None = None, draft_confidence: float = 0.0) -> Generator:
+         threads: int | None = None, draft_confidence: float = 0.0,
+         consistent_rows: bool | None = None) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
@@ -228,7 +229,7 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     manifest = read_manifest(folder)
 
     def open_session(name: str) -> runtimes.Session:
-        options: dict[str, Any] = {"max_length": max_length, "threads": threads}
+        options: dict[str, Any] = {"max_length": max_length, "threads": threads, "consistent_rows": consistent_rows}
         if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
             options["npuw_devices"] = os.environ[NPUW_ENV]
         return runtimes.open_session(folder, manifest, name, device=device, **options)

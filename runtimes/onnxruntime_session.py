@@ -40,7 +40,7 @@ class OnnxRuntimeSession(CachePosition):
     backend = "onnxruntime"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, consistent_rows: bool = False) -> None:
         graph = manifest.graph("onnx")
         if graph.kv.stateful or not graph.kv.shared_buffer:
             raise EdgegenError(f"{folder}: the ONNX backend needs a shared-buffer KV graph; re-export the model")
@@ -66,6 +66,7 @@ class OnnxRuntimeSession(CachePosition):
         self._kv_dtype = np.dtype(graph.kv.dtype)
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
         self._binding = self._session.io_binding()
+        self._consistent_rows = consistent_rows
         self._position = 0
         # GPU caches cannot grow cheaply: allocate the whole length once.
         self._allocate(self._limit if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, self._limit))
@@ -102,11 +103,12 @@ class OnnxRuntimeSession(CachePosition):
 
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
-        if ids.shape[1] == 1 and self._position + 2 <= self._limit:
+        if self._consistent_rows and ids.shape[1] == 1 and self._position + 2 <= self._limit:
             # MatMulNBits takes another kernel for one row (int8: logits differ by ~0.6) while any
             # two or more rows are computed bitwise alike. Running every call with >= 2 rows makes a
             # token's logits independent of how many tokens its call carried, so speculative
-            # verification reproduces AR decoding exactly. The filler row is rolled back.
+            # verification reproduces AR decoding exactly. The filler row is rolled back; it costs
+            # ~25% per single-token step, so it is on only where speculation is used.
             logits = self._run(np.concatenate([ids, ids], axis=1))
             self._position -= 1
             return logits[:1]

@@ -45,7 +45,7 @@ class OpenVINOSession(CachePosition):
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, npuw_devices: str | None = None) -> None:
+                 threads: int | None = None, npuw_devices: str | None = None, consistent_rows: bool = False) -> None:
         graph = manifest.graph("openvino")
         if not graph.kv.stateful:
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
@@ -55,6 +55,7 @@ class OpenVINOSession(CachePosition):
         if device not in present and not (device == "NPU" and npuw_devices):
             raise EdgegenError(f"device '{device}' is not present: OpenVINO has {', '.join(present)}")
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        del consistent_rows  # OpenVINO's tokens already agree between one- and multi-row calls (tested)
         self._static = device == "NPU"
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
         if self._static:
