@@ -9,9 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgegen.export.progress import warn
-
 from edgegen.errors import EdgegenError
+from edgegen.export.progress import warn
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
 OV_SUBDIR = "openvino"

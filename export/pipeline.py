@@ -12,9 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgegen.export.progress import Stages, quiet, warn
-
 from edgegen.errors import EdgegenError
+from edgegen.export.progress import Stages, quiet, warn
 from edgegen.manifest import GraphInfo, Manifest, is_model_folder
 
 FORMATS = ("onnx", "openvino")
