@@ -217,8 +217,13 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     pick the faster for the device (measured once). device: "CPU" (default), "GPU", "NPU", "CUDA",
     "DML". profile: a device profile name (default: the one for the device). draft: an exported
     draft model (same tokenizer and vocabulary) for strategy="speculative"; draft_confidence stops a
-    draft early when the drafter's top probability falls below it.
+    draft early when the drafter's top probability falls below it. consistent_rows makes every
+    forward compute its rows with the same kernels, so speculative strategies reproduce AR output
+    token for token (default: on when a draft model is loaded; it costs AR speed on ONNX Runtime's
+    quantized graphs, whose single-row kernel is the fast one).
     """
+    if consistent_rows is None:
+        consistent_rows = draft is not None
     device = (device or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in _DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(_DEVICE_PROFILES)})")
