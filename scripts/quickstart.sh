@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh export
-exec .venv/bin/edgegen run "${@:-Write a short poem about the sea.}"
+# A mild repetition penalty keeps a 135M model from looping on open-ended prompts.
+exec .venv/bin/edgegen run --max-new-tokens 128 --repetition-penalty 1.15 "${@:-Write a short poem about the sea.}"
