@@ -248,14 +248,19 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(out_dir: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder; on success it replaces `out_dir`, on any failure it is removed."""
+def atomic_folder(out_dir: Path, check: bool = True) -> Iterator[Path]:
+    """Yield a hidden sibling folder; on success it replaces `out_dir`, on any failure it is removed.
+
+    check: refuse to replace a non-empty folder that is not an edgegen model (off for work folders
+    such as a training corpus that the caller owns).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
-        check_output_dir(out_dir)  # again: something may have appeared while we worked
+        if check:
+            check_output_dir(out_dir)  # again: something may have appeared while we worked
         _publish(tmp, out_dir)
     except BaseException:  # KeyboardInterrupt included: never leave half an export behind
         shutil.rmtree(tmp, ignore_errors=True)

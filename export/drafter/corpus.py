@@ -11,15 +11,14 @@ import glob
 import gzip
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.export.pipeline import atomic_folder
 
 CORPUS_DIR = "corpus"
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".markdown", ""}
@@ -136,18 +135,11 @@ def build_corpus(run_dir: Path, tokenizer_json: Path, eos_id: int, *, code_globs
         "val_text_files": len(vt_names),
         "files": {"val_code": vc_names, "val_text": vt_names, "train_code": trc_names, "train_text": trt_names},
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CORPUS_DIR}.tmp-", dir=run_dir))
-    try:
+    with atomic_folder(out, check=False) as tmp:
         np.save(tmp / "train.npy", train)
         np.save(tmp / "val_code.npy", np.asarray(val_code, dtype=np.int32))
         np.save(tmp / "val_text.npy", np.asarray(val_text, dtype=np.int32))
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     echo(f"corpus: train {summary['train_tokens']} tokens ({len(tr_code)} code / {len(tr_text)} text), "
          f"held out {len(val_code)} code + {len(val_text)} text tokens")
     return summary

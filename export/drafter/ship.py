@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
+from edgegen.export.pipeline import atomic_folder
 
 PACK_FORMAT = "edgegen-drafter/1"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -108,19 +109,12 @@ def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: st
     load_trainable(student, {k: v.to(torch.float32) for k, v in tensors.items()})
     out = Path(out_hf_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out, check=False) as tmp:
         student.eval()
         student.save_pretrained(str(tmp))
         for name in _TOKENIZER_FILES:
             if (target_hf_dir / name).is_file():
                 shutil.copy2(target_hf_dir / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
