@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import Manifest, is_model_folder, read_manifest
+from edgegen.manifest import Manifest, is_model_folder
 from edgegen.profiles import DeviceProfile
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -99,7 +99,3 @@ def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) 
         except OSError:
             pass  # a read-only model folder: measure again next time
     return choices[device]["backend"]
-
-
-def load_manifest(folder: Path) -> Manifest:
-    return read_manifest(folder)

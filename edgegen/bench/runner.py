@@ -128,8 +128,8 @@ class EdgegenEngine:
 
 
 def _folder_weights(manifest: Manifest) -> str:
-    found = {g.weights for g in manifest.graphs.values()}
-    return found.pop() if len(found) == 1 else "/".join(sorted(found))
+    found = sorted({g.weights for g in manifest.graphs.values()})
+    return "/".join(found)
 
 
 def exported_folder(model: str | None) -> Path | None:
@@ -157,16 +157,13 @@ def prepare_folder(model: str | None, weights: str) -> Path:
     out = cache_dir() / "bench" / f"{name}-{weights}"
     if is_model_folder(out):
         return out
-    try:
-        from edgegen.export import export_model
-    except ImportError as e:
-        raise EdgegenError(f"exporting for the bench needs the export extras ({e.name} is missing): "
-                           "pip install 'edgegen[export]'") from None
+    from edgegen.models import export
+
     print(f"edgegen bench: exporting {name} at {weights} to {out} (once)", file=sys.stderr)
     # Symmetric weights (the cpu profile's choice: ONNX int8 ppl x1.005 vs x1.021 asymmetric); int4 in
     # groups of 32, since 128-wide groups cost a 135M model >20% perplexity.
-    return export_model(source, out, formats=("onnx", "openvino"), weights=weights, sym=True,
-                        group_size=32 if weights == "int4" else None)
+    return export(source, out, formats=("onnx", "openvino"), weights=weights, sym=True,
+                  group_size=32 if weights == "int4" else None)
 
 
 def encode_prompts(folder: Path, prompts: Sequence[Prompt]) -> dict[str, list[int]]:

@@ -46,9 +46,9 @@ class Speculative:
         if num_draft_tokens < 1 or max_draft_tokens < num_draft_tokens:
             raise ValueError("need 1 <= num_draft_tokens <= max_draft_tokens")
         self.drafter = drafter
-        self.length = DraftLength(num_draft_tokens, 1, max_draft_tokens if adaptive else num_draft_tokens)
-        if not adaptive:
-            self.length.minimum = num_draft_tokens
+        # not adaptive: the length is pinned by making minimum == maximum == the initial length
+        self.length = (DraftLength(num_draft_tokens, 1, max_draft_tokens) if adaptive
+                       else DraftLength(num_draft_tokens, num_draft_tokens, num_draft_tokens))
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
         sampler, counters, target = request.sampler, request.counters, request.target
