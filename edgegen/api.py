@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,15 @@ from edgegen.manifest import Manifest, read_manifest
 from edgegen.models import choose_backend, resolve_model
 from edgegen.profiles import DeviceProfile, load_profile
 from edgegen.sampling import Sampler, SamplingConfig
-from edgegen.strategies import DecodeCounters, DecodeRequest, Drafter, ModelDrafter, make_strategy
+from edgegen.strategies import (
+    DecodeCounters,
+    DecodeRequest,
+    Drafter,
+    ModelDrafter,
+    MultiDraftStrategy,
+    RankedDraft,
+    make_strategy,
+)
 from edgegen.tokenizer import Message, StreamDecoder, TextTokenizer
 
 # device -> profile used when none is named
@@ -48,18 +56,77 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class DraftResult:
+    """One of the drafts of a multi-draft strategy (superposed), ranked by ``score``."""
+
+    text: str
+    token_ids: list[int]  # generated tokens only (EOS excluded)
+    score: float  # the strategy's ranking score, higher is better (superposed: mean log score per token)
+    finish_reason: str  # "eos" | "stop" | "length"
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     token_ids: list[int]  # generated tokens only (EOS excluded)
     prompt_token_ids: list[int]
     stats: GenerationStats
     finish_reason: str  # "eos" | "stop" | "length"
-    drafts: list[Any] = field(default_factory=list)  # multi-draft strategies
+    drafts: list[DraftResult] = field(default_factory=list)  # multi-draft strategies: best first, [0] is text
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+class _TextOutput:
+    """One generated sequence's tokens -> final text under the stopping rules (EOS, stop strings, length).
+
+    Text that may still become a stop string is held back until a later token rules it out.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, eos: set[int], stop: list[str], max_tokens: int) -> None:
+        self._decoder = StreamDecoder(tokenizer)
+        self._eos, self._stop, self._max = eos, stop, max_tokens
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._emitted = 0
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish = "length"  # "eos" | "stop" | "length"
+
+    @property
+    def done(self) -> bool:
+        return self.finish != "length" or len(self.tokens) >= self._max
+
+    def push(self, new: Iterable[int]) -> bool:
+        """Add tokens (those after the end are ignored); True once the sequence has ended."""
+        for token in new:
+            if self.done:
+                break
+            if token in self._eos:
+                self.finish = "eos"
+                break
+            self.tokens.append(token)
+            self.text += self._decoder.push([token])
+            if self._stop and (cut := _find_stop(self.text, self._stop, self._emitted - self._hold)) is not None:
+                self.text, self.finish = self.text[:cut], "stop"
+        return self.done
+
+    def take(self) -> str:
+        """Text that no later token can change, not returned before."""
+        safe = len(self.text) - self._hold
+        if safe <= self._emitted:
+            return ""
+        piece, self._emitted = self.text[self._emitted : safe], safe
+        return piece
+
+    def close(self) -> str:
+        """The sequence has ended: the rest of its text."""
+        if self.finish != "stop":
+            self.text += self._decoder.flush()
+        piece, self._emitted = self.text[self._emitted :], len(self.text)
+        return piece
 
 
 class TextStream:
@@ -99,6 +166,10 @@ class Generator:
         used as given); ``strategy`` names a decode strategy ("ar" by default) and ``options`` go to
         it. Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
         and ``seed``. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
+
+        ``strategy="superposed"`` (options num_drafts=3, alpha=0.54, ngram=None, lm_temperature=0.06)
+        returns ``num_drafts`` completions in ``result.drafts``, best first; ``text``/``token_ids`` are
+        the best one's.
         """
         stream = self.stream(prompt, max_new_tokens, temperature, chat, strategy, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
@@ -114,7 +185,9 @@ class Generator:
                ignore_eos: bool = False, **options: Any) -> TextStream:
         """Like ``generate`` but yields text pieces as they are final (never half a character).
 
-        The returned TextStream's ``result`` is set when iteration ends.
+        The returned TextStream's ``result`` is set when iteration ends. A multi-draft strategy
+        (superposed) ranks its drafts only at the end: it yields the best draft's text in one piece
+        once generation is over, and ``result.drafts`` holds all of them.
         """
         config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
@@ -128,57 +201,59 @@ class Generator:
                 raise EdgegenError(f"prompt token ids must be 1 or more ids in [0, {self.manifest.vocab_size})")
         else:
             prompt_ids = self.tokenizer.encode_prompt(prompt, chat)
-        limit = self.session.max_length
+        decoder = make_strategy(strategy, self.drafter, **options)
+        session = self._session_for(decoder)
+        limit = session.max_length
         if len(prompt_ids) + max_new_tokens > limit:
             raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                               f"the {limit} tokens this {self.session.device} session holds")
-        decoder = make_strategy(strategy, self.drafter, **options)
-        request = DecodeRequest(self.session, prompt_ids, Sampler(config), max_new_tokens)
+                               f"the {limit} tokens this {session.device} session holds")
+        eos = frozenset() if ignore_eos else frozenset(self.manifest.eos_token_ids)
+        request = DecodeRequest(session, prompt_ids, Sampler(config), max_new_tokens, eos_token_ids=eos,
+                                model_folder=self.folder)
         stream = TextStream(iter(()))
-        stream._events = self._run(decoder, request, list(stop), stream, ignore_eos)
+        stream._events = self._run(decoder, request, list(stop), stream)
         return stream
 
-    def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream,
-             ignore_eos: bool) -> Iterator[str]:
+    def _session_for(self, decoder: Any) -> runtimes.Session:
+        """The session a strategy runs on: superposed decoding feeds embeddings, so it needs a session
+        that takes them (see ``load(embeddings=...)``)."""
+        if not getattr(decoder, "needs_embeddings", False) or hasattr(self.session, "forward_embeddings"):
+            return self.session
+        raise EdgegenError(f"strategy '{decoder.name}' feeds input embeddings: load the model with "
+                           "edgegen.load(..., embeddings=True)")
+
+    def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream) -> Iterator[str]:
         start = time.perf_counter()
         first = None
-        eos = set() if ignore_eos else set(self.manifest.eos_token_ids)
-        text_stream = StreamDecoder(self.tokenizer)
-        hold = max((len(s) for s in stop), default=1) - 1  # text that may still become a stop string
-        tokens: list[int] = []
-        text, emitted, finish = "", 0, "length"
+        eos = set(request.eos_token_ids)
+        out = _TextOutput(self.tokenizer, eos, stop, request.max_new_tokens)
         steps = decoder.decode(request)
         try:
             for new in steps:
                 if first is None:
                     first = time.perf_counter()
-                for token in new:
-                    if token in eos:
-                        finish = "eos"
-                        break
-                    tokens.append(token)
-                    text += text_stream.push([token])
-                    if stop and (cut := _find_stop(text, stop, emitted - hold)) is not None:
-                        text, finish = text[:cut], "stop"
-                        break
-                    if len(tokens) >= request.max_new_tokens:
-                        break
-                if finish != "length" or len(tokens) >= request.max_new_tokens:
+                if out.push(new):
                     break
-                safe = len(text) - hold
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
+                if piece := out.take():
+                    yield piece
         finally:
             steps.close()
-        if finish != "stop":
-            text += text_stream.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
+        if piece := out.close():
+            yield piece
         end = time.perf_counter()
-        stream.result = GenerationResult(text=text, token_ids=tokens, prompt_token_ids=request.prompt_ids,
-                                         stats=self._stats(decoder, request, len(tokens), start, first, end),
-                                         finish_reason=finish)
+        drafts = []
+        if isinstance(decoder, MultiDraftStrategy):
+            drafts = [self._draft_result(d, eos, stop, request.max_new_tokens) for d in decoder.drafts]
+        stream.result = GenerationResult(text=out.text, token_ids=out.tokens, prompt_token_ids=request.prompt_ids,
+                                         stats=self._stats(decoder, request, len(out.tokens), start, first, end),
+                                         finish_reason=out.finish, drafts=drafts)
+
+    def _draft_result(self, draft: RankedDraft, eos: set[int], stop: list[str], max_tokens: int) -> DraftResult:
+        """A multi-draft strategy's draft under the same stopping rules as the main text."""
+        out = _TextOutput(self.tokenizer, eos, stop, max_tokens)
+        out.push(draft.tokens)
+        out.close()
+        return DraftResult(text=out.text, token_ids=out.tokens, score=draft.score, finish_reason=out.finish)
 
     def _stats(self, decoder: Any, request: DecodeRequest, n: int, start: float, first: float | None,
                end: float) -> GenerationStats:

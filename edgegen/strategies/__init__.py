@@ -10,9 +10,10 @@ from typing import Any
 
 from edgegen.errors import EdgegenError
 from edgegen.strategies.autoregressive import Autoregressive
-from edgegen.strategies.base import DecodeCounters, DecodeRequest, Strategy
+from edgegen.strategies.base import DecodeCounters, DecodeRequest, MultiDraftStrategy, RankedDraft, Strategy
 from edgegen.strategies.drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
 from edgegen.strategies.speculative import PromptLookup, Speculative
+from edgegen.strategies.superposed import Superposed
 
 
 def _speculative(drafter: Drafter | None, **options: Any) -> Strategy:
@@ -26,6 +27,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     Autoregressive.name: lambda drafter, **options: Autoregressive(**options),
     PromptLookup.name: lambda drafter, **options: PromptLookup(**options),
     Speculative.name: _speculative,
+    Superposed.name: lambda drafter, **options: Superposed(**options),
 }
 
 
@@ -40,4 +42,4 @@ def make_strategy(name: str, drafter: Drafter | None = None, **options: Any) -> 
 
 
 __all__ = ["STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter", "ModelDrafter",
-           "PromptLookupDrafter", "Strategy", "make_strategy"]
+           "MultiDraftStrategy", "PromptLookupDrafter", "RankedDraft", "Strategy", "Superposed", "make_strategy"]

@@ -3,6 +3,9 @@
 A strategy is a generator: it prefills, then yields lists of new token ids (one for AR, several
 per target step for speculative). The caller owns stopping (EOS, stop strings, max tokens) and
 simply stops iterating, so strategies contain no stop logic and never know the runtime.
+
+A multi-draft strategy (superposed) keeps k sequences whose ranking can change until the end: it
+yields ``[]`` after each step, then the best draft's tokens once, and exposes all k as ``drafts``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,12 +53,32 @@ class DecodeRequest:
     sampler: Sampler
     max_new_tokens: int
     counters: DecodeCounters = field(default_factory=DecodeCounters)
+    eos_token_ids: frozenset[int] = frozenset()  # empty when EOS is ignored; multi-draft strategies finish on it
+    model_folder: Path | None = None  # the exported model, for strategies with side data (an n-gram store)
 
 
 class Strategy(Protocol):
     """A decoding algorithm. ``decode`` yields lists of accepted token ids, in order."""
 
     name: ClassVar[str]
+
+    def decode(self, request: DecodeRequest) -> Iterator[list[int]]: ...
+
+
+@dataclass(frozen=True)
+class RankedDraft:
+    """One of the drafts a multi-draft strategy returns."""
+
+    tokens: list[int]  # generated tokens, ending with the EOS id when the draft finished on one
+    score: float  # the strategy's ranking score, higher is better
+
+
+@runtime_checkable
+class MultiDraftStrategy(Protocol):
+    """A strategy that produces several drafts: ``drafts`` (best first) is set before its last yield."""
+
+    name: ClassVar[str]
+    drafts: list[RankedDraft]
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]: ...
 
@@ -72,5 +96,13 @@ def step(request: DecodeRequest, token_ids: list[int]) -> np.ndarray:
     """One target forward after prefill, counted and timed; returns (len(token_ids), vocab) logits."""
     with request.counters.timing("target_s"):
         logits = request.target.forward(np.asarray(token_ids, np.int64))
+    request.counters.target_steps += 1
+    return logits
+
+
+def step_embeddings(request: DecodeRequest, embeddings: np.ndarray) -> np.ndarray:
+    """Like ``step`` for input embeddings (n, hidden) float32 instead of token ids; (n, vocab) logits."""
+    with request.counters.timing("target_s"):
+        logits = request.target.forward_embeddings(embeddings)  # type: ignore[attr-defined]
     request.counters.target_steps += 1
     return logits

@@ -1,0 +1,174 @@
+"""Superposed decoding: the algorithm on an in-process model, then the real default model and the CLI.
+
+``EmbeddingLM`` is a tiny recurrent "language model" behind the Session protocol with an embedding
+table: ``forward(ids)`` is exactly ``forward_embeddings(embed(ids))``, so a superposition of one
+draft with weight 1 must reproduce greedy AR token for token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgegen.errors import EdgegenError
+from edgegen.sampling import Sampler, SamplingConfig
+from edgegen.strategies import make_strategy
+from edgegen.strategies.autoregressive import Autoregressive
+from edgegen.strategies.base import DecodeRequest
+from edgegen.strategies.superposed import Superposed, candidates, interpolate, superposition
+
+VOCAB, HIDDEN, EOS = 40, 16, 0
+PROMPT = [5, 9, 3]
+
+
+class EmbeddingLM:
+    """A Session with embeddings: state_t = tanh(A state_{t-1} + x_t), logits_t = W state_t."""
+
+    backend, device = "numpy", "CPU"
+
+    def __init__(self, seed: int = 0, sharpness: float = 2.0, eos_bias: float = -4.0) -> None:
+        rng = np.random.default_rng(seed)
+        self.table = rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32)
+        self.a = (rng.normal(size=(HIDDEN, HIDDEN)) * 0.9 / np.sqrt(HIDDEN)).astype(np.float32)
+        self.w = (rng.normal(size=(HIDDEN, VOCAB)) * sharpness).astype(np.float32)
+        self.bias = np.zeros(VOCAB, np.float32)
+        self.bias[EOS] = eos_bias
+        self.states: list[np.ndarray] = []  # one per cached position
+        self.max_length = 512
+        self.forwards = 0
+
+    @property
+    def position(self) -> int:
+        return len(self.states)
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        return self.table[np.asarray(token_ids, np.int64)]
+
+    def forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
+        self.forwards += 1
+        h = self.states[-1] if self.states else np.zeros(HIDDEN, np.float32)
+        out = []
+        for x in np.asarray(embeddings, np.float32):
+            h = np.tanh(self.a @ h + x)
+            self.states.append(h)
+            out.append(h @ self.w + self.bias)
+        logits = np.stack(out).astype(np.float32)
+        return logits[-1:] if last_only else logits
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        return self.forward_embeddings(self.embed(token_ids), last_only)
+
+    def trim(self, length: int) -> None:
+        del self.states[length:]
+
+    def reset(self) -> None:
+        self.states = []
+
+
+class BigramStore:
+    """An n-gram store over a token corpus: bigram probabilities only (enough for the interface)."""
+
+    def __init__(self, corpus: list[int]) -> None:
+        self.counts = np.zeros((VOCAB, VOCAB))
+        np.add.at(self.counts, (corpus[:-1], corpus[1:]), 1.0)
+        self.calls = 0
+
+    def probabilities(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        assert histories.ndim == 2 and candidates.shape[0] == histories.shape[0]
+        rows = self.counts[histories[:, -1]]  # (k, vocab)
+        totals = np.maximum(rows.sum(axis=1, keepdims=True), 1.0)
+        return (np.take_along_axis(rows, candidates, axis=1) / totals).astype(np.float32)
+
+
+def run(strategy, model: EmbeddingLM, new: int = 24, eos: bool = True) -> list[int]:
+    request = DecodeRequest(model, list(PROMPT), Sampler(SamplingConfig()), new,
+                            eos_token_ids=frozenset({EOS}) if eos else frozenset())
+    tokens: list[int] = []
+    for step in strategy.decode(request):
+        tokens += step
+        if EOS in tokens or len(tokens) >= new:
+            break
+    return tokens[: tokens.index(EOS) + 1] if EOS in tokens else tokens[:new]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_draft_without_ngram_is_greedy(seed: int) -> None:
+    model = EmbeddingLM(seed, eos_bias=-1.0 if seed % 2 else -6.0)  # odd seeds end early on EOS
+    greedy = run(Autoregressive(), model)
+    sup = Superposed(num_drafts=1, alpha=0.0)
+    assert run(sup, model) == greedy
+    assert len(sup.drafts) == 1 and sup.drafts[0].tokens == greedy
+
+
+def test_k_drafts_are_distinct_ranked_and_cost_one_pass() -> None:
+    model = EmbeddingLM(1)
+    sup = Superposed(num_drafts=4, alpha=0.0)
+    best = run(sup, model, new=20, eos=False)
+    assert len(sup.drafts) == 4 and best == sup.drafts[0].tokens
+    assert len({tuple(d.tokens) for d in sup.drafts}) == 4
+    assert all(len(d.tokens) == 20 for d in sup.drafts)
+    scores = [d.score for d in sup.drafts]
+    assert scores == sorted(scores, reverse=True)
+    assert model.forwards == 20  # the prefill + 19 superposed steps: one pass for all drafts
+
+
+def test_eos_drafts_go_to_the_finished_pool() -> None:
+    model = EmbeddingLM(3, eos_bias=1.5)  # EOS is likely: drafts end at different lengths
+    sup = Superposed(num_drafts=3, alpha=0.0)
+    run(sup, model, new=40)
+    ended = [d for d in sup.drafts if d.tokens[-1] == EOS]
+    assert ended, "expected finished drafts"
+    assert all(EOS not in d.tokens[:-1] for d in sup.drafts)  # EOS only ever ends a draft
+    # the run stops once the pool holds k drafts: never longer than the max length
+    assert max(len(d.tokens) for d in sup.drafts) <= 40
+
+
+def test_ngram_scores_steer_the_drafts() -> None:
+    model = EmbeddingLM(2, sharpness=0.3)  # an unsure LM: the n-gram model decides among candidates
+    corpus = list(np.random.default_rng(0).integers(1, VOCAB, size=400))
+    store = BigramStore(corpus)
+    plain, mixed = Superposed(3, alpha=0.0), Superposed(3, alpha=0.9, ngram=store)
+    run(plain, model, new=16, eos=False)
+    run(mixed, model, new=16, eos=False)
+    assert store.calls == 16  # one batched lookup per step, all drafts at once
+    assert [d.tokens for d in plain.drafts] != [d.tokens for d in mixed.drafts]
+    seen = store.counts > 0
+    follows = [np.mean([seen[a, b] for a, b in zip([PROMPT[-1], *d.tokens], d.tokens, strict=False)])
+               for d in mixed.drafts]
+    assert min(follows) == 1.0  # every transition exists in the corpus when alpha is high
+
+
+def test_helpers() -> None:
+    logits = np.array([0.0, 3.0, 1.0, 2.0], np.float32)
+    top, log_p = candidates(logits, 2, 1.0)
+    assert top.tolist() == [1, 3] and np.isclose(np.exp(log_p).sum(), 1.0)
+    p_ngram = np.array([[0.5, 0.0], [0.0, 0.0]])
+    s = interpolate(log_p, p_ngram, 0.5)
+    assert np.isfinite(s[0, 0]) and s[0, 1] == -np.inf  # unseen n-gram: dropped for that draft
+    assert np.allclose(s[1], 0.5 * log_p - 200.0)  # a draft with no seen candidate keeps a penalised LM score
+    w = superposition(np.array([0.0, -1.0, -50.0]))
+    assert np.isclose(w.sum(), 1.0) and w[0] > w[1] > w[2]
+    assert superposition(np.zeros(1)).tolist() == [1.0]
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"num_drafts": 0}, "num_drafts must be >= 1"),
+    ({"alpha": 1.5}, "alpha must be in [0, 1]"),
+    ({"alpha": -0.1}, "alpha must be in [0, 1]"),
+    ({"ngram": "/nonexistent/store.ngram"}, "n-gram store not found"),
+])
+def test_bad_options_are_one_line(options: dict, needle: str) -> None:
+    with pytest.raises(EdgegenError, match=None) as e:
+        make_strategy("superposed", **options)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_alpha_zero_needs_no_store_and_sampling_is_refused() -> None:
+    make_strategy("superposed", alpha=0.0, ngram="/nonexistent/store.ngram")  # the store is never used
+    request = DecodeRequest(EmbeddingLM(0), list(PROMPT), Sampler(SamplingConfig()), 4)
+    with pytest.raises(EdgegenError, match="needs an n-gram store"):
+        next(Superposed(alpha=0.5).decode(request))  # no store and no model folder to find the default
+    request.sampler = Sampler(SamplingConfig(temperature=0.7))
+    with pytest.raises(EdgegenError, match="deterministic"):
+        next(Superposed(alpha=0.0).decode(request))
