@@ -173,16 +173,23 @@ def devices() -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
 @click.option("--no-baselines", is_flag=True, help="Skip openvino-genai and onnxruntime-genai.")
 @click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup"]), default="ar",
+              show_default=True, help="Also run this speculative strategy (edgegen's and openvino-genai's).")
+@click.option("--draft", default=None, help="Exported draft model folder (--strategy speculative).")
+@click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length of edgegen's strategy.")
 def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, repeats: int, warmup: int,
-          limit: int | None, no_baselines: bool, out: str) -> None:
+          limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
+          num_draft_tokens: int | None) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
     from pathlib import Path
 
     from edgegen.bench import run_bench
 
+    options = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
-              command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
+              command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo, strategy=strategy, draft=draft,
+              **options)
 
 
 @cli.group()

@@ -31,17 +31,34 @@ class TokenEngine(Protocol):
 
 
 class OpenVINOGenAIBaseline:
-    """openvino-genai ``LLMPipeline`` over the folder's OpenVINO IR, fed token ids."""
+    """openvino-genai ``LLMPipeline`` over the folder's OpenVINO IR, fed token ids.
 
-    name = "openvino-genai"
+    strategy "ar" (its stateful pipeline), "speculative" (``draft_model`` with ``draft``'s IR) or
+    "prompt-lookup"; both speculative modes propose ``num_assistant_tokens`` per step, as its samples do.
+    """
+
     backend = "openvino"
 
-    def __init__(self, folder: Path, device: str = "CPU") -> None:
+    def __init__(self, folder: Path, device: str = "CPU", strategy: str = "ar", draft: Path | None = None,
+                 num_assistant_tokens: int = 5, max_ngram_size: int = 3) -> None:
         import openvino as ov
         import openvino_genai as ovg
 
         self._ov, self._ovg = ov, ovg
-        self._pipe = ovg.LLMPipeline(str(Path(folder) / "openvino"), device)
+        self.name = "openvino-genai" if strategy == "ar" else f"openvino-genai-{strategy}"
+        self._assist: dict[str, int] = {}
+        extra: dict[str, Any] = {}
+        if strategy == "speculative":
+            if draft is None:
+                raise ValueError("speculative needs a draft model folder")
+            extra["draft_model"] = ovg.draft_model(str(Path(draft) / "openvino"), device)
+            self._assist = {"num_assistant_tokens": num_assistant_tokens}
+        elif strategy == "prompt-lookup":
+            extra["prompt_lookup"] = True
+            self._assist = {"num_assistant_tokens": num_assistant_tokens, "max_ngram_size": max_ngram_size}
+        elif strategy != "ar":
+            raise ValueError(f"openvino-genai has no '{strategy}' strategy")
+        self._pipe = ovg.LLMPipeline(str(Path(folder) / "openvino"), device, **extra)
 
     def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
         import numpy as np
@@ -51,6 +68,8 @@ class OpenVINOGenAIBaseline:
         config.max_new_tokens = new_tokens
         config.do_sample = False
         config.ignore_eos = True
+        for key, value in self._assist.items():
+            setattr(config, key, value)
         ids = np.asarray([prompt_ids], np.int64)
         inputs = ovg.TokenizedInputs(self._ov.Tensor(ids), self._ov.Tensor(np.ones_like(ids)))
         result = self._pipe.generate(inputs, config, _token_streamer(ovg, on_token))
@@ -74,7 +93,7 @@ def _token_streamer(ovg: Any, on_token: TokenCallback) -> Any:
 
 
 class OnnxRuntimeGenAIBaseline:
-    """onnxruntime-genai ``Generator`` over the folder's ONNX graph (needs onnx/genai_config.json)."""
+    """onnxruntime-genai ``Generator`` over the folder's ONNX graph (needs onnx/genai_config.json); AR only."""
 
     name = "onnxruntime-genai"
     backend = "onnxruntime"
@@ -107,13 +126,17 @@ class OnnxRuntimeGenAIBaseline:
 
 # name -> (module that must import, adapter class)
 BASELINES: dict[str, tuple[str, type]] = {
-    OpenVINOGenAIBaseline.name: ("openvino_genai", OpenVINOGenAIBaseline),
+    "openvino-genai": ("openvino_genai", OpenVINOGenAIBaseline),
     OnnxRuntimeGenAIBaseline.name: ("onnxruntime_genai", OnnxRuntimeGenAIBaseline),
 }
+# speculative strategies a baseline runs with its own pipeline, besides AR
+SPECULATIVE_BASELINES = {"openvino-genai": ("speculative", "prompt-lookup")}
 
 
-def open_baselines(folder: Path, device: str = "CPU") -> tuple[list[TokenEngine], list[str]]:
-    """Open every baseline that is installed and can load ``folder``.
+def open_baselines(folder: Path, device: str = "CPU", strategy: str = "ar",
+                   draft: Path | None = None) -> tuple[list[TokenEngine], list[str]]:
+    """Open every baseline that is installed and can load ``folder``: each one's AR pipeline and,
+    where it has one, its own ``strategy`` pipeline (with ``draft`` for "speculative").
 
     Returns (engines, notes): one short line per baseline that was skipped and why.
     """
@@ -125,10 +148,18 @@ def open_baselines(folder: Path, device: str = "CPU") -> tuple[list[TokenEngine]
         except ImportError:
             notes.append(f"{name}: not installed ({module.replace('_', '-')}), skipped")
             continue
-        try:
-            engines.append(adapter(folder, device))
-        except Exception as e:  # a baseline that cannot load this folder must not stop the bench
-            notes.append(f"{name}: cannot load {folder}: {type(e).__name__}: {e}".splitlines()[0])
+        modes: list[dict[str, Any]] = [{}]
+        if strategy != "ar":
+            if strategy in SPECULATIVE_BASELINES.get(name, ()):
+                modes.append({"strategy": strategy, "draft": draft})
+            else:
+                notes.append(f"{name}: has no '{strategy}' strategy; AR only")
+        for mode in modes:
+            try:
+                engines.append(adapter(folder, device, **mode))
+            except Exception as e:  # a baseline that cannot load this folder must not stop the bench
+                label = f"{name} {mode.get('strategy', '')}".strip()
+                notes.append(f"{label}: cannot load {folder}: {type(e).__name__}: {e}".splitlines()[0])
     return engines, notes
 
 

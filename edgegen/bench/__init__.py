@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgegen.bench.report import Row, machine_info, markdown_table, summarize, write_reports
 from edgegen.bench.runner import (
@@ -32,18 +33,25 @@ from edgegen.manifest import read_manifest
 def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: str = "all",
               new_tokens: int = 128, repeats: int = 1, warmup: int = 1, baselines: bool = True,
               out: Path = Path("bench-out"), limit: int | None = None, command: str = "edgegen bench",
-              echo: Callable[[str], None] = print) -> list[Row]:
+              echo: Callable[[str], None] = print, strategy: str = "ar", draft: str | None = None,
+              **options: Any) -> list[Row]:
     """Run the benchmark, write ``out``/bench.json, bench.md, bench.png, print the table; return its rows.
 
     model: None/"default" (SmolLM2, exported per precision into the cache), an exported folder (used
     at its own precision), or a Hugging Face folder / .gguf (exported per precision). weights: the
     precisions to export and compare (default int8; ignored for an exported folder). limit: the first
-    N prompts of each set only (quick runs).
+    N prompts of each set only (quick runs). strategy: "ar", or "speculative" (with ``draft``, an exported
+    draft model folder) / "prompt-lookup" to compare edgegen's speculative decoding with its own AR,
+    the AR anchors and openvino-genai's pipeline for the same strategy; ``options`` go to the strategy.
     """
     if new_tokens < 2:
         raise EdgegenError(f"--new-tokens must be >= 2 (the decode rate needs two tokens), got {new_tokens}")
     if repeats < 1 or warmup < 0:
         raise EdgegenError("--repeats must be >= 1 and --warmup >= 0")
+    if strategy == "speculative" and draft is None:
+        raise EdgegenError("--strategy speculative needs --draft DIR (an exported draft model)")
+    if draft is not None and exported_folder(draft) is None:
+        raise EdgegenError(f"draft model {draft} is not an exported model folder (no edgegen.json)")
     chosen = load_prompts(prompts, limit)
     notes: list[str] = []
 
@@ -69,14 +77,16 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         eos |= set(manifest.eos_token_ids)
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
-        runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note)
+        runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note, strategy,
+                              exported_folder(draft), **options)
     if not runs:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     rows = summarize(runs, eos)
     settings = {"command": command, "model": model or "default", "weights": list(weights),
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,
                 "repeats": repeats, "warmup": warmup, "baselines": baselines,
-                "folders": folders, "quality": quality}
+                "folders": folders, "quality": quality, "strategy": strategy, "draft": draft,
+                "strategy_options": options}
     paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes)
     echo(markdown_table(rows))
     echo("wrote " + ", ".join(str(p) for p in paths))

@@ -21,6 +21,30 @@ def is_baseline(engine: str) -> bool:
     return not engine.startswith("edgegen")
 
 
+def is_ar_anchor(engine: str) -> bool:
+    """A baseline's plain AR pipeline (the anchors every speed goal is measured against)."""
+    from edgegen.runtimes.baselines import BASELINES
+
+    return engine in BASELINES
+
+
+def _strategy(engine: str) -> str | None:
+    """The speculative strategy an engine runs (None for AR), read from its name."""
+    for name in ("speculative", "prompt-lookup"):
+        if engine.endswith(f"-{name}"):
+            return name
+    return None
+
+
+def _token_references(engine: str) -> list[str]:
+    """Engines whose tokens ``engine``'s must equal: its own AR (a speculative engine) or the baselines."""
+    strategy = _strategy(engine)
+    if strategy is None:
+        return []
+    base = engine[: -len(strategy) - 1]
+    return [base + "-2row", base] if base == "edgegen-ort" else [base]
+
+
 @dataclass
 class Row:
     """One engine at one precision, summarized over all its timed runs."""
@@ -31,8 +55,13 @@ class Row:
     tokens_per_s: float  # median decode rate
     ttft_ms: float  # median time to first token
     runs: int
-    x_fastest: float | None = None  # tokens/s over the fastest baseline's at this precision
-    identical: dict[str, tuple[int, int]] = field(default_factory=dict)  # baseline -> (equal prompts, prompts)
+    x_fastest: float | None = None  # tokens/s over the fastest AR baseline's at this precision
+    identical: dict[str, tuple[int, int]] = field(default_factory=dict)  # reference -> (equal prompts, prompts)
+    # speculative engines only
+    acceptance: float | None = None  # accepted / proposed draft tokens
+    tokens_per_step: float | None = None  # new tokens per target forward
+    x_edgegen_ar: float | None = None  # over edgegen's fastest AR engine
+    x_baseline_strategy: float | None = None  # over openvino-genai running the same strategy
 
 
 def _first_tokens(runs: Sequence[Run]) -> dict[tuple[str, str, str], list[int]]:
@@ -50,6 +79,20 @@ def same_tokens(a: Sequence[int], b: Sequence[int], eos_ids: Collection[int] = (
     return list(a[:cut]) == list(b[:cut])
 
 
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > 0 else None
+
+
+def _speculative_figures(row: Row, runs: Sequence[Run]) -> None:
+    mine = [r.timing for r in runs if (r.engine, r.weights) == (row.engine, row.weights)]
+    proposed = sum(t.engine_metrics.get("draft_proposed", 0) for t in mine)
+    steps = sum(t.engine_metrics.get("target_steps", 0) for t in mine)
+    if proposed:
+        row.acceptance = sum(t.engine_metrics.get("draft_accepted", 0) for t in mine) / proposed
+    if steps:
+        row.tokens_per_step = sum(len(t.tokens) - 1 for t in mine) / steps
+
+
 def summarize(runs: Sequence[Run], eos_ids: Collection[int] = ()) -> list[Row]:
     """One Row per (precision, engine), in run order, with ratios and token identity filled in."""
     groups: dict[tuple[str, str], list[Run]] = {}
@@ -59,16 +102,27 @@ def summarize(runs: Sequence[Run], eos_ids: Collection[int] = ()) -> list[Row]:
                 median([r.timing.ttft_s * 1e3 for r in rs]), len(rs)) for (weights, engine), rs in groups.items()]
     first = _first_tokens(runs)
     for row in rows:
-        baselines = [b for b in rows if b.weights == row.weights and is_baseline(b.engine)]
-        fastest = max((b.tokens_per_s for b in baselines), default=0.0)
-        row.x_fastest = row.tokens_per_s / fastest if fastest > 0 else None
-        if is_baseline(row.engine):
+        peers = [b for b in rows if b.weights == row.weights]
+        anchors = [b for b in peers if is_ar_anchor(b.engine)]
+        row.x_fastest = _ratio(row.tokens_per_s, max((b.tokens_per_s for b in anchors), default=0.0))
+        strategy = _strategy(row.engine)
+        if strategy is not None:
+            _speculative_figures(row, runs)
+            edgegen_ar = [b.tokens_per_s for b in peers if b.engine in ("edgegen-ort", "edgegen-ov")]
+            row.x_edgegen_ar = _ratio(row.tokens_per_s, max(edgegen_ar, default=0.0))
+            same = [b.tokens_per_s for b in peers if b.engine == f"openvino-genai-{strategy}"]
+            row.x_baseline_strategy = _ratio(row.tokens_per_s, max(same, default=0.0))
+        if is_baseline(row.engine) and strategy is None:
             continue
+        references = (_token_references(row.engine) if not is_baseline(row.engine)
+                      else [row.engine[: -len(strategy) - 1]]) if strategy else [b.engine for b in anchors]
         prompts = [p for (e, w, p) in first if e == row.engine and w == row.weights]
-        for b in baselines:
-            pairs = [(first[(row.engine, row.weights, p)], first.get((b.engine, row.weights, p))) for p in prompts]
+        for ref in references:
+            pairs = [(first[(row.engine, row.weights, p)], first.get((ref, row.weights, p))) for p in prompts]
+            if not any(other is not None for _, other in pairs):
+                continue
             equal = sum(other is not None and same_tokens(mine, other, eos_ids) for mine, other in pairs)
-            row.identical[b.engine] = (equal, sum(other is not None for _, other in pairs))
+            row.identical[ref] = (equal, sum(other is not None for _, other in pairs))
     rows.sort(key=lambda r: (_weights_rank(r.weights), is_baseline(r.engine)))
     return rows
 
@@ -83,14 +137,30 @@ def _identical_cell(row: Row) -> str:
     return ", ".join(f"{k}/{n} vs {name}" for name, (k, n) in row.identical.items())
 
 
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "—"
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
-    """engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical."""
-    lines = ["| engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical |",
-             "|---|---|---|---:|---:|---:|---|"]
+    """engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical; with speculative
+    engines also acceptance, tokens per target step and the ratios to edgegen AR and the baseline's
+    own speculative pipeline."""
+    if not any(_strategy(r.engine) for r in rows):
+        lines = ["| engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical |",
+                 "|---|---|---|---:|---:|---:|---|"]
+        for r in rows:
+            lines.append(f"| {r.engine} | {r.backend} | {r.weights} | {r.tokens_per_s:.1f} | {r.ttft_ms:.1f} | "
+                         f"{_x(r.x_fastest)} | {_identical_cell(r)} |")
+        return "\n".join(lines)
+    lines = ["| engine | backend | weights | tokens/s | acceptance | tokens/step | x edgegen AR | "
+             "x fastest AR anchor | x openvino-genai same strategy | identical |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        ratio = f"{r.x_fastest:.2f}x" if r.x_fastest is not None else "—"
-        lines.append(f"| {r.engine} | {r.backend} | {r.weights} | {r.tokens_per_s:.1f} | {r.ttft_ms:.1f} | "
-                     f"{ratio} | {_identical_cell(r)} |")
+        accept = f"{100 * r.acceptance:.0f}%" if r.acceptance is not None else "—"
+        per_step = f"{r.tokens_per_step:.2f}" if r.tokens_per_step is not None else "—"
+        lines.append(f"| {r.engine} | {r.backend} | {r.weights} | {r.tokens_per_s:.1f} | {accept} | {per_step} | "
+                     f"{_x(r.x_edgegen_ar)} | {_x(r.x_fastest)} | {_x(r.x_baseline_strategy)} | "
+                     f"{_identical_cell(r)} |")
     return "\n".join(lines)
 
 
@@ -106,6 +176,17 @@ def category_table(runs: Sequence[Run]) -> str:
                  for c in categories]
         lines.append(f"| {row.engine} | {row.weights} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
     return "\n".join(lines)
+
+
+def _per_set_parts(runs: Sequence[Run]) -> list[str]:
+    """Per prompt set: the whole table for speculative runs (their goals differ by set), else tokens/s."""
+    if not any(_strategy(r.engine) for r in runs):
+        return ["Median tokens/s per prompt set:", "", category_table(runs), ""]
+    parts = []
+    for category in dict.fromkeys(r.category for r in runs):
+        parts += [f"Prompt set {category}:", "", markdown_table(summarize([r for r in runs if r.category == category])),
+                  ""]
+    return parts
 
 
 def loop_overhead_lines(runs: Sequence[Run]) -> list[str]:
@@ -183,8 +264,7 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
         "# edgegen bench", "",
         f"`{settings.get('command', 'edgegen bench')}`", "",
         markdown_table(rows), "",
-        "Median tokens/s per prompt set:", "",
-        category_table(runs), "",
+        *_per_set_parts(runs),
         f"Greedy, batch 1, {settings.get('new_tokens')} new tokens per prompt (EOS ignored), "
         f"{settings.get('prompts')} prompts x {settings.get('repeats')} repeat(s), "
         f"{settings.get('warmup')} warm-up run(s) per engine. tokens/s = (new tokens - 1) / (first to last "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest, is_model_folder, read_manifest
@@ -94,25 +95,36 @@ def measure(engine: TokenEngine, prompt_ids: list[int], new_tokens: int) -> Timi
 
 
 class EdgegenEngine:
-    """edgegen's AR strategy on one backend, greedy, exactly ``new_tokens`` tokens (EOS ignored).
+    """One edgegen strategy on one backend, greedy, exactly ``new_tokens`` tokens (EOS ignored).
 
     It drives the same strategy, sampler and session that ``Generator.generate`` uses, but from
-    token ids and without stopping at EOS (``generate`` takes text and has no ``ignore_eos``).
+    token ids and without stopping at EOS. ``consistent_rows`` (always on for speculative strategies)
+    makes single-token forwards use the multi-row kernels, so AR and speculative tokens can be compared.
     """
 
-    def __init__(self, folder: Path, backend: str, device: str = "CPU") -> None:
+    def __init__(self, folder: Path, backend: str, device: str = "CPU", strategy: str = "ar",
+                 draft: Path | None = None, consistent_rows: bool = False, **options: Any) -> None:
         import edgegen
 
         self.backend = backend
-        self.name = f"edgegen-{'ort' if backend == 'onnxruntime' else 'ov'}"
-        self._gen = edgegen.load(folder, backend=backend, device=device)
+        self.strategy = strategy
+        self._options = options
+        consistent_rows = consistent_rows or strategy != "ar"
+        name = f"edgegen-{'ort' if backend == 'onnxruntime' else 'ov'}"
+        if strategy != "ar":
+            name += f"-{strategy}"
+        elif consistent_rows and backend == "onnxruntime":  # OpenVINO's rows agree anyway
+            name += "-2row"
+        self.name = name
+        self._gen = edgegen.load(folder, draft=draft if strategy == "speculative" else None, backend=backend,
+                                 device=device, consistent_rows=consistent_rows)
 
     def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
         from edgegen.sampling import Sampler, SamplingConfig
         from edgegen.strategies import DecodeRequest, make_strategy
 
         request = DecodeRequest(self._gen.session, list(prompt_ids), Sampler(SamplingConfig()), new_tokens)
-        steps = make_strategy("ar").decode(request)
+        steps = make_strategy(self.strategy, self._gen.drafter, **self._options).decode(request)
         produced = 0
         try:
             for new in steps:
@@ -124,7 +136,8 @@ class EdgegenEngine:
         finally:
             steps.close()
         c = request.counters
-        return {"prefill_ms": c.prefill_s * 1e3, "target_ms": c.target_s * 1e3, "target_steps": c.target_steps}
+        return {"prefill_ms": c.prefill_s * 1e3, "target_ms": c.target_s * 1e3, "target_steps": c.target_steps,
+                "draft_ms": c.draft_s * 1e3, "draft_proposed": c.draft_proposed, "draft_accepted": c.draft_accepted}
 
 
 def _folder_weights(manifest: Manifest) -> str:
@@ -174,24 +187,35 @@ def encode_prompts(folder: Path, prompts: Sequence[Prompt]) -> dict[str, list[in
     return {p.id: tokenizer.encode_prompt(p.prompt, p.chat) for p in prompts}
 
 
-def open_engines(folder: Path, baselines: bool, device: str = "CPU",
-                 note: Callable[[str], None] = print) -> list[TokenEngine]:
-    """edgegen on each backend whose graph the folder has, then the baselines (skips noted in one line)."""
+def open_engines(folder: Path, baselines: bool, device: str = "CPU", note: Callable[[str], None] = print,
+                 strategy: str = "ar", draft: Path | None = None, **options: Any) -> list[TokenEngine]:
+    """edgegen on each backend whose graph the folder has, then the baselines (skips noted in one line).
+
+    For a speculative ``strategy`` the engines are, per backend: edgegen AR (the speed reference),
+    edgegen AR with consistent rows on ONNX Runtime (the token reference) and edgegen ``strategy``;
+    then each baseline's AR and, where it has one, its own ``strategy`` pipeline.
+    """
     from edgegen.runtimes.baselines import open_baselines
 
     graphs = read_manifest(folder).graphs
+    variants: list[dict[str, Any]] = [{}]
+    if strategy != "ar":
+        variants = [{}, {"consistent_rows": True}, {"strategy": strategy, "draft": draft, **options}]
     engines: list[TokenEngine] = []
     for backend in EDGEGEN_BACKENDS:
         fmt = "onnx" if backend == "onnxruntime" else "openvino"
         if fmt not in graphs:
             note(f"edgegen on {backend}: {folder} has no {fmt} graph, skipped")
             continue
-        try:
-            engines.append(EdgegenEngine(folder, backend, device))
-        except (EdgegenError, ImportError) as e:
-            note(f"edgegen on {backend}: {e}, skipped")
+        for variant in variants:
+            if variant.get("consistent_rows") and backend != "onnxruntime":
+                continue
+            try:
+                engines.append(EdgegenEngine(folder, backend, device, **variant))
+            except (EdgegenError, ImportError) as e:
+                note(f"edgegen on {backend}: {e}, skipped")
     if baselines:
-        opened, notes = open_baselines(folder, device)
+        opened, notes = open_baselines(folder, device, strategy, draft)
         engines += opened
         for line in notes:
             note(line)
@@ -199,12 +223,13 @@ def open_engines(folder: Path, baselines: bool, device: str = "CPU",
 
 
 def run_precision(weights: str, folder: Path, prompts: Sequence[Prompt], new_tokens: int, repeats: int,
-                  warmup: int, baselines: bool, note: Callable[[str], None] = print) -> list[Run]:
+                  warmup: int, baselines: bool, note: Callable[[str], None] = print, strategy: str = "ar",
+                  draft: Path | None = None, **options: Any) -> list[Run]:
     """Every engine on every prompt at one precision: warm-up runs first, then the timed runs."""
     from tqdm import tqdm
 
     ids = encode_prompts(folder, prompts)
-    engines = open_engines(folder, baselines, note=note)
+    engines = open_engines(folder, baselines, note=note, strategy=strategy, draft=draft, **options)
     runs: list[Run] = []
     total = len(engines) * (warmup + len(prompts) * repeats)
     with tqdm(total=total, desc=f"bench {weights}", unit="run", file=sys.stderr, leave=False) as bar:
