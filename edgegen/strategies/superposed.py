@@ -102,6 +102,7 @@ class Superposed:
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
         _check_deterministic(request.sampler.config)
         store = self._resolve_store(request)
+        _check_vocabulary(store, request)
         target, counters = request.target, request.counters
         k, n0 = self.num_drafts, len(request.prompt_ids)
         eos = np.fromiter(request.eos_token_ids, np.int64)
@@ -151,6 +152,15 @@ class Superposed:
 
         self.store = _open_store(default_store(request.model_folder))
         return self.store
+
+
+def _check_vocabulary(store: NgramScorer | None, request: DecodeRequest) -> None:
+    """A store counted with another tokenizer would score unrelated ids: refuse it when the sizes differ."""
+    have = getattr(store, "vocab_size", None)
+    manifest = getattr(request.target, "manifest", None)
+    if have is not None and manifest is not None and have != manifest.vocab_size:
+        raise EdgegenError(f"n-gram store {getattr(store, 'path', '')} was built for a vocabulary of {have} tokens; "
+                           f"the model {manifest.name} has {manifest.vocab_size}")
 
 
 def _open_store(path: Path) -> NgramScorer:
