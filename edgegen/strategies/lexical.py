@@ -1,0 +1,117 @@
+"""Lexical Unit Decoding (LREC-COLING 2024): a fine-tuned model decodes a confident multi-token unit per step.
+
+Each step feeds the tokens not yet in the cache followed by m placeholder ids P_1..P_m (the model's manifest
+records them in `extras["lud"]`). The last real row gives the unit's first token as in AR; P_j's row predicts
+the unit's (j+1)-th token. Adaptive span acceptance keeps the leading placeholder predictions whose
+probability exceeds `threshold`; repetition control ends the unit at a token equal to the one before it (the
+typical failure of parallel placeholders). The placeholders' cache entries are dropped after every step.
+
+`verified=True` feeds the unit's tokens as a draft in the next step instead of trusting them: its rows check
+each one against the model's own next-token choice (edgegen.strategies.verify), so greedy output equals AR
+greedy of the same model and sampling keeps AR's distribution; the gain is then the verified run per step.
+`threshold >= 1` accepts nothing past the first token and appends no placeholders: plain AR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+from edgegen.runtimes.base import Session
+from edgegen.sampling import Sampler
+from edgegen.strategies.base import DecodeRequest, prefill, step
+from edgegen.strategies.verify import verify
+
+
+def placeholder_ids(target: Session) -> tuple[list[int], float]:
+    """(placeholder ids, default threshold) of a LUD-tuned model; a clear error for any other model."""
+    extras = getattr(target.manifest, "extras", {}) or {}
+    lud = extras.get("lud")
+    if not isinstance(lud, dict) or not lud.get("placeholder_ids"):
+        raise EdgegenError(f"model '{target.manifest.name}' is not LUD-tuned (no extras.lud in its edgegen.json): "
+                           "use model 'default-lud' or a folder from 'edgegen lud export'")
+    return [int(i) for i in lud["placeholder_ids"]], float(lud.get("default_threshold", 0.7))
+
+
+def confidence(row: np.ndarray, token: int) -> float:
+    """The model's own probability of ``token`` (softmax at temperature 1, no sampling transforms)."""
+    z = row.astype(np.float64) - float(row.max())
+    return float(np.exp(z[token]) / np.exp(z).sum())
+
+
+class Lexical:
+    """LUD decoding on a LUD-tuned model: `threshold` in [0, 1] (None: the model's default), `span` = m."""
+
+    name: ClassVar[str] = "lexical"
+
+    def __init__(self, threshold: float | None = None, span: int | None = None, verified: bool = False,
+                 repetition_control: bool = True) -> None:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        if span is not None and span < 1:
+            raise ValueError(f"span must be >= 1 placeholder, got {span}")
+        self.threshold, self.span, self.verified = threshold, span, verified
+        self.repetition_control = repetition_control
+
+    def _settings(self, target: Session) -> tuple[list[int], float]:
+        ids, default = placeholder_ids(target)
+        span = len(ids) if self.span is None else self.span
+        if span > len(ids):
+            raise EdgegenError(f"span {span} exceeds the {len(ids)} placeholders model '{target.manifest.name}' "
+                               "was trained with")
+        return ids[:span], default if self.threshold is None else self.threshold
+
+    def _unit(self, rows: np.ndarray, context: list[int], last: int, sampler: Sampler, threshold: float,
+              room: int) -> list[int]:
+        """Adaptive span acceptance over the placeholder rows: the leading confident, non-repeating tokens."""
+        unit: list[int] = []
+        for row in rows[:room]:
+            ctx = context + unit
+            # A verified draft must be deterministic (q one-hot); an unverified unit follows the sampler.
+            token = int(np.argmax(sampler.distribution(row, ctx))) if self.verified else sampler.pick(row, ctx)
+            if confidence(row, token) <= threshold or (self.repetition_control and token == (unit or [last])[-1]):
+                break
+            unit.append(token)
+        return unit
+
+    def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
+        target, sampler, counters = request.target, request.sampler, request.counters
+        pids, threshold = self._settings(target)
+        history = list(request.prompt_ids)
+        logits = prefill(request)
+        token = sampler.pick(logits, history)
+        history.append(token)
+        produced = 1
+        yield [token]
+        pending, draft = [token], []  # real tokens not yet in the cache; the unit awaiting verification
+        while True:
+            fed = len(pending) + len(draft)
+            base = target.position
+            m = 0 if threshold >= 1.0 else max(0, min(len(pids), target.max_length - base - fed))
+            out = step(request, pending + draft + pids[:m])
+            if self.verified:
+                new = verify(out[len(pending) - 1:fed], draft, None, history, sampler)
+                counters.draft_proposed += len(draft)
+                counters.draft_accepted += len(new) - 1
+                complete = len(new) - 1 == len(draft)  # else the placeholders followed a rejected token
+            else:
+                new, complete = [sampler.pick(out[fed - 1], history)], True
+            history.extend(new)
+            produced += len(new)
+            room = request.max_new_tokens - produced if complete else 0
+            unit = self._unit(out[fed:fed + m], history, new[-1], sampler, threshold, room)
+            if self.verified:
+                target.trim(base + fed - len(draft) + len(new) - 1)  # pending + accepted draft stay cached
+                pending, draft = [new[-1]], unit
+                yield new
+            else:
+                counters.draft_proposed += m
+                counters.draft_accepted += len(unit)
+                target.trim(base + fed)  # drop the placeholders
+                history.extend(unit)
+                produced += len(unit)
+                pending = new + unit
+                yield pending

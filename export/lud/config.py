@@ -1,0 +1,109 @@
+"""Training configuration of a Lexical Unit Decoding fine-tune (saved with the run so --resume replays it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgegen.errors import EdgegenError
+from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
+
+CONFIG_NAME = "lud_config.json"
+TRAINABLE = ("placeholders",)
+
+
+@dataclass
+class LudConfig:
+    """Everything that decides what a LUD training run computes. Paths are strings so the file is plain JSON."""
+
+    target: str = "default"  # "default", an exported edgegen folder, an HF folder or a .gguf file
+    out: str = ""
+    span: int = 4  # m: placeholders per step (the unit's first token + up to m more)
+    placeholder_ids: list[int] | None = None  # None: SmolLM2's rare Jupyter tokens, else the vocabulary's last ids
+    unit_threshold: float = 0.6  # a token joins the unit when p_target(token | prefix) > this
+    outside_weight: float = 0.3  # loss weight of placeholder rows past the unit's end (calibration)
+    guard_weight: float = 1.0  # penalty on the placeholder ids' probability at ordinary rows (tied head)
+    max_blocks: int = 24  # placeholder blocks per sequence
+    trainable: str = "placeholders"  # the placeholder embedding rows only: ordinary rows stay the target's
+    tokens: int | None = None  # real tokens to train on (or steps)
+    steps: int | None = None
+    seq_len: int = 192
+    batch_size: int = 4
+    gen_share: float = 0.5  # share of batches drawn from the target's own generations
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1
+    warmup: int = 20
+    seed: int = 0
+    threads: int = 1
+    ckpt_minutes: float = 5.0
+    ckpt_every: int = 0
+    eval_tokens: int = 2048  # per held-out set
+    eval_every: int = 0  # steps between evaluations (0: at the start and the end only)
+    # corpus and target generations: the FastDraft pipeline's (export/drafter/corpus.py, gendata.py)
+    code_globs: list[str] = field(default_factory=lambda: list(DEFAULT_CODE_GLOBS))
+    text_globs: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_GLOBS))
+    corpus_tokens: int = 2_000_000
+    code_share: float = 0.67
+    val_tokens: int = 16384
+    max_file_chars: int = 200_000
+    gen_prompts: int = 48
+    gen_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.6, 1.0])
+    gen_max_new_tokens: int = 128
+    gen_batch: int = 16
+    gen_val_every: int = 10
+    export: bool = True
+    quality_gate: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise EdgegenError(f"unknown trainable set '{self.trainable}': choose from {', '.join(TRAINABLE)}")
+        if not 1 <= self.span <= 16:
+            raise EdgegenError(f"span must be within [1, 16] placeholders (got {self.span})")
+        if self.placeholder_ids is not None and len(set(self.placeholder_ids)) < self.span:
+            raise EdgegenError(f"need {self.span} distinct placeholder ids, got {self.placeholder_ids}")
+        if not 0.0 < self.unit_threshold < 1.0:
+            raise EdgegenError(f"unit-threshold must be within (0, 1), got {self.unit_threshold}")
+        if self.tokens is not None and self.steps is not None:
+            raise EdgegenError("give --tokens or --steps, not both")
+        if (self.tokens is not None and self.tokens < 1) or (self.steps is not None and self.steps < 1):
+            raise EdgegenError("the training budget (--tokens/--steps) must be positive")
+        for name in ("seq_len", "batch_size", "threads", "max_blocks", "gen_batch", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise EdgegenError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.seq_len < self.span + 2:
+            raise EdgegenError(f"seq-len must exceed span + 1 (got {self.seq_len})")
+        if not 0.0 <= self.gen_share <= 1.0 or not 0.0 <= self.outside_weight <= 1.0 or self.guard_weight < 0:
+            raise EdgegenError("gen-share and outside-weight must be within [0, 1], guard-weight >= 0")
+        if self.lr <= 0:
+            raise EdgegenError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size
+
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, (self.tokens if self.tokens is not None else 400_000) // self.tokens_per_step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: Path) -> None:
+        path = Path(folder) / CONFIG_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @staticmethod
+    def load(folder: Path) -> LudConfig:
+        path = Path(folder) / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EdgegenError(f"cannot read the run's {CONFIG_NAME} in {folder}: {e}") from None
+        known = {f.name for f in fields(LudConfig)}
+        return LudConfig(**{k: v for k, v in data.items() if k in known})

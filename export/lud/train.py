@@ -1,0 +1,391 @@
+"""Lexical Unit Decoding fine-tune: teach placeholder tokens to predict the rest of a lexical unit.
+
+Per batch (code/text corpus chunks or the target's own generations, the FastDraft pipeline's data):
+1. Teacher forcing: one no-grad forward of the frozen target over the real tokens gives every token's
+   probability (which marks the lexical units, units.py) and the KV cache of the real tokens.
+2. Placeholder blocks at the unit starts run as one extra forward on top of that cache, each block seeing
+   only its own prefix (a 4-D attention mask) at the positions the strategy will use.
+3. Loss = weighted CE of the block rows on the true continuation (1 inside the unit, `outside_weight`
+   past it) + `guard_weight` x the placeholder ids' probability at ordinary rows.
+
+Only the placeholder ids' embedding rows are trained (`trainable="placeholders"`): ordinary tokens never
+attend to placeholders (the strategy drops their cache entries every step), so every ordinary row, and
+with it AR decoding and the model's quality, is the target's own. The one leak is the tied output head:
+the trained rows are also the placeholder ids' output rows, which the guard term keeps improbable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+from edgegen.export.drafter import ckpt as ck
+from edgegen.export.drafter.train import (
+    ChunkData,
+    SeqData,
+    _eos_pad,
+    _log,
+    _rng_state,
+    _set_rng_state,
+    eval_batches_chunks,
+    eval_batches_seqs,
+    lr_at,
+)
+from edgegen.export.lud.config import CONFIG_NAME, LudConfig
+from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
+
+PACKED_NAME = "lud.safetensors"
+MODEL_DIR = "model"
+EVAL_THRESHOLDS = (0.5, 0.7, 0.9)
+
+
+def resolve_placeholder_ids(tokenizer_json: Path, vocab_size: int, span: int, given: list[int] | None) -> list[int]:
+    """The token ids whose embedding rows become P_1..P_span: `given`, else SmolLM2's rare Jupyter markers
+    when the tokenizer has them, else the vocabulary's last `span` ids."""
+    if given is not None:
+        ids = list(given)[:span]
+    else:
+        vocab = json.loads(Path(tokenizer_json).read_text())
+        named = {t["content"]: t["id"] for t in vocab.get("added_tokens", [])}
+        found = [named[n] for n in DEFAULT_PLACEHOLDER_TOKENS if n in named]
+        ids = found[:span] if len(found) >= span else list(range(vocab_size - span, vocab_size))
+    if len(ids) < span or len(set(ids)) != len(ids) or not all(0 <= i < vocab_size for i in ids):
+        raise EdgegenError(f"need {span} distinct placeholder ids within the vocabulary (0..{vocab_size - 1}), "
+                           f"got {ids}")
+    return ids
+
+
+# --- the batch computation ------------------------------------------------------------------------------------
+
+
+def _real_lengths(ids: Any, att: Any) -> list[int]:
+    if att is None:
+        return [ids.shape[1]] * ids.shape[0]
+    return [int(a.sum()) + 1 for a in att]  # att covers the inputs ids[:, :-1]; the last real token is a label
+
+
+def lud_batch(model: Any, P: Any, pids: list[int], batch: tuple[Any, Any, Any], cfg: LudConfig,
+              rng: np.random.Generator) -> dict[str, Any] | None:
+    """Forward one batch; returns the loss tensor and what the metrics need (None: no unit to train on)."""
+    import torch
+    import torch.nn.functional as F
+
+    ids, att, mask = batch  # mask[b, t]: the token ids[b, t + 1] may be a target
+    B, W = ids.shape
+    m = cfg.span
+    lengths = _real_lengths(ids, att)
+    am = torch.zeros((B, W), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        am[b, :n] = 1
+    with torch.no_grad():
+        out = model.model(input_ids=ids, attention_mask=am, use_cache=True)
+        h = out.last_hidden_state  # (B, W, d), after the final norm
+        real_logits = model.lm_head(h).float()  # (B, W, V)
+        logp = torch.log_softmax(real_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        probs = torch.cat([torch.zeros(B, 1), logp.exp()], 1).numpy()  # probs[b, i] = p(ids[b, i] | prefix)
+    blocks = []
+    for b in range(B):
+        n = lengths[b]
+        counts = np.concatenate([[False], mask[b, : n - 1].numpy() > 0])  # counts[i]: ids[b, i] may be a target
+        units = mark_units(probs[b, :n], cfg.unit_threshold, m + 1)
+        blocks.append(build_blocks(ids[b, :n].numpy(), units, m, counts, outside_weight=cfg.outside_weight,
+                                   max_blocks=cfg.max_blocks, rng=rng))
+    K = max(len(bl.starts) for bl in blocks)
+    if K == 0:
+        return None
+    starts = np.ones((B, K), dtype=np.int64)
+    labels = np.zeros((B, K, m), dtype=np.int64)
+    weights = np.zeros((B, K, m), dtype=np.float32)
+    mask4 = np.zeros((B, 1, K * m, W + K * m), dtype=bool)
+    for b, bl in enumerate(blocks):
+        k = len(bl.starts)
+        starts[b, :k], labels[b, :k], weights[b, :k] = bl.starts, bl.labels, bl.weights
+        mask4[b, 0] = block_mask(starts[b], m, W)
+    pos = torch.from_numpy(np.stack([block_positions(starts[b], m) for b in range(B)]))
+    bias = torch.zeros(mask4.shape).masked_fill_(~torch.from_numpy(mask4), torch.finfo(torch.float32).min)
+    emb = P.repeat(K, 1)[None].expand(B, K * m, P.shape[1])  # row (k, j) is P_j
+    hb = model.model(inputs_embeds=emb, attention_mask=bias, position_ids=pos, past_key_values=out.past_key_values,
+                     use_cache=True).last_hidden_state  # (B, K*m, d)
+    pid_t = torch.tensor(pids, dtype=torch.long)
+    logits = model.lm_head(hb).float().index_copy(-1, pid_t, (hb @ P.T).float())  # tied head: trained rows
+    lab = torch.from_numpy(labels).view(B, K * m)
+    w = torch.from_numpy(weights).view(B, K * m)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), reduction="none").view(B, K * m)
+    ce_m = (ce * w).sum() / w.sum().clamp(min=1e-6)
+    # Guard: the placeholder ids' probability at ordinary rows, where the tied head now scores the trained rows.
+    with torch.no_grad():
+        others = real_logits.index_fill(-1, pid_t, float("-inf")).logsumexp(-1, keepdim=True)  # (B, W, 1)
+    lp = (h @ P.T).float()  # (B, W, m)
+    guard_p = torch.exp(lp - torch.logaddexp(others, lp.logsumexp(-1, keepdim=True))).sum(-1)
+    guard = (guard_p * am).sum() / am.sum()
+    loss = ce_m + cfg.guard_weight * guard
+    return {"loss": loss, "ce": ce_m.detach(), "guard": guard.detach(), "logits": logits.detach(), "labels": lab,
+            "weights": w, "blocks": int(sum(len(bl.starts) for bl in blocks)), "units": blocks}
+
+
+def acceptance_stats(logits: Any, labels: Any, weights: Any, m: int, thresholds: tuple[float, ...]) -> dict[str, Any]:
+    """What the strategy would do with these block rows: per offset top-1 accuracy (inside units), and per
+    threshold the mean accepted span (tokens past the first), its precision, and the correct leading run
+    (the verified mode's gain)."""
+    import torch
+
+    B = logits.shape[0]
+    p = torch.softmax(logits.float(), -1)
+    conf, tok = p.max(-1)  # (B, K*m)
+    conf, tok = conf.view(B, -1, m), tok.view(B, -1, m)
+    lab, w = labels.view(B, -1, m), weights.view(B, -1, m)
+    live = w[..., 0] > 0  # real blocks (padding blocks have zero weights)
+    right = (tok == lab) & (w > 0)
+    inside = w == 1.0
+    out: dict[str, Any] = {"blocks": int(live.sum()),
+                           "acc_inside": [float((right & inside)[..., j].sum() / inside[..., j].sum().clamp(min=1))
+                                          for j in range(m)]}
+    for t in thresholds:
+        ok = (conf > t) & (w > 0)
+        ok[..., 1:] &= tok[..., 1:] != tok[..., :-1]  # repetition control: a repeated token ends the unit
+        run = ok.long().cumprod(-1)  # leading accepted offsets
+        acc = run.sum(-1)[live].float()
+        good = (run * right.long()).cumprod(-1).sum(-1)[live].float()
+        n_acc = float(acc.sum())
+        out[f"t{t}"] = {"accepted": float(acc.mean()) if acc.numel() else 0.0,
+                        "precision": float((run.bool() & right).sum()) / n_acc if n_acc else 1.0,
+                        "correct_run": float(good.mean()) if good.numel() else 0.0}
+    return out
+
+
+def evaluate(model: Any, P: Any, pids: list[int], batches: list[tuple[Any, Any, Any]],
+             cfg: LudConfig) -> dict[str, Any]:
+    import torch
+
+    rng = np.random.default_rng([cfg.seed, 7])  # the same blocks at every evaluation
+    tot: dict[str, Any] = {}
+    losses = []
+    with torch.no_grad():
+        for batch in batches:
+            res = lud_batch(model, P, pids, batch, cfg, rng)
+            if res is None:
+                continue
+            losses.append(float(res["ce"]))
+            st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, EVAL_THRESHOLDS)
+            n = st.pop("blocks")
+            for key, v in st.items():
+                agg = tot.setdefault(key, {"n": 0, "v": None})
+                if isinstance(v, list):
+                    agg["v"] = [a + b * n for a, b in zip(agg["v"] or [0.0] * len(v), v, strict=True)]
+                else:
+                    agg["v"] = {k: (agg["v"] or {}).get(k, 0.0) + x * n for k, x in v.items()}
+                agg["n"] += n
+    res_out: dict[str, Any] = {"ce": float(np.mean(losses)) if losses else math.nan}
+    for key, agg in tot.items():
+        n = max(agg["n"], 1)
+        res_out[key] = ([round(x / n, 4) for x in agg["v"]] if isinstance(agg["v"], list)
+                        else {k: round(x / n, 4) for k, x in agg["v"].items()})
+    return res_out
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+def init_placeholders(model: Any, m: int, seed: int) -> Any:
+    """P_1..P_m start as the mean token embedding (a neutral input) plus a little seeded noise."""
+    import torch
+
+    E = model.get_input_embeddings().weight.detach()
+    g = torch.Generator().manual_seed(seed)
+    P = E.mean(0, keepdim=True).repeat(m, 1) + 0.01 * E.std() * torch.randn(m, E.shape[1], generator=g)
+    return torch.nn.Parameter(P.float())
+
+
+def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
+              step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the LUD fine-tune described by `cfg` in `cfg.out`; returns the run summary.
+
+    step_hook(global_step) runs after every optimizer step (tests use it to interrupt a run)."""
+    import torch
+    from tqdm import tqdm
+
+    out = Path(cfg.out).expanduser().resolve()
+    if resume:
+        if not (out / CONFIG_NAME).is_file():
+            raise EdgegenError(f"nothing to resume in {out} (no {CONFIG_NAME}); start it without --resume")
+        saved = LudConfig.load(out)
+        saved.threads, saved.progress, saved.export, saved.quality_gate = (cfg.threads, cfg.progress, cfg.export,
+                                                                            cfg.quality_gate)
+        cfg = saved
+    else:
+        if (out / CONFIG_NAME).is_file() or ck.latest_checkpoint(out) is not None:
+            raise EdgegenError(f"{out} already holds a training run: pass --resume to continue it, "
+                               "or pick another --out")
+        cfg.validate()
+        out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)
+    cfg.validate()
+    if not resume:
+        cfg.save(out)
+    ck.clean_stale(out)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    from edgegen.export.drafter.corpus import build_corpus, load_split
+    from edgegen.export.drafter.gendata import build_generations, build_prompts, load_generations
+    from edgegen.export.drafter.model import load_teacher
+    from edgegen.export.drafter.target import resolve_target
+
+    target = resolve_target(cfg.target, out)
+    echo(f"target {target.name}: {target.hf_dir} (vocab {target.vocab_size})")
+    model = load_teacher(target.hf_dir)
+    pids = resolve_placeholder_ids(target.hf_dir / "tokenizer.json", target.vocab_size, cfg.span, cfg.placeholder_ids)
+    eos_ids, pad_id = _eos_pad(target.hf_dir, model)
+    corpus = build_corpus(out, target.hf_dir / "tokenizer.json", eos_ids[0], code_globs=cfg.code_globs,
+                          text_globs=cfg.text_globs, tokens=cfg.corpus_tokens, code_share=cfg.code_share,
+                          val_tokens=cfg.val_tokens, max_file_chars=cfg.max_file_chars, seed=cfg.seed, echo=echo)
+    chunks = ChunkData(load_split(out, "train"), cfg.seq_len, cfg.batch_size, cfg.seed)
+    eval_sets: dict[str, list[Any]] = {}
+    for split in ("val_code", "val_text"):
+        toks = load_split(out, split)
+        if len(toks) > cfg.seq_len:
+            eval_sets[split] = eval_batches_chunks(toks, cfg.seq_len, cfg.batch_size, cfg.eval_tokens)
+    gens: SeqData | None = None
+    gen_stats: dict[str, Any] = {}
+    if cfg.gen_share > 0:
+        prompts = build_prompts(target.hf_dir / "tokenizer.json", target.hf_dir, corpus["files"]["train_code"],
+                                cfg.gen_prompts, cfg.seed,
+                                max_prompt_tokens=max(16, cfg.seq_len - cfg.gen_max_new_tokens))
+        gen_dir = build_generations(out, model, prompts, cfg.gen_temperatures, cfg.gen_max_new_tokens, cfg.gen_batch,
+                                    eos_ids, pad_id, cfg.seed, progress=cfg.progress)
+        gen_train, gen_val, gen_stats = load_generations(gen_dir, cfg.gen_val_every)
+        echo(f"target generations: {gen_stats}")
+        gens = SeqData(gen_train, cfg.seq_len, cfg.batch_size, cfg.seed, pad_id)
+        if gen_val:
+            eval_sets["val_gen"] = eval_batches_seqs(gen_val, cfg.seq_len, cfg.batch_size, cfg.eval_tokens, pad_id)
+
+    P = init_placeholders(model, cfg.span, cfg.seed)
+    opt = torch.optim.AdamW([P], lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    steps = cfg.total_steps()
+    state: dict[str, Any] = {"global_step": 0, "tokens_seen": 0, "blocks_seen": 0, "train_seconds": 0.0, "evals": []}
+    latest = ck.latest_checkpoint(out) if resume else None
+    if latest is not None:
+        tensors, saved_state, meta = ck.load_checkpoint(latest)
+        if meta.get("target", {}).get("target_tokenizer_sha256") != target.tokenizer_sha256 or \
+                meta.get("placeholder_ids") != pids:
+            raise EdgegenError(f"checkpoint {latest.name} was trained for another target or placeholder ids")
+        with torch.no_grad():
+            P.copy_(tensors["placeholder_embeds"])
+        opt.load_state_dict(saved_state["optimizer"])
+        _set_rng_state(saved_state["rng"])
+        state = {k: v for k, v in saved_state.items() if k not in ("optimizer", "rng")}
+        echo(f"resumed from {latest.name}: step {state['global_step']}/{steps}, {state['tokens_seen']} tokens seen")
+    echo(f"LUD: {cfg.span} placeholders (ids {pids}), unit threshold {cfg.unit_threshold}, {P.numel()} trainable "
+         f"parameters; {steps} steps x {cfg.tokens_per_step} tokens; {cfg.threads} thread(s)")
+
+    def meta_now() -> dict[str, Any]:
+        return {"recipe": recipe_summary(cfg, corpus, gen_stats, steps), "target": target.facts(),
+                "target_spec": target.spec, "placeholder_ids": pids, "global_step": state["global_step"],
+                "tokens_seen": state["tokens_seen"], "evals": state["evals"]}
+
+    def save() -> None:
+        ck.save_checkpoint(out, state["global_step"], {"placeholder_embeds": P},
+                           {**state, "optimizer": opt.state_dict(), "rng": _rng_state()}, meta_now())
+
+    def run_eval(label: str) -> None:
+        t0 = time.perf_counter()
+        res = {name: evaluate(model, P, pids, batches, cfg) for name, batches in eval_sets.items()}
+        rec = {"event": "eval", "label": label, "global_step": state["global_step"],
+               "tokens_seen": state["tokens_seen"], "sets": res}
+        state["evals"].append(rec)
+        _log(out, rec)
+        echo(f"eval [{label}] " + "  ".join(
+            f"{k}: acc {v.get('acc_inside')} t0.7 acc'd {v.get('t0.7', {}).get('accepted')} "
+            f"prec {v.get('t0.7', {}).get('precision')}" for k, v in res.items())
+             + f" ({time.perf_counter() - t0:.0f} s)")
+
+    if latest is None:
+        run_eval("init")
+        save()
+    last_ckpt = time.perf_counter()
+    bar = tqdm(total=steps, initial=state["global_step"], desc="lud", unit="step", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=5.0)
+    window_tokens, window_t0 = 0, time.perf_counter()
+    while state["global_step"] < steps:
+        step = state["global_step"]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, steps)  # type: ignore[arg-type]  # duck-typed: lr, warmup, min_lr_frac
+        t0 = time.perf_counter()
+        step_rng = np.random.default_rng([cfg.seed, 3, step])  # the data position is the step: resume is exact
+        use_gen = gens is not None and step_rng.random() < cfg.gen_share
+        batch = (gens if use_gen else chunks).batch_at(step)  # type: ignore[union-attr]
+        res = lud_batch(model, P, pids, batch, cfg, step_rng)
+        logs: dict[str, float] = {}
+        if res is not None:
+            opt.zero_grad(set_to_none=True)
+            res["loss"].backward()
+            torch.nn.utils.clip_grad_norm_([P], 1.0)
+            opt.step()
+            st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,))
+            logs = {"loss": float(res["loss"].detach()), "ce": float(res["ce"]), "guard": float(res["guard"]),
+                    "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
+            state["blocks_seen"] += res["blocks"]
+        dt = time.perf_counter() - t0
+        ntok = int(batch[0].numel())
+        state["global_step"] += 1
+        state["tokens_seen"] += ntok
+        state["train_seconds"] += dt
+        window_tokens += ntok
+        tok_s = window_tokens / max(time.perf_counter() - window_t0, 1e-9)
+        bar.update(1)
+        if logs:
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc1=f"{logs['acc1']:.2f}", tok_s=f"{tok_s:.0f}")
+        if state["global_step"] % 10 == 0 or state["global_step"] == steps:
+            _log(out, {"event": "train", "source": "gen" if use_gen else "corpus", "global_step": state["global_step"],
+                       "tokens_seen": state["tokens_seen"], "lr": opt.param_groups[0]["lr"], "tok_s": round(tok_s, 1),
+                       **{k: round(v, 5) for k, v in logs.items()}})
+        if cfg.eval_every and state["global_step"] % cfg.eval_every == 0 and state["global_step"] < steps:
+            run_eval(f"step {state['global_step']}")
+        due = (cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0) or \
+            (time.perf_counter() - last_ckpt) > cfg.ckpt_minutes * 60
+        if due and state["global_step"] < steps:
+            save()
+            last_ckpt = time.perf_counter()
+        if step_hook is not None:
+            step_hook(state["global_step"])
+    bar.close()
+    if not state["evals"] or state["evals"][-1]["global_step"] != state["global_step"]:
+        run_eval("final")
+    save()
+
+    summary = {"out": str(out), "target": target.facts(), "placeholder_ids": pids,
+               "recipe": recipe_summary(cfg, corpus, gen_stats, steps), "evals": state["evals"],
+               "tokens_seen": state["tokens_seen"], "train_seconds": round(state["train_seconds"], 1),
+               "train_tokens_per_s": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from edgegen.export.lud.ship import export_lud, pack_lud
+
+    packed = pack_lud(out, out / PACKED_NAME)
+    echo(f"packed LUD delta: {packed} ({packed.stat().st_size / 1e3:.1f} kB)")
+    if cfg.export:
+        path = export_lud(packed, out / MODEL_DIR, target=target.spec, cache_dir=out, quality_gate=cfg.quality_gate,
+                          progress=cfg.progress)
+        echo(f"exported the LUD-tuned model to {path}")
+        summary["model"] = str(path)
+    return summary
+
+
+def recipe_summary(cfg: LudConfig, corpus: dict[str, Any], gen_stats: dict[str, Any], steps: int) -> dict[str, Any]:
+    return {"method": "lexical-unit-decoding", "trainable": cfg.trainable, "span": cfg.span,
+            "unit_threshold": cfg.unit_threshold, "outside_weight": cfg.outside_weight,
+            "guard_weight": cfg.guard_weight, "max_blocks": cfg.max_blocks, "steps": steps,
+            "tokens_per_step": cfg.tokens_per_step, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+            "gen_share": cfg.gen_share, "lr": cfg.lr, "seed": cfg.seed,
+            "corpus": {k: v for k, v in corpus.items() if k != "files"},
+            "generations": {"temperatures": cfg.gen_temperatures, "prompts": cfg.gen_prompts,
+                            "max_new_tokens": cfg.gen_max_new_tokens, **gen_stats}}

@@ -1,0 +1,172 @@
+"""The `lexical` strategy (Lexical Unit Decoding) on a tiny in-process Session with placeholder rows.
+
+TinyLexLM's real rows are a fixed random function of the real prefix; the row of placeholder P_j predicts the
+AR-greedy token j+1 steps ahead, with a confidence and (by a hash of the prefix) sometimes a confident wrong
+token, so adaptive acceptance, rejections in verified mode and the cache rollback are all exercised.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgegen.errors import EdgegenError
+from edgegen.sampling import Sampler, SamplingConfig
+from edgegen.strategies import make_strategy
+from edgegen.strategies.autoregressive import Autoregressive
+from edgegen.strategies.base import DecodeRequest
+from edgegen.strategies.lexical import Lexical
+
+REAL = 6  # real tokens 0..5
+PIDS = [6, 7, 8]
+VOCAB = 9
+PROMPTS = [[1, 3], [2], [4, 4, 0, 5], [0, 1, 2, 3]]
+
+
+class TinyLexLM:
+    """A Session whose placeholder rows look ahead; ``wrong`` is the share of confident wrong guesses."""
+
+    backend, device = "numpy", "CPU"
+
+    def __init__(self, wrong: float = 0.0, lud: dict | None = None) -> None:
+        self.wrong = wrong
+        self.tokens: list[int] = []
+        self.max_length = 96
+        extras = {"lud": {"placeholder_ids": PIDS, "span": 3, "default_threshold": 0.6}} if lud is None else lud
+        self.manifest = SimpleNamespace(name="tiny-lud", extras=extras)
+
+    @property
+    def position(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    def _real(prefix: tuple[int, ...]) -> np.ndarray:
+        rng = np.random.default_rng([7, *prefix])
+        out = np.full(VOCAB, -30.0, np.float32)
+        out[:REAL] = rng.normal(size=REAL) * 3.0
+        return out
+
+    def _greedy(self, prefix: tuple[int, ...], n: int) -> list[int]:
+        seq = list(prefix)
+        for _ in range(n):
+            seq.append(int(np.argmax(self._real(tuple(seq)))))
+        return seq[len(prefix):]
+
+    def _row(self, seq: list[int]) -> np.ndarray:
+        if seq[-1] not in PIDS:
+            return self._real(tuple(seq))
+        k = next(i for i, t in enumerate(seq) if t in PIDS)  # the real prefix ends before the first placeholder
+        assert seq[k:] == PIDS[: len(seq) - k], "placeholders must follow the real tokens in order"
+        j = len(seq) - k  # P_j predicts the token j+1 steps after the real prefix
+        rng = np.random.default_rng([11, *seq])
+        guess = self._greedy(tuple(seq[:k]), j + 1)[-1]
+        if rng.random() < self.wrong:
+            guess = (guess + 1) % REAL
+        out = np.full(VOCAB, -30.0, np.float32)
+        out[:REAL] = rng.normal(size=REAL) * 0.3
+        out[guess] = rng.uniform(-1.0, 4.0)  # confidence from low to high
+        return out
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        rows = []
+        for t in np.asarray(token_ids).tolist():
+            self.tokens.append(int(t))
+            rows.append(self._row(self.tokens))
+        logits = np.stack(rows)
+        return logits[-1:] if last_only else logits
+
+    def trim(self, length: int) -> None:
+        assert 0 <= length <= len(self.tokens)
+        del self.tokens[length:]
+
+    def reset(self) -> None:
+        self.tokens = []
+
+
+def _run(strategy, target: TinyLexLM, prompt: list[int], n: int = 24, config: SamplingConfig | None = None):
+    request = DecodeRequest(target, list(prompt), Sampler(config or SamplingConfig()), n)
+    out: list[int] = []
+    steps = strategy.decode(request)
+    for new in steps:
+        assert not set(new) & set(PIDS), "a placeholder id was emitted"
+        out.extend(new)
+        if len(out) >= n:
+            break
+    steps.close()
+    return out[:n], request.counters
+
+
+def test_threshold_one_is_ar_greedy() -> None:
+    for prompt in PROMPTS:
+        ar, _ = _run(Autoregressive(), TinyLexLM(wrong=0.3), prompt)
+        lud, c = _run(Lexical(threshold=1.0), TinyLexLM(wrong=0.3), prompt)
+        assert lud == ar
+        assert c.target_steps == len(ar) - 1 and c.draft_proposed == 0  # one token a step, no placeholders
+
+
+def test_perfect_lookahead_matches_ar_in_fewer_steps() -> None:
+    steps = tokens = 0
+    for prompt in PROMPTS:
+        ar, _ = _run(Autoregressive(), TinyLexLM(), prompt)
+        lud, c = _run(Lexical(threshold=0.5, repetition_control=False), TinyLexLM(), prompt)
+        assert lud == ar
+        steps, tokens = steps + c.target_steps, tokens + len(lud) - 1
+    assert tokens / steps > 1.3
+
+
+@pytest.mark.parametrize("span,threshold", [(1, 0.0), (2, 0.5), (3, 0.3), (3, 0.8)])
+def test_verified_mode_is_ar_greedy(span: int, threshold: float) -> None:
+    proposed = accepted = 0
+    for prompt in PROMPTS:
+        ar, _ = _run(Autoregressive(), TinyLexLM(wrong=0.4), prompt)
+        lud, c = _run(Lexical(threshold=threshold, span=span, verified=True), TinyLexLM(wrong=0.4), prompt)
+        assert lud == ar
+        proposed, accepted = proposed + c.draft_proposed, accepted + c.draft_accepted
+    assert 0 < accepted < proposed  # units were accepted and rejected: rollback ran
+
+
+def test_unverified_trusts_confident_wrong_guesses() -> None:
+    ar, _ = _run(Autoregressive(), TinyLexLM(wrong=1.0), PROMPTS[0])
+    lud, c = _run(Lexical(threshold=0.0, repetition_control=False), TinyLexLM(wrong=1.0), PROMPTS[0])
+    assert c.draft_accepted > 0 and lud != ar
+
+
+def test_repetition_control_ends_a_unit() -> None:
+    strategy = Lexical(threshold=0.0)
+    row = np.full(VOCAB, -30.0, np.float32)
+    row[2] = 5.0
+    sampler = Sampler(SamplingConfig())
+    assert strategy._unit(np.stack([row, row]), [1], 3, sampler, 0.0, 5) == [2]  # 2, 2: the second ends it
+    assert strategy._unit(np.stack([row]), [1], 2, sampler, 0.0, 5) == []  # repeats the last token
+    assert Lexical(threshold=0.0, repetition_control=False)._unit(np.stack([row, row]), [1], 2, sampler, 0.0,
+                                                                   5) == [2, 2]
+
+
+def test_verified_sampling_is_seeded() -> None:
+    config = SamplingConfig(temperature=0.8, seed=3)
+    a, _ = _run(Lexical(threshold=0.3, verified=True), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
+    b, _ = _run(Lexical(threshold=0.3, verified=True), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
+    assert a == b
+
+
+def test_bad_options_are_clear() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        Lexical(threshold=1.5)
+    with pytest.raises(ValueError, match="span"):
+        Lexical(span=0)
+    with pytest.raises(EdgegenError, match="exceeds the 3 placeholders"):
+        _run(Lexical(span=4), TinyLexLM(), PROMPTS[0])
+    with pytest.raises(EdgegenError, match="not LUD-tuned"):
+        _run(Lexical(), TinyLexLM(lud={}), PROMPTS[0])
+
+
+def test_registered() -> None:
+    from edgegen.strategies import STRATEGIES
+
+    if "lexical" not in STRATEGIES:
+        pytest.skip("registration pending")
+    with pytest.raises(EdgegenError, match="bad options for strategy 'lexical'.*threshold"):
+        make_strategy("lexical", threshold=-0.1)
+    assert make_strategy("lexical", threshold=0.5, span=2, verified=True).name == "lexical"
