@@ -172,3 +172,26 @@ def test_alpha_zero_needs_no_store_and_sampling_is_refused() -> None:
     request.sampler = Sampler(SamplingConfig(temperature=0.7))
     with pytest.raises(EdgegenError, match="deterministic"):
         next(Superposed(alpha=0.0).decode(request))
+
+
+def test_bench_metrics() -> None:
+    from edgegen.bench.superposed import distinct2, perplexity, self_bleu, until_eos
+
+    # values from NLTK 3.10.4: mean sentence_bleu(others, draft, uniform weights up to min(4, shortest),
+    # SmoothingFunction().method1), as the paper's diversity_grader.py computes Self-BLEU
+    cases = [([[6, 3, 0, 2, 4, 3, 3], [3, 2, 4, 1, 4], [2, 1, 6]], 0.13331997234673412),
+             ([[2, 4, 1, 2, 1, 1, 6], [0, 4, 5], [3, 0, 0, 5, 6]], 0.07094341968460577),
+             ([[2, 2, 6, 3, 0, 6, 6, 6], [1, 4, 5, 0, 6, 5, 1], [3]], 0.20838605070176322),
+             ([[2, 2, 3], [0, 6, 1, 4, 0, 3, 0, 5, 0, 1, 3], [4, 3, 5, 1, 4]], 0.10766913949160616),
+             ([[5], [5], [2, 4, 4]], 0.6666666666666666)]
+    for drafts, expected in cases:
+        assert np.isclose(self_bleu(drafts), expected, rtol=0, atol=1e-12)
+    assert self_bleu([[1, 2, 3, 4, 5]] * 3) == 1.0
+    assert distinct2([[1, 2, 3], [1, 2, 4]]) == 0.75
+    assert until_eos([4, 0, 5], {EOS}) == [4, 0] and until_eos([4, 5], {EOS}) == [4, 5]
+    model = EmbeddingLM(0)
+    continuation = [7, 8, 9]
+    logits = model.forward(np.array(PROMPT + continuation))[len(PROMPT) - 1 : -1].astype(np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = np.exp(-np.mean(log_p[np.arange(3), continuation]))
+    assert np.isclose(perplexity(model, PROMPT, continuation), expected)

@@ -29,6 +29,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     Speculative.name: _speculative,
     Superposed.name: lambda drafter, **options: Superposed(**options),
 }
+MULTI_DRAFT_STRATEGIES = frozenset({Superposed.name})  # return several ranked drafts (result.drafts)
 
 
 def make_strategy(name: str, drafter: Drafter | None = None, **options: Any) -> Strategy:
@@ -41,5 +42,6 @@ def make_strategy(name: str, drafter: Drafter | None = None, **options: Any) -> 
         raise EdgegenError(f"bad options for strategy '{name}': {e}") from None
 
 
-__all__ = ["STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter", "ModelDrafter",
-           "MultiDraftStrategy", "PromptLookupDrafter", "RankedDraft", "Strategy", "Superposed", "make_strategy"]
+__all__ = ["MULTI_DRAFT_STRATEGIES", "STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter",
+           "ModelDrafter", "MultiDraftStrategy", "PromptLookupDrafter", "RankedDraft", "Strategy", "Superposed",
+           "make_strategy"]

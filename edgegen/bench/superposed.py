@@ -1,0 +1,268 @@
+"""``edgegen bench --strategy superposed``: k superposed drafts against k nucleus samples, speed and quality.
+
+Per prompt, on each backend: one superposed generation of k drafts of N tokens, k separate nucleus
+generations of N tokens (top_p 0.9, temperature 0.6 as in the paper's evaluation) and one greedy
+generation (the cost of "one generation"), all with EOS ignored so every run makes N tokens. Wall time
+is measured around ``Generator.generate``. Quality, on the text up to the first EOS of each draft:
+
+- perplexity of each draft under the target at fp32 (the fp32 export, teacher forcing: one forward
+  over prompt + draft), averaged over drafts and best-of-k (the lowest per prompt), then over prompts;
+- diversity between a prompt's drafts: Self-BLEU (BLEU-4 of each draft against the others, NLTK's
+  smoothing method 1, as the paper's diversity_grader.py; lower is more diverse) and distinct-2 (unique
+  bigrams over all bigrams of the k drafts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.bench.runner import EDGEGEN_BACKENDS, Prompt, encode_prompts, exported_folder, load_prompts
+from edgegen.errors import EdgegenError
+from edgegen.manifest import read_manifest
+
+NUCLEUS = {"temperature": 0.6, "top_p": 0.9}  # the paper's nucleus baseline (evaluate.ipynb)
+
+
+@dataclass
+class PromptResult:
+    """One prompt on one backend: the k superposed drafts, the k nucleus samples and greedy."""
+
+    backend: str
+    prompt_id: str
+    category: str
+    superposed_s: float
+    nucleus_s: float  # the k generations together
+    greedy_s: float
+    superposed: list[list[int]]  # drafts, best first (all N tokens)
+    nucleus: list[list[int]]
+    greedy: list[int]
+    ppl: dict[str, list[float]] = field(default_factory=dict)  # "superposed" | "nucleus" | "greedy" -> per draft
+
+    @property
+    def speedup(self) -> float:
+        return self.nucleus_s / self.superposed_s
+
+
+def until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
+    """The tokens up to and including the first EOS (what a user would be shown)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return list(tokens[: i + 1])
+    return list(tokens)
+
+
+def perplexity(session: Any, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood) of ``continuation`` after ``prompt`` under ``session`` (one forward)."""
+    session.reset()
+    logits = session.forward(np.asarray([*prompt, *continuation], np.int64)).astype(np.float64)
+    rows = logits[len(prompt) - 1 : -1]  # row i predicts continuation[i]
+    top = rows.max(axis=1, keepdims=True)
+    log_z = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
+    nll = log_z - rows[np.arange(len(continuation)), np.asarray(continuation)]
+    return float(np.exp(nll.mean()))
+
+
+def _ngrams(tokens: Sequence[int], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def sentence_bleu(references: Sequence[Sequence[int]], hypothesis: Sequence[int], max_n: int = 4) -> float:
+    """BLEU of one hypothesis against references, uniform weights over 1..max_n, as NLTK's sentence_bleu
+    with smoothing method 1 (a zero n-gram match counts as 0.1 matches)."""
+    if not hypothesis:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, max_n + 1):
+        hyp = _ngrams(hypothesis, n)
+        most = Counter()
+        for ref in references:
+            most |= _ngrams(ref, n)
+        total = max(sum(hyp.values()), 1)
+        matched = sum(min(c, most[g]) for g, c in hyp.items())
+        if n == 1 and not matched:
+            return 0.0  # no common token at all: NLTK returns 0 without smoothing
+        log_p += math.log((matched or 0.1) / total) / max_n
+    c = len(hypothesis)
+    r = min((len(ref) for ref in references), key=lambda length: (abs(length - c), length))
+    brevity = 1.0 if c > r else math.exp(1 - r / c)
+    return brevity * math.exp(log_p)
+
+
+def self_bleu(drafts: Sequence[Sequence[int]]) -> float:
+    """Mean BLEU of each draft against the others (orders up to min(4, shortest draft)); lower is more diverse."""
+    if len(drafts) < 2:
+        return float("nan")
+    max_n = max(1, min(4, min(len(d) for d in drafts)))
+    return statistics.fmean(sentence_bleu([o for j, o in enumerate(drafts) if j != i], d, max_n)
+                            for i, d in enumerate(drafts))
+
+
+def distinct2(drafts: Sequence[Sequence[int]]) -> float:
+    """Unique bigrams over all bigrams of the drafts together (1.0: no bigram repeats anywhere)."""
+    grams = [g for d in drafts for g in zip(d, d[1:], strict=False)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def summarize(results: Sequence[PromptResult], eos: set[int]) -> list[dict[str, Any]]:
+    """One row per backend and prompt set (and "all"): times, speedups, perplexities and diversity."""
+    rows = []
+    groups: dict[tuple[str, str], list[PromptResult]] = {}
+    for r in results:
+        groups.setdefault((r.backend, r.category), []).append(r)
+        groups.setdefault((r.backend, "all"), []).append(r)
+    for (backend, category), rs in groups.items():
+        rows.append({
+            "backend": backend, "prompts": category, "n": len(rs),
+            "superposed_s": _mean([r.superposed_s for r in rs]), "nucleus_s": _mean([r.nucleus_s for r in rs]),
+            "greedy_s": _mean([r.greedy_s for r in rs]),
+            "speedup": sum(r.nucleus_s for r in rs) / sum(r.superposed_s for r in rs),
+            "x_greedy_time": sum(r.superposed_s for r in rs) / sum(r.greedy_s for r in rs),
+            "ppl_superposed_avg": _mean([_mean(r.ppl["superposed"]) for r in rs]),
+            "ppl_superposed_best": _mean([min(r.ppl["superposed"]) for r in rs]),
+            "ppl_superposed_first": _mean([r.ppl["superposed"][0] for r in rs]),
+            "ppl_nucleus_avg": _mean([_mean(r.ppl["nucleus"]) for r in rs]),
+            "ppl_nucleus_best": _mean([min(r.ppl["nucleus"]) for r in rs]),
+            "ppl_greedy": _mean([r.ppl["greedy"][0] for r in rs]),
+            "self_bleu_superposed": _mean([self_bleu([until_eos(d, eos) for d in r.superposed]) for r in rs]),
+            "self_bleu_nucleus": _mean([self_bleu([until_eos(d, eos) for d in r.nucleus]) for r in rs]),
+            "distinct2_superposed": _mean([distinct2([until_eos(d, eos) for d in r.superposed]) for r in rs]),
+            "distinct2_nucleus": _mean([distinct2([until_eos(d, eos) for d in r.nucleus]) for r in rs]),
+        })
+    order = {b: i for i, b in enumerate(EDGEGEN_BACKENDS)}
+    rows.sort(key=lambda r: (order.get(r["backend"], 9), r["prompts"] == "all", r["prompts"]))
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], k: int) -> str:
+    """Speed and quality per backend and prompt set."""
+    lines = [f"| backend | prompts | superposed s | {k}x nucleus s | speedup | x greedy time | "
+             f"ppl sup avg | ppl sup best-of-{k} | ppl nucleus avg | ppl nucleus best-of-{k} | ppl greedy | "
+             "Self-BLEU sup | Self-BLEU nucleus | distinct-2 sup | distinct-2 nucleus |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['backend']} | {r['prompts']} ({r['n']}) | {r['superposed_s']:.2f} | {r['nucleus_s']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['x_greedy_time']:.2f} | {r['ppl_superposed_avg']:.2f} | "
+            f"{r['ppl_superposed_best']:.2f} | {r['ppl_nucleus_avg']:.2f} | {r['ppl_nucleus_best']:.2f} | "
+            f"{r['ppl_greedy']:.2f} | {r['self_bleu_superposed']:.3f} | {r['self_bleu_nucleus']:.3f} | "
+            f"{r['distinct2_superposed']:.3f} | {r['distinct2_nucleus']:.3f} |")
+    return "\n".join(lines)
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+def run_prompt(gen: Any, prompt: Prompt, ids: list[int], new_tokens: int, k: int, seed: int,
+               options: dict[str, Any]) -> PromptResult:
+    """Time one superposed generation, k nucleus generations and one greedy generation of ``new_tokens``."""
+    common = {"max_new_tokens": new_tokens, "ignore_eos": True}
+    sup, sup_s = _timed(lambda: gen.generate(ids, strategy="superposed", num_drafts=k, **options, **common))
+    nucleus, nucleus_s = [], 0.0
+    for i in range(k):
+        r, s = _timed(lambda i=i: gen.generate(ids, seed=seed + i, **NUCLEUS, **common))
+        nucleus.append(r.token_ids)
+        nucleus_s += s
+    greedy, greedy_s = _timed(lambda: gen.generate(ids, **common))
+    return PromptResult(gen.backend, prompt.id, prompt.category, sup_s, nucleus_s, greedy_s,
+                        [d.token_ids for d in sup.drafts], nucleus, greedy.token_ids)
+
+
+def score(results: Sequence[PromptResult], ids: dict[str, list[int]], fp32_folder: Path, eos: set[int]) -> None:
+    """Fill each result's perplexities under the fp32 export (ONNX Runtime), text up to the first EOS."""
+    from edgegen import runtimes
+
+    manifest = read_manifest(fp32_folder)
+    backend = "onnxruntime" if "onnx" in manifest.graphs else "openvino"
+    session = runtimes.open_session(fp32_folder, manifest, backend)
+    for r in results:
+        prompt = ids[r.prompt_id]
+        for name, drafts in (("superposed", r.superposed), ("nucleus", r.nucleus), ("greedy", [r.greedy])):
+            r.ppl[name] = [perplexity(session, prompt, until_eos(d, eos)) for d in drafts]
+
+
+def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), prompts: str = "all",
+                         new_tokens: int = 64, num_drafts: int = 3, limit: int | None = None,
+                         out: Path = Path("bench-out"), warmup: int = 1, seed: int = 0,
+                         command: str = "edgegen bench --strategy superposed",
+                         echo: Callable[[str], None] = print, **options: Any) -> list[dict[str, Any]]:
+    """Run the superposed benchmark; write ``out``/superposed.json and superposed.md; return the summary rows.
+
+    model/weights as ``run_bench`` (the first precision is timed); the fp32 export for perplexity goes
+    through the same export path. ``options`` go to the superposed strategy (alpha, ngram, ...).
+    """
+    from tqdm import tqdm
+
+    import edgegen
+    from edgegen.bench.report import machine_info
+
+    if new_tokens < 2 or num_drafts < 2:
+        raise EdgegenError("the superposed bench needs --new-tokens >= 2 and --num-drafts >= 2")
+    chosen = load_prompts(prompts, limit)
+    precision = (list(weights) or ["int8"])[0]
+    folder = exported_folder(model) or _prepare(model, precision, embeddings=True)  # timed
+    fp32_folder = _prepare(model, "fp32", embeddings=False)
+    manifest = read_manifest(folder)
+    eos = set(manifest.eos_token_ids)
+    ids = encode_prompts(folder, chosen)
+    results: list[PromptResult] = []
+    notes: list[str] = []
+    for backend in EDGEGEN_BACKENDS:
+        try:
+            gen = edgegen.load(folder, backend=backend, embeddings=True)
+        except EdgegenError as e:
+            notes.append(f"{backend}: {e}, skipped")
+            echo(notes[-1])
+            continue
+        for i in range(warmup):
+            run_prompt(gen, chosen[i % len(chosen)], ids[chosen[i % len(chosen)].id], new_tokens, num_drafts, seed,
+                       options)
+        for prompt in tqdm(chosen, desc=f"superposed bench {backend}", unit="prompt", file=sys.stderr, leave=False):
+            results.append(run_prompt(gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options))
+    if not results:
+        raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
+    score(results, ids, fp32_folder, eos)
+    rows = summarize(results, eos)
+    settings = {"command": command, "model": model or "default", "weights": precision, "folder": str(folder),
+                "fp32_folder": str(fp32_folder), "prompts": f"{len(chosen)} ({prompts})", "new_tokens": new_tokens,
+                "num_drafts": num_drafts, "nucleus": NUCLEUS, "warmup": warmup, "seed": seed,
+                "strategy_options": {k: str(v) for k, v in options.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    (out / "superposed.json").write_text(json.dumps(
+        {"settings": settings, "machine": machine, "notes": notes, "summary": rows,
+         "prompts": [asdict(r) for r in results]}, indent=1) + "\n")
+    table = markdown_table(rows, num_drafts)
+    (out / "superposed.md").write_text(
+        f"# edgegen bench: superposed decoding\n\n`{command}`\n\n{machine['cpu']}, {machine['usable_cores']} cores, "
+        f"{machine['date']}; timed at {precision}, perplexity under fp32; {new_tokens} new tokens (EOS ignored "
+        f"for timing, text up to the first EOS scored).\n\n{table}\n" + "".join(f"\n- {n}" for n in notes) + "\n")
+    echo(table)
+    echo(f"wrote {out / 'superposed.json'}, {out / 'superposed.md'}")
+    return rows
+
+
+def _prepare(model: str | None, weights: str, embeddings: bool) -> Path:
+    """The bench's export at ``weights`` (cached), with input-embedding graphs when asked."""
+    from edgegen.bench.runner import prepare_folder
+    from edgegen.models import ensure_embeddings
+
+    folder = prepare_folder(model, weights)
+    return ensure_embeddings(folder) if embeddings else folder
