@@ -60,6 +60,7 @@ import struct
 import sysconfig
 import tempfile
 import time
+import weakref
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -159,11 +160,18 @@ def parse_orders(text: str | Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+_IDENTITIES: weakref.WeakKeyDictionary[TextTokenizer, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def tokenizer_identity(tokenizer: TextTokenizer) -> dict[str, Any]:
-    """Name, vocabulary size and SHA-256 of the vocabulary (token strings by id, special tokens included)."""
-    vocab = tokenizer.vocabulary()
-    blob = json.dumps(sorted((i, t) for t, i in vocab.items()), ensure_ascii=False).encode()
-    return {"name": tokenizer.manifest.name, "vocab_size": len(vocab), "vocab_sha256": hashlib.sha256(blob).hexdigest()}
+    """Name, vocabulary size and SHA-256 of the vocabulary (``id NUL token NUL`` in id order, special
+    tokens included). Cached per tokenizer object: opening a store checks it."""
+    if tokenizer not in _IDENTITIES:
+        vocab = sorted(tokenizer.vocabulary().items(), key=lambda item: item[1])
+        blob = "".join(f"{i}\0{t}\0" for t, i in vocab).encode("utf-8", "surrogatepass")
+        _IDENTITIES[tokenizer] = {"name": tokenizer.manifest.name, "vocab_size": len(vocab),
+                                  "vocab_sha256": hashlib.sha256(blob).hexdigest()}
+    return dict(_IDENTITIES[tokenizer])
 
 
 def _tables_for(orders: Sequence[int]) -> tuple[int, ...]:
@@ -594,11 +602,12 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
         raise EdgegenError(f"--min-count must be at least 1 (got {min_count})")
     if max_tokens is not None and max_tokens < 1:
         raise EdgegenError(f"--max-tokens must be at least 1 (got {max_tokens})")
-    items = list(corpus) if not isinstance(corpus, Iterator) else corpus
-    paths = [i for i in items if isinstance(i, Path)] if isinstance(items, list) else []
-    files = corpus_files(paths)
-    if isinstance(items, list) and not any(isinstance(i, str) for i in items) and not files:
-        raise EdgegenError("the corpus is empty: no text files in " + ", ".join(map(str, paths)))
+    streaming = isinstance(corpus, Iterator)  # an iterator of texts is consumed once, never held in memory
+    items: Iterable[str | Path] = corpus if streaming else [
+        f for i in corpus for f in (corpus_files([i]) if isinstance(i, Path) else [str(i)])]
+    files = [] if streaming else [i for i in items if isinstance(i, Path)]
+    if not streaming and not items:
+        raise EdgegenError("the corpus is empty: no text files in " + ", ".join(map(str, corpus)))
     _check_out(out)
 
     identity = tokenizer_identity(tokenizer)
@@ -613,8 +622,7 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
         def documents() -> Iterator[Iterator[tuple[str, int]]]:
             for item in items:
                 if isinstance(item, Path):
-                    for f in corpus_files([item]):
-                        yield _file_pieces(f)
+                    yield from (_file_pieces(f) for f in corpus_files([item]))  # already expanded unless streaming
                 else:
                     yield iter([(str(item), 0)])
                     if not files:
@@ -652,7 +660,7 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
     header = {
         "format": FORMAT, "version": FORMAT_VERSION, "hash": HASH_NAME, "tokenizer": identity,
         "orders": list(orders), "min_count": min_count, "max_tokens": max_tokens,
-        "corpus": description or _describe(items, files), "documents": counter.documents,
+        "corpus": description or _describe(corpus if streaming else list(items)), "documents": counter.documents,
         "token_count": counter.tokens, "tables": {str(m): n for m, n in sizes.items()},
         "build_seconds": round(time.perf_counter() - t0, 2), "edgegen_version": edgegen.__version__,
     }
@@ -661,14 +669,14 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
     return out
 
 
-def _describe(items: Any, files: list[Path]) -> str:
-    texts = sum(isinstance(i, str) for i in items) if isinstance(items, list) else None
-    parts = []
-    if files:
-        parts.append(f"{len(files)} files under {', '.join(str(i) for i in items if isinstance(i, Path))}")
-    if texts or texts is None:
-        parts.append(f"{texts} texts" if texts else "texts from an iterator")
-    return "; ".join(parts)
+def _describe(items: Iterable[str | Path]) -> str:
+    if isinstance(items, Iterator):
+        return "texts from an iterator"
+    files = [i for i in items if isinstance(i, Path)]
+    texts = sum(isinstance(i, str) for i in items)
+    folders = sorted({str(os.path.commonpath([str(f.resolve()) for f in files]))}) if files else []
+    parts = [f"{len(files)} files under {folders[0]}"] if files else []
+    return "; ".join(parts + ([f"{texts} texts"] if texts else []))
 
 
 def _atomic_write(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
