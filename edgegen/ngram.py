@@ -731,28 +731,35 @@ def stdlib_corpus() -> tuple[list[str | Path], str]:
     return items, f"Python {platform.python_version()} standard library at {root}: reference topics + .py sources"
 
 
-def default_store_path(tokenizer: TextTokenizer) -> Path:
-    """Where :func:`default_store` keeps the store for this tokenizer and this Python."""
+def default_store_path(model_folder: str | Path) -> Path:
+    """Where :func:`default_store` keeps the store for this model's tokenizer and this Python.
+
+    Keyed by the tokenizer file's bytes (cheap: no tokenizer is loaded when the store exists) and by
+    everything that defines the corpus and the build; the header still records the vocabulary hash."""
+    from edgegen.manifest import read_manifest
     from edgegen.models import cache_dir
 
-    ident = tokenizer_identity(tokenizer)
+    folder = Path(model_folder)
+    manifest = read_manifest(folder)
+    tok_sha = hashlib.sha256((folder / manifest.tokenizer).read_bytes()).hexdigest()
     key = json.dumps([_CORPUS_RULE, FORMAT_VERSION, platform.python_version(), sysconfig.get_paths()["stdlib"],
                       list(DEFAULT_ORDERS), DEFAULT_STORE_MIN_COUNT, DEFAULT_STORE_MAX_TOKENS])
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ident["name"]) or "model"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", manifest.name) or "model"
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return cache_dir() / "ngram" / f"{name}-{ident['vocab_sha256'][:10]}-stdlib-{digest}.npz"
+    return cache_dir() / "ngram" / f"{name}-{tok_sha[:10]}-stdlib-{digest}.npz"
 
 
 def default_store(model_folder: str | Path, progress: bool = True) -> Path:
     """A store for the model in ``model_folder`` that needs no user step: built on first use into the
-    cache from the Python standard library (see :func:`stdlib_corpus`; about 20 s, a few tens of MB)."""
+    cache from the Python standard library (:func:`stdlib_corpus`; 2.7M tokens, 18.6 MB and 12-30 s
+    for SmolLM2 on 2 cores), then reused."""
     from edgegen.manifest import read_manifest
 
     folder = Path(model_folder)
-    tokenizer = TextTokenizer(folder, read_manifest(folder))
-    path = default_store_path(tokenizer)
+    path = default_store_path(folder)
     if path.is_file():
         return path
+    tokenizer = TextTokenizer(folder, read_manifest(folder))
     items, description = stdlib_corpus()
     if progress:
         import sys
