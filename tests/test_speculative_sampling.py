@@ -19,8 +19,8 @@ from edgegen.sampling import Sampler, SamplingConfig, distribution
 from edgegen.strategies import verify as verify_module
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
-from edgegen.strategies.drafters import ModelDrafter, PromptLookupDrafter
-from edgegen.strategies.speculative import Speculative
+from edgegen.strategies.drafters import LookupThenModel, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.speculative import DraftLength, Speculative
 
 VOCAB = 5
 PROMPT = [1, 3]
@@ -110,7 +110,8 @@ RUNS = 6000
 
 
 def model_drafter_strategy() -> Speculative:
-    return Speculative(ModelDrafter(TinyLM(seed=2, sharpness=1.0)), num_draft_tokens=2, max_draft_tokens=3)
+    # a fixed length: the adaptive one follows measured times, and this check must exercise every draft slot
+    return Speculative(ModelDrafter(TinyLM(seed=2, sharpness=1.0)), num_draft_tokens=2, adaptive=False)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["plain", "top-k", "top-p+penalty"])
@@ -124,7 +125,11 @@ def test_prompt_lookup_sampling_matches_ar_exactly() -> None:
     config = CONFIGS[0]
 
     def lookup() -> Speculative:
-        return Speculative(PromptLookupDrafter(max_ngram=2), num_draft_tokens=3)
+        return Speculative(PromptLookupDrafter(max_ngram=2), num_draft_tokens=3, adaptive=False)
+
+    def lookup_then_model() -> Speculative:  # deterministic lookup drafts mixed with sampled model drafts
+        drafter = LookupThenModel(ModelDrafter(TinyLM(seed=2, sharpness=1.0)), PromptLookupDrafter(max_ngram=2))
+        return Speculative(drafter, num_draft_tokens=2, adaptive=False)
 
     # the prompt repeats so lookup proposes drafts that are sometimes right
     global PROMPT
@@ -132,6 +137,7 @@ def test_prompt_lookup_sampling_matches_ar_exactly() -> None:
     try:
         expected = exact_ar_distribution(config)
         assert chi_square_pvalue(sample_first_tokens(lookup, config, RUNS), expected, RUNS) > 1e-3
+        assert chi_square_pvalue(sample_first_tokens(lookup_then_model, config, RUNS), expected, RUNS) > 1e-3
     finally:
         PROMPT = saved
 
@@ -164,3 +170,30 @@ def test_greedy_speculative_equals_ar_on_tiny_model() -> None:
                     break
             outputs.append(tokens[:20])
         assert outputs[0] == outputs[1]
+
+
+def test_draft_length_follows_acceptance_and_measured_costs() -> None:
+    # target forward: 10 ms + 1 ms per row; free drafter
+    length = DraftLength(initial=4, maximum=8)
+
+    def run(steps: int, acceptance: float) -> int:
+        n = 0
+        for _ in range(steps):
+            n = length.choose(room=100)
+            accepted = int(round(acceptance * n))
+            length.update(n, accepted, n + 1, 0.010 + 0.001 * (n + 1), 0.0)
+        return length.choose(room=100)
+
+    assert run(30, 1.0) == 8  # everything accepted: draft the maximum
+    assert length.choose(room=3) == 3  # never past the room left
+    assert run(60, 0.0) == 0  # nothing accepted: plain steps, no wasted verification rows
+    # plain steps forget the misses: drafting is tried again
+    # rare probes while nothing is accepted (each costs one extra row, ~9% of a step here)
+    assert sum(run(1, 0.0) > 0 for _ in range(100)) <= 10
+    assert any(length.choose(room=100) > 0 for _ in range(300) if length.update(0, 0, 1, 0.011, 0.0) is None)
+    # an expensive drafter (20 ms a token) is not worth it at 50% acceptance
+    costly = DraftLength(initial=4, maximum=8)
+    for _ in range(30):
+        n = costly.choose(room=100)
+        costly.update(n, n // 2, n + 1, 0.010 + 0.001 * (n + 1), 0.020 * n)
+    assert costly.choose(room=100) == 0

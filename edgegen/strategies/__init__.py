@@ -11,7 +11,7 @@ from typing import Any
 from edgegen.errors import EdgegenError
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeCounters, DecodeRequest, MultiDraftStrategy, RankedDraft, Strategy
-from edgegen.strategies.drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
 from edgegen.strategies.speculative import PromptLookup, Speculative
 from edgegen.strategies.superposed import Superposed
 
@@ -20,6 +20,8 @@ def _speculative(drafter: Drafter | None, **options: Any) -> Strategy:
     if drafter is None:
         raise EdgegenError("strategy 'speculative' needs a draft model (--draft DIR); "
                            "'prompt-lookup' needs none")
+    if options.pop("lookup", True) and isinstance(drafter, ModelDrafter):
+        drafter = LookupThenModel(drafter)  # free drafts where the context repeats
     return Speculative(drafter, **options)
 
 

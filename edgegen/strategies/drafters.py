@@ -110,3 +110,27 @@ class ModelDrafter:
         keep = int(differ[0]) if differ.size else n
         self.session.trim(keep)
         del self._fed[keep:]
+
+
+class LookupThenModel:
+    """Prompt lookup where the context repeats itself, the draft model everywhere else.
+
+    A lookup draft costs no drafter forwards, so it is tried first; the model drafts only when the
+    context has no match. Its cache still follows the accepted sequence (``update`` trims it).
+    """
+
+    def __init__(self, model: ModelDrafter, lookup: PromptLookupDrafter | None = None) -> None:
+        self.model = model
+        self.lookup = lookup or PromptLookupDrafter()
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        self.lookup.begin(prompt_ids)
+        self.model.begin(prompt_ids)
+
+    def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
+        draft = self.lookup.propose(context, max_tokens, sampler)
+        return draft if draft.tokens else self.model.propose(context, max_tokens, sampler)
+
+    def update(self, context: list[int], accepted: int) -> None:
+        self.lookup.update(context, accepted)
+        self.model.update(context, accepted)
