@@ -162,3 +162,17 @@ def test_training_blocks_equal_the_strategy_layout(run: dict) -> None:
             h = model.model(inputs_embeds=emb).last_hidden_state[0, -3:]
         direct = model.lm_head(h).index_copy(-1, torch.tensor([290, 291, 292]), h @ P.T)
         torch.testing.assert_close(res["logits"][0, 3 * k:3 * k + 3], direct, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_bad_options_are_one_line(tmp_path: Path) -> None:
+    from edgegen.lud_cli import lud
+
+    for args, msg in ((["--span", "0"], "span"), (["--unit-threshold", "1"], "unit-threshold"),
+                      (["--tokens", "5", "--steps", "5"], "not both")):
+        with pytest.raises(EdgegenError, match=msg):
+            lud.main(["train", "--out", str(tmp_path / "x"), *args], standalone_mode=False)
+    with pytest.raises(EdgegenError, match="nothing to resume"):
+        lud.main(["train", "--out", str(tmp_path / "y"), "--resume"], standalone_mode=False)
+    with pytest.raises(EdgegenError, match="not a LUD checkpoint"):
+        lud.main(["pack", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "p.safetensors")],
+                 standalone_mode=False)

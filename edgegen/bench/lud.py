@@ -1,0 +1,193 @@
+"""``edgegen lud bench``: Lexical Unit Decoding against AR of the base and of the tuned model; speed and quality.
+
+Engines (greedy, exactly N new tokens, EOS ignored, one backend; runner.EdgegenEngine and runner.measure, the
+same timing loop as ``edgegen bench``), taking turns on every prompt:
+
+- ``ar-base``: AR on the base model (the speed and quality reference);
+- ``ar-tuned``: AR on the LUD-tuned model (ordinary rows are the base's, so this should match ar-base);
+- ``lexical-t<threshold>-m<span>``: unverified LUD, for each threshold and span asked for;
+- ``verified-t<threshold>-m<span>``: the verified mode (identical tokens to AR of the tuned model with
+  consistent rows, which ``ar-tuned-2row`` provides as the token reference).
+
+Per engine and prompt set: decode tokens/s, speed-up over ar-base and ar-tuned, tokens per target forward,
+agreement with ar-base's tokens (share of positions equal, and the length of the common prefix), and the
+perplexity of the output (up to the first EOS) under the base model at fp32 (the fp32 export, one forward),
+reported relative to ar-base's outputs' perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.bench.runner import EdgegenEngine, Prompt, encode_prompts, load_prompts, measure, prepare_folder
+from edgegen.errors import EdgegenError
+from edgegen.manifest import is_model_folder, read_manifest
+
+
+@dataclass
+class LudRun:
+    engine: str
+    prompt_id: str
+    category: str
+    tokens: list[int]
+    tokens_per_s: float
+    target_steps: int
+    placeholder_rows: int
+    ppl_fp32: float = math.nan
+
+
+def perplexity(session: Any, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+    """exp(mean NLL) of ``continuation`` after ``prompt`` under ``session`` (teacher forcing, one forward)."""
+    session.reset()
+    logits = session.forward(np.asarray([*prompt, *continuation], np.int64)).astype(np.float64)
+    rows = logits[len(prompt) - 1: -1]  # row i predicts continuation[i]
+    top = rows.max(axis=1, keepdims=True)
+    log_z = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
+    return float(np.exp((log_z - rows[np.arange(len(continuation)), np.asarray(continuation)]).mean()))
+
+
+def _until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return list(tokens[: i + 1])
+    return list(tokens)
+
+
+def _engines(base: Path, tuned: Path, backend: str, thresholds: Sequence[float], spans: Sequence[int],
+             verified: bool) -> list[EdgegenEngine]:
+    def named(name: str, engine: EdgegenEngine) -> EdgegenEngine:
+        engine.name = name
+        return engine
+
+    engines = [named("ar-base", EdgegenEngine(base, backend)), named("ar-tuned", EdgegenEngine(tuned, backend))]
+    if verified:
+        engines.append(named("ar-tuned-2row", EdgegenEngine(tuned, backend, consistent_rows=True)))
+    for t in thresholds:
+        for m in spans:
+            engines.append(named(f"lexical-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
+                                                                        threshold=t, span=m)))
+            if verified:
+                engines.append(named(f"verified-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
+                                                                             threshold=t, span=m, verified=True)))
+    return engines
+
+
+def summarize(runs: Sequence[LudRun]) -> list[dict[str, Any]]:
+    """One row per (engine, prompt set, and "all"): medians of speed, means of the rest."""
+    ref = {r.prompt_id: r for r in runs if r.engine == "ar-base"}
+    tuned2 = {r.prompt_id: r for r in runs if r.engine == "ar-tuned-2row"}
+    rows = []
+    for category in ["code", "chat", "all"]:
+        chosen = [r for r in runs if category == "all" or r.category == category]
+        base_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine == "ar-base"] or [math.nan])
+        tuned_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine == "ar-tuned"] or [math.nan])
+        base_ppl = [r.ppl_fp32 for r in chosen if r.engine == "ar-base"]
+        for engine in dict.fromkeys(r.engine for r in chosen):
+            mine = [r for r in chosen if r.engine == engine]
+            speed = statistics.median([r.tokens_per_s for r in mine])
+            agree = [np.mean(np.asarray(r.tokens) == np.asarray(ref[r.prompt_id].tokens)) for r in mine]
+            prefix = [next((i for i, (a, b) in enumerate(zip(r.tokens, ref[r.prompt_id].tokens, strict=True))
+                            if a != b), len(r.tokens)) for r in mine]
+            ppl = [r.ppl_fp32 for r in mine]
+            identical = ([r.tokens == tuned2[r.prompt_id].tokens for r in mine]
+                         if engine.startswith("verified") and tuned2 else [])
+            rows.append({
+                "engine": engine, "prompts": category, "n": len(mine), "tokens_per_s": round(speed, 1),
+                "x_ar_base": round(speed / base_speed, 3), "x_ar_tuned": round(speed / tuned_speed, 3),
+                "tokens_per_step": round(float(np.mean([(len(r.tokens) - 1) / max(r.target_steps, 1)
+                                                        for r in mine])), 3),
+                "agreement": round(float(np.mean(agree)), 3), "common_prefix": round(float(np.mean(prefix)), 1),
+                "ppl_fp32": round(float(np.mean(ppl)), 3),
+                "ppl_vs_ar_base": round(float(np.mean(ppl)) / float(np.mean(base_ppl)), 4),
+                "identical_to_tuned_ar": f"{sum(identical)}/{len(identical)}" if identical else ""})
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    head = ("| engine | prompts | tokens/s | x AR base | x AR tuned | tokens/forward | agreement w/ base | "
+            "common prefix | ppl fp32 | ppl / AR base | = tuned AR |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['prompts']} | {r['tokens_per_s']} | {r['x_ar_base']:.2f} | "
+                     f"{r['x_ar_tuned']:.2f} | {r['tokens_per_step']:.2f} | {r['agreement']:.1%} | "
+                     f"{r['common_prefix']} | {r['ppl_fp32']:.3f} | {r['ppl_vs_ar_base']:.3f} | "
+                     f"{r['identical_to_tuned_ar']} |")
+    return "\n".join(lines)
+
+
+def run_lud_bench(tuned: str | Path, base: str | Path | None = None, prompts: str = "all", limit: int | None = 4,
+                  new_tokens: int = 128, thresholds: Sequence[float] = (0.7,), spans: Sequence[int] = (3,),
+                  verified: bool = True, backend: str = "onnxruntime", warmup: int = 1,
+                  out: Path = Path("bench-out/lud"), command: str = "edgegen lud bench",
+                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run the LUD benchmark; write ``out``/lud.json and lud.md; return the summary rows.
+
+    tuned: an exported LUD-tuned folder (or "default-lud"). base: the base model's exported folder (None: the
+    default model at int8, as ``edgegen bench`` exports it). The fp32 base for perplexity is exported once.
+    """
+    from tqdm import tqdm
+
+    from edgegen.bench.report import machine_info
+
+    if new_tokens < 2:
+        raise EdgegenError(f"--new-tokens must be >= 2, got {new_tokens}")
+    if not thresholds or not spans or any(not 0 <= t <= 1 for t in thresholds) or any(m < 1 for m in spans):
+        raise EdgegenError("give thresholds within [0, 1] and spans >= 1")
+    if str(tuned) == "default-lud":
+        from edgegen.lud import default_lud_model
+
+        tuned = default_lud_model()
+    tuned = Path(tuned).expanduser()
+    if not is_model_folder(tuned) or "lud" not in read_manifest(tuned).extras:
+        raise EdgegenError(f"{tuned} is not an exported LUD-tuned model (edgegen lud export)")
+    base = Path(base).expanduser() if base else prepare_folder(None, "int8")
+    fp32 = prepare_folder(None, "fp32")
+    chosen: list[Prompt] = load_prompts(prompts, limit)
+    ids = encode_prompts(base, chosen)
+    if ids != encode_prompts(tuned, chosen):
+        raise EdgegenError("the base and tuned models tokenize the prompts differently")
+    engines = _engines(base, tuned, backend, thresholds, spans, verified)
+    runs: list[LudRun] = []
+    with tqdm(total=len(engines) * (warmup + len(chosen)), desc="lud bench", unit="run", file=sys.stderr,
+              leave=False) as bar:
+        for engine in engines:
+            for i in range(warmup):
+                measure(engine, ids[chosen[i % len(chosen)].id], new_tokens)
+                bar.update()
+        for prompt in chosen:  # engines take turns per prompt: load changes hit them alike
+            for engine in engines:
+                bar.set_postfix_str(f"{engine.name} {prompt.id}")
+                t = measure(engine, ids[prompt.id], new_tokens)
+                runs.append(LudRun(engine.name, prompt.id, prompt.category, t.tokens, t.tokens_per_s,
+                                   int(t.engine_metrics.get("target_steps", 0)),
+                                   int(t.engine_metrics.get("draft_proposed", 0))))
+                bar.update()
+    from edgegen import runtimes
+
+    manifest = read_manifest(fp32)
+    session = runtimes.open_session(fp32, manifest, "onnxruntime" if "onnx" in manifest.graphs else "openvino")
+    eos = set(manifest.eos_token_ids)
+    for r in runs:
+        r.ppl_fp32 = perplexity(session, ids[r.prompt_id], _until_eos(r.tokens, eos))
+    rows = summarize(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"command": command, "tuned": str(tuned), "base": str(base), "fp32": str(fp32), "backend": backend,
+                "prompts": f"{len(chosen)} ({prompts})", "new_tokens": new_tokens, "thresholds": list(thresholds),
+                "spans": list(spans), "lud": read_manifest(tuned).extras["lud"].get("recipe", {}).get("checkpoint")}
+    (out / "lud.json").write_text(json.dumps({"settings": settings, "machine": machine_info(), "rows": rows,
+                                              "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
+    table = markdown(rows)
+    (out / "lud.md").write_text(f"{command}\n\n{table}\n")
+    echo(table)
+    echo(f"wrote {out / 'lud.json'}, {out / 'lud.md'}")
+    return rows

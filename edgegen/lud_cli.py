@@ -1,0 +1,99 @@
+"""``edgegen lud``: train, export, pack and benchmark Lexical Unit Decoding models (registered in cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def lud() -> None:
+    """Lexical Unit Decoding: fine-tune placeholder tokens so a model decodes confident multi-token units."""
+
+
+@lud.command("train")
+@click.option("--target", default="default", show_default=True,
+              help="'default', an exported edgegen folder, an HF folder or a .gguf.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Training folder (checkpoints, logs).")
+@click.option("--span", type=int, default=4, show_default=True, help="Placeholders trained (m, the most a step uses).")
+@click.option("--unit-threshold", type=float, default=0.6, show_default=True,
+              help="A token joins a lexical unit when the target's probability of it exceeds this.")
+@click.option("--tokens", type=int, default=None, help="Real tokens to train on (default 400k).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (instead of --tokens).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=192, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--gen-prompts", type=int, default=48, show_default=True, help="Prompts the target answers (x3 temps).")
+@click.option("--gen-share", type=float, default=0.5, show_default=True, help="Share of batches from generations.")
+@click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
+@click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: start/end).")
+@click.option("--no-export", is_flag=True, help="Do not export the tuned model at the end.")
+@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: int | None, steps: int | None,
+              resume: bool, seed: int, threads: int, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
+              gen_share: float, ckpt_minutes: float, eval_every: int, no_export: bool, no_quality_gate: bool,
+              quiet: bool) -> None:
+    """Fine-tune --target's placeholder rows on marked lexical units (resumable), then export it."""
+    from edgegen.export.lud import LudConfig, train_lud
+
+    cfg = LudConfig(target=target, out=out, span=span, unit_threshold=unit_threshold, tokens=tokens, steps=steps,
+                    seed=seed, threads=threads, batch_size=batch_size, seq_len=seq_len, lr=lr, gen_prompts=gen_prompts,
+                    gen_share=gen_share, ckpt_minutes=ckpt_minutes, eval_every=eval_every, export=not no_export,
+                    quality_gate=not no_quality_gate, progress=not quiet)
+    cfg.validate()
+    summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    model = f"; model {summary['model']}" if "model" in summary else ""
+    click.echo(f"trained LUD placeholders in {summary['out']} ({summary['tokens_seen']} tokens, "
+               f"{summary['train_tokens_per_s']} tokens/s){model}")
+
+
+@lud.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Training folder, ckpt-* folder or packed delta (.safetensors).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option("--target", default=None, help="Target it was trained for (default: the recorded one).")
+@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
+def lud_export(checkpoint: str, out: str, target: str | None, no_quality_gate: bool) -> None:
+    """Merge the placeholder rows into the target and export ONNX + OpenVINO (int8) with extras.lud."""
+    from edgegen.export.lud import export_lud
+
+    path = export_lud(checkpoint, out, target=target, quality_gate=not no_quality_gate)
+    click.echo(f"exported the LUD-tuned model to {path}")
+
+
+@lud.command("pack")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed delta (.safetensors).")
+def lud_pack(checkpoint: str, out: str) -> None:
+    """Store only the trained placeholder rows and the recipe (the target provides the rest)."""
+    from edgegen.export.lud import pack_lud
+
+    path = pack_lud(checkpoint, out)
+    click.echo(f"packed LUD delta: {path} ({path.stat().st_size / 1e3:.1f} kB)")
+
+
+@lud.command("bench")
+@click.option("--model", default="default-lud", show_default=True, help="Exported LUD-tuned folder.")
+@click.option("--base", default=None, help="The base model's exported folder (default: SmolLM2 int8, as bench).")
+@click.option("--prompts", type=click.Choice(["code", "chat", "all"]), default="all", show_default=True)
+@click.option("--limit", type=int, default=4, show_default=True, help="First N prompts of each set.")
+@click.option("--new-tokens", type=int, default=128, show_default=True, help="Tokens per run (EOS ignored).")
+@click.option("--threshold", "thresholds", type=float, multiple=True, help="Acceptance threshold (repeatable).")
+@click.option("--span", "spans", type=int, multiple=True, help="Placeholders per step (repeatable).")
+@click.option("--no-verified", is_flag=True, help="Skip the verified mode.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@click.option("--out", default="bench-out/lud", show_default=True, type=click.Path(file_okay=False))
+def lud_bench(model: str, base: str | None, prompts: str, limit: int, new_tokens: int, thresholds: tuple[float, ...],
+              spans: tuple[int, ...], no_verified: bool, backend: str, out: str) -> None:
+    """LUD vs AR of the base and the tuned model: speed, tokens per forward, agreement, fp32 perplexity."""
+    from edgegen.bench.lud import run_lud_bench
+
+    run_lud_bench(model, base, prompts=prompts, limit=limit, new_tokens=new_tokens, thresholds=thresholds or (0.7,),
+                  spans=spans or (3,), verified=not no_verified, backend=backend, out=Path(out),
+                  command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
