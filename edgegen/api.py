@@ -284,7 +284,7 @@ def _find_stop(text: str, stop: list[str], search_from: int) -> int | None:
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
          threads: int | None = None, draft_confidence: float = 0.0,
-         consistent_rows: bool | None = None) -> Generator:
+         consistent_rows: bool | None = None, embeddings: bool = False) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
@@ -295,7 +295,8 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     draft early when the drafter's top probability falls below it. consistent_rows makes every
     forward compute its rows with the same kernels, so speculative strategies reproduce AR output
     token for token (default: on when a draft model is loaded; it costs AR speed on ONNX Runtime's
-    quantized graphs, whose single-row kernel is the fast one).
+    quantized graphs, whose single-row kernel is the fast one). embeddings: run the export's
+    input-embedding graph (superposed decoding needs it; the default model gets it on first use).
     """
     if consistent_rows is None:
         consistent_rows = draft is not None
@@ -305,14 +306,14 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     if profile is None:
         profile = _DEVICE_PROFILES[device]
     prof = load_profile(profile)
-    folder = resolve_model(model, prof)
+    folder = resolve_model(model, prof, embeddings=embeddings)
     manifest = read_manifest(folder)
 
     def open_session(name: str) -> runtimes.Session:
         options: dict[str, Any] = {"max_length": max_length, "threads": threads, "consistent_rows": consistent_rows}
         if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
             options["npuw_devices"] = os.environ[NPUW_ENV]
-        return runtimes.open_session(folder, manifest, name, device=device, **options)
+        return runtimes.open_session(folder, manifest, name, device=device, embeddings=embeddings, **options)
 
     if backend is None:
         backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)

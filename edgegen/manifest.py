@@ -53,6 +53,29 @@ class GraphInfo:
 
 
 @dataclass(frozen=True)
+class EmbeddingsInfo:
+    """Input-embedding graphs (superposed decoding) and the token-embedding table that feeds them.
+
+    Each graph is its format's normal graph with the token-embedding lookup cut off: it takes
+    ``inputs_embeds`` [batch, seq, hidden] float32 (inputs role "inputs_embeds" instead of "input_ids"),
+    the hidden state entering the first decoder layer, and keeps the same KV cache layout. That state is
+    ``table[token] * scale``: the graphs do not scale (Gemma's sqrt(hidden) is applied by
+    ``Session.embed``; 1.0 for SmolLM2, whose table is also its tied LM head).
+    """
+
+    table: str  # relative .npy file [rows, hidden], memory-mapped by the runtime
+    dtype: str  # numpy dtype of the table: "float16" for fp16 exports, else "float32"
+    scale: float  # multiply table rows by this to get inputs_embeds
+    graphs: dict[str, GraphInfo] = field(default_factory=dict)  # keyed by format, like Manifest.graphs
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> EmbeddingsInfo:
+        d = dict(d)
+        d["graphs"] = {k: GraphInfo.from_dict(v) for k, v in d.get("graphs", {}).items()}
+        return EmbeddingsInfo(**d)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Architecture facts, tokenizer files and graphs of one exported model folder."""
 
@@ -75,6 +98,7 @@ class Manifest:
     profile: str | None = None
     static_shapes: dict[str, int] = field(default_factory=dict)  # {"max_prompt_len", "min_response_len"}
     extras: dict[str, Any] = field(default_factory=dict)  # strategy-specific data (drafter, LUD, ...)
+    embeddings: EmbeddingsInfo | None = None  # input-embedding graphs, when exported with --embeddings
     edgegen_version: str = ""
     schema: int = SCHEMA_VERSION
 
@@ -92,10 +116,23 @@ class Manifest:
             raise EdgegenError(f"model '{self.name}' has no {fmt} graph (exported formats: {have})")
         return self.graphs[fmt]
 
+    def has_embeddings(self) -> bool:
+        """True when every exported format also has its input-embedding graph."""
+        return self.embeddings is not None and all(f in self.embeddings.graphs for f in self.graphs)
+
+    def embeddings_graph(self, fmt: str) -> GraphInfo:
+        """The ``fmt`` graph that takes inputs_embeds; a clear error when the export has none."""
+        if self.embeddings is None or fmt not in self.embeddings.graphs:
+            raise EdgegenError(f"model '{self.name}' has no {fmt} input-embedding graph: "
+                               "re-export it with `edgegen export --embeddings`")
+        return self.embeddings.graphs[fmt]
+
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Manifest:
         d = dict(d)
         d["graphs"] = {k: GraphInfo.from_dict(v) for k, v in d.get("graphs", {}).items()}
+        if d.get("embeddings") is not None:
+            d["embeddings"] = EmbeddingsInfo.from_dict(d["embeddings"])
         return Manifest(**d)
 
 
@@ -117,9 +154,12 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise EdgegenError(f"corrupt manifest {path}: {e}") from None
     if manifest.schema != SCHEMA_VERSION:
         raise EdgegenError(f"{path} has schema {manifest.schema}; this edgegen reads {SCHEMA_VERSION}: re-export")
-    for g in manifest.graphs.values():
-        if not (folder / g.path).is_file():
-            raise EdgegenError(f"model folder {folder} is incomplete: {g.path} is missing")
+    files = [g.path for g in manifest.graphs.values()]
+    if manifest.embeddings is not None:
+        files += [manifest.embeddings.table, *(g.path for g in manifest.embeddings.graphs.values())]
+    for rel in files:
+        if not (folder / rel).is_file():
+            raise EdgegenError(f"model folder {folder} is incomplete: {rel} is missing")
     if not (folder / manifest.tokenizer).is_file():
         raise EdgegenError(f"model folder {folder} is incomplete: {manifest.tokenizer} is missing")
     return manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,52 @@ def export(source: str | Path | None, out: Path, **options: Any) -> Path:
                            "pip install 'edgegen[export]'") from None
 
 
-def _export(source: str | None, out: Path, profile: DeviceProfile) -> Path:
+def _export(source: str | None, out: Path, profile: DeviceProfile, embeddings: bool = False) -> Path:
     # export_model validates the source first, then shows its stages: the one-time cost is visible.
-    return export(source, out, profile=profile.name)
+    return export(source, out, profile=profile.name, **({"embeddings": True} if embeddings else {}))
 
 
-def resolve_model(model: str | Path | None, profile: DeviceProfile) -> Path:
+def _cached(source: str | None, out: Path, profile: DeviceProfile, embeddings: bool) -> Path:
+    """The auto-export at ``out``: exported on first use, given input-embedding graphs when asked."""
+    if not is_model_folder(out):
+        return _export(source, out, profile, embeddings)
+    return ensure_embeddings(out) if embeddings else out
+
+
+def ensure_embeddings(folder: Path, progress: bool = True) -> Path:
+    """Return ``folder`` with input-embedding graphs (superposed decoding), adding them if it lacks them.
+
+    Only auto-exports in the cache are changed (atomically, keeping their graphs; progress on stderr);
+    any other export without them is a clear EdgegenError asking to re-export with --embeddings.
+    """
+    from edgegen.manifest import read_manifest
+
+    folder = Path(folder)
+    if read_manifest(folder).has_embeddings():
+        return folder
+    if not folder.resolve().is_relative_to(cache_dir().resolve()):
+        raise EdgegenError(f"{folder} has no input-embedding graphs: re-export it with `edgegen export --embeddings`")
+    if progress:
+        print(f"[edgegen] adding input-embedding graphs to the cached export {folder} (once)", file=sys.stderr)
+    try:
+        from edgegen.export.embeddings import add_embeddings
+    except ImportError as e:
+        raise EdgegenError(f"adding input-embedding graphs needs the export extras ({e.name} is missing): "
+                           "pip install 'edgegen[export]'") from None
+    return add_embeddings(folder, progress=progress)
+
+
+def resolve_model(model: str | Path | None, profile: DeviceProfile, embeddings: bool = False) -> Path:
     """Return an exported model folder for ``model``, exporting it into the cache on first use.
 
     ``model`` is None/"default" (the embedded SmolLM2), an exported folder (has edgegen.json), a
-    Hugging Face model folder, or a .gguf file.
+    Hugging Face model folder, or a .gguf file. ``embeddings``: the cached export must also have the
+    input-embedding graphs (superposed decoding); they are added to an existing one if missing.
+    A user's exported folder is returned as it is.
     """
     if model is None or str(model) == "default":
         out = cache_dir() / "models" / DEFAULT_MODEL_NAME / profile.name
-        return out if is_model_folder(out) else _export(None, out, profile)
+        return _cached(None, out, profile, embeddings)
     path = Path(model).expanduser()
     if is_model_folder(path):
         return path
@@ -61,7 +94,7 @@ def resolve_model(model: str | Path | None, profile: DeviceProfile) -> Path:
         raise EdgegenError(f"{model} is not a model folder (no edgegen.json or config.json)")
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
     out = cache_dir() / "imported" / f"{path.stem}-{key}" / profile.name
-    return out if is_model_folder(out) else _export(str(path), out, profile)
+    return _cached(str(path), out, profile, embeddings)
 
 
 def _decode_speed(session_factory) -> float:

@@ -23,6 +23,7 @@ class DeviceProfile:
     device: str  # "CPU", "GPU", "NPU", "CUDA", "DML"
     onnx_execution_provider: str = "cpu"
     static_shapes: dict[str, int] = field(default_factory=dict)  # NPU: max_prompt_len, min_response_len
+    embeddings: bool = False  # export input-embedding graphs too (superposed decoding); not with static shapes
 
 
 def available_profiles() -> list[str]:
@@ -48,4 +49,5 @@ def load_profile(name: str) -> DeviceProfile:
         backend=run.get("backend", "auto"),
         device=run.get("device", "CPU"),
         static_shapes={k: int(v) for k, v in data.get("static_shapes", {}).items()},
+        embeddings=bool(exp.get("embeddings", False)),
     )

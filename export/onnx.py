@@ -10,6 +10,7 @@ from edgegen.errors import EdgegenError
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
 ONNX_SUBDIR = "onnx"
+ONNX_EMBEDS_SUBDIR = "onnx-embeds"  # the inputs_embeds graph (superposed decoding), built on request
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 16: "bfloat16"}  # onnx.TensorProto element types
 _BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
 
@@ -23,8 +24,14 @@ def build_onnx(
     group_size: int,
     execution_provider: str = "cpu",
     cache_dir: Path,
+    embeds: bool = False,
 ) -> GraphInfo:
-    """Build `model_folder/onnx/model.onnx` from an HF folder and describe it as a GraphInfo."""
+    """Build `model_folder/onnx/model.onnx` from an HF folder and describe it as a GraphInfo.
+
+    embeds: build the input-embedding graph instead (`onnx-embeds/`, the builder's exclude_embeds:
+    input ``inputs_embeds`` [batch, seq, hidden], no embedding lookup and no embedding scale, the
+    same shared-buffer KV cache).
+    """
     if weights not in ("fp32", "fp16", "int8", "int4"):
         raise EdgegenError(f"unsupported ONNX weight precision '{weights}' (fp32, fp16, int8, int4)")
     quantized = weights in ("int8", "int4")
@@ -33,11 +40,12 @@ def build_onnx(
             f"ONNX {weights} needs a group size of {', '.join(map(str, _BLOCK_SIZES))} (MatMulNBits blocks); "
             f"got {group_size}"
         )
-    out = model_folder / ONNX_SUBDIR
-    extra = []
+    subdir = ONNX_EMBEDS_SUBDIR if embeds else ONNX_SUBDIR
+    out = model_folder / subdir
+    extra = ["exclude_embeds=true"] if embeds else []
     if quantized:
         # The builder defaults to symmetric; edgegen's --sym defaults to asymmetric like NNCF, so be explicit.
-        extra = [f"block_size={group_size}", f"is_symmetric={'true' if sym else 'false'}"]
+        extra += [f"block_size={group_size}", f"is_symmetric={'true' if sym else 'false'}"]
         if weights == "int4" and not sym:
             # Builder 0.18 bug: a tied embedding quantized to asymmetric uint4 (GatherBlockQuantized) gives
             # a graph ONNX Runtime refuses to load (uint8 Reshape output where float is expected).
@@ -65,22 +73,29 @@ def build_onnx(
         root.handlers[:] = root_state[1]
     if not (out / "model.onnx").is_file():
         raise EdgegenError(f"the ONNX builder produced no model.onnx in {out}")
+    if embeds:
+        # The runtime tokenizes with the folder's tokenizer.json; the builder's copies only serve the
+        # onnxruntime-genai baseline, which runs the normal graph.
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            (out / name).unlink(missing_ok=True)
     return describe_onnx(
         model_folder,
         weights=weights,
         sym=sym,
         group_size=group_size if quantized else 0,
         execution_provider=execution_provider,
+        subdir=subdir,
     )
 
 
 def describe_onnx(
-    model_folder: Path, *, weights: str, sym: bool, group_size: int, execution_provider: str
+    model_folder: Path, *, weights: str, sym: bool, group_size: int, execution_provider: str,
+    subdir: str = ONNX_SUBDIR,
 ) -> GraphInfo:
     """Read names and the KV dtype from the built graph and genai_config.json (never guessed)."""
     import onnx
 
-    out = model_folder / ONNX_SUBDIR
+    out = model_folder / subdir
     genai = json.loads((out / "genai_config.json").read_text())
     dec = genai["model"]["decoder"]
     graph = onnx.load(str(out / dec["filename"]), load_external_data=False).graph
@@ -99,10 +114,11 @@ def describe_onnx(
         present_value=dec["outputs"]["present_value_names"],
         dtype=_ONNX_TO_NUMPY.get(elem, "float32"),
     )
-    roles = {r: dec["inputs"][r] for r in ("input_ids", "attention_mask", "position_ids") if r in dec["inputs"]}
+    roles = {r: dec["inputs"][r] for r in ("input_ids", "inputs_embeds", "attention_mask", "position_ids")
+             if r in dec["inputs"]}
     return GraphInfo(
         format="onnx",
-        path=f"{ONNX_SUBDIR}/{dec['filename']}",
+        path=f"{subdir}/{dec['filename']}",
         weights=weights,
         inputs=roles,
         logits=dec["outputs"]["logits"],

@@ -15,8 +15,9 @@ from edgegen.manifest import GraphInfo, KVCacheLayout
 
 OV_SUBDIR = "openvino"
 OV_MODEL = "openvino_model.xml"
+OV_EMBEDS_MODEL = "openvino_embeds_model.xml"  # the inputs_embeds graph (superposed decoding), built on request
 TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
-_ROLES = ("input_ids", "attention_mask", "position_ids", "beam_idx")
+_ROLES = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "beam_idx")
 
 
 def build_openvino_ir(hf_dir: Path, model_folder: Path, *, weights: str) -> Path:
@@ -91,6 +92,61 @@ def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_s
     return used_group
 
 
+def build_openvino_embeds_ir(ir_path: Path, out_path: Path, *, scale: float = 1.0) -> Path:
+    """Save a copy of the stateful IR that takes ``inputs_embeds`` [batch, seq, hidden] float32 instead of input_ids.
+
+    Graph surgery on the exported (and already compressed) IR, since optimum-intel only exports input_ids
+    graphs: the token-embedding Gather's output is replaced by the new Parameter, and ShapeOf(input_ids),
+    which feeds the batch size of the initial KV state, by the first two dimensions of ShapeOf(inputs_embeds).
+    The state (KV cache) is untouched. inputs_embeds are scaled rows (see EmbeddingsInfo); where the model
+    scales its embeddings after the lookup (Gemma), a Multiply by 1/scale in front undoes that.
+    """
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(str(ir_path))
+    params = model.get_parameters()
+    found = [i for i, p in enumerate(params) if "input_ids" in p.output(0).get_names()]
+    if not found:
+        raise EdgegenError(f"OpenVINO IR {ir_path.name} has no input_ids input")
+    index = found[0]
+    lookups, shapes = [], []
+    for target in params[index].output(0).get_target_inputs():
+        node = target.get_node()
+        kind = node.get_type_name()
+        if kind == "ShapeOf":
+            shapes.append(node)
+        elif kind == "Convert":  # i64 ids -> i32 indices of the embedding Gather
+            lookups += [(t.get_node(), t.get_index()) for t in node.output(0).get_target_inputs()]
+        else:
+            lookups.append((node, target.get_index()))
+    if len(lookups) != 1 or lookups[0][0].get_type_name() != "Gather" or lookups[0][1] != 1:
+        found_ops = sorted({n.get_type_name() for n, _ in lookups})
+        raise EdgegenError(f"cannot find the token-embedding lookup in {ir_path.name} (input_ids feeds {found_ops})")
+    gather = lookups[0][0]
+    shape = gather.get_output_partial_shape(0)
+    if shape.rank.get_length() != 3 or not shape[2].is_static:
+        raise EdgegenError(f"unexpected token-embedding output shape {shape} in {ir_path.name}")
+    embeds = ops.parameter(ov.PartialShape([-1, -1, shape[2].get_length()]), ov.Type.f32, name="inputs_embeds")
+    x = embeds.output(0)
+    if scale != 1.0:
+        x = ops.multiply(x, ops.constant(np.float32(1.0 / scale))).output(0)
+    if gather.get_output_element_type(0) != ov.Type.f32:
+        x = ops.convert(x, gather.get_output_element_type(0)).output(0)
+    gather.output(0).replace(x)
+    for node in shapes:
+        dims = ops.shape_of(embeds, output_type=node.get_output_element_type(0))
+        node.output(0).replace(ops.slice(dims, np.array([0]), np.array([2]), np.array([1])).output(0))
+    model.replace_parameter(index, embeds)
+    # replace() and replace_parameter() carry the old tensor names over: name the input last.
+    embeds.output(0).set_names({"inputs_embeds"})
+    embeds.set_friendly_name("inputs_embeds")
+    model.validate_nodes_and_infer_types()
+    ov.save_model(model, str(out_path), compress_to_fp16=False)
+    return out_path
+
+
 def describe_openvino(model_folder: Path, ir_path: Path, *, weights: str, sym: bool, group_size: int) -> GraphInfo:
     """Read the IR's input/output names; KV lives in OpenVINO state, so there are no cache tensors."""
     import openvino as ov
@@ -98,7 +154,7 @@ def describe_openvino(model_folder: Path, ir_path: Path, *, weights: str, sym: b
     model = ov.Core().read_model(str(ir_path))
     names = {n for p in model.inputs for n in p.get_names()}
     inputs = {r: r for r in _ROLES if r in names}
-    if "input_ids" not in inputs:
+    if "input_ids" not in inputs and "inputs_embeds" not in inputs:
         raise EdgegenError(f"OpenVINO IR {ir_path.name} has no input_ids input (inputs: {sorted(names)})")
     outputs = {n for p in model.outputs for n in p.get_names()}
     if "logits" not in outputs:

@@ -38,6 +38,7 @@ def export_model(
     quality_gate: bool = True,
     progress: bool = True,
     execution_provider: str | None = None,
+    embeddings: bool | None = None,
 ) -> Path:
     """Export `source` into the edgegen model folder `out_dir` and return its path.
 
@@ -45,6 +46,8 @@ def export_model(
     formats/weights/sym/group_size/execution_provider: None takes the device profile's value when a
     profile is given, else the built-in default (onnx+openvino, int8, asymmetric, group 128, cpu).
     quality_gate: score every graph's perplexity against the fp32 torch model (flag, never fail).
+    embeddings: also build each format's input-embedding graph and save the token-embedding table
+    (superposed decoding; see manifest.EmbeddingsInfo). None takes the profile's value, else off.
     The folder appears complete or not at all: everything is built in a hidden sibling and renamed.
     """
     from edgegen.export.source import resolve_source
@@ -66,12 +69,18 @@ def export_model(
         raise EdgegenError(f"unknown export format(s) {bad or '(none)'}: choose from {', '.join(FORMATS)}")
     if weights not in WEIGHTS:
         raise EdgegenError(f"unknown weight precision '{weights}': choose from {', '.join(WEIGHTS)}")
+    embeddings = embeddings if embeddings is not None else (prof.embeddings if prof else False)
+    if embeddings and prof is not None and prof.static_shapes:
+        from edgegen.export.embeddings import STATIC_REFUSAL
+
+        raise EdgegenError(STATIC_REFUSAL)
 
     src = resolve_source(source)  # validates before any heavy import or work
     check_output_dir(out_dir)
-    stages = Stages(progress, ["convert GGUF"] * (src.kind == "gguf") + _stage_names(formats, weights, quality_gate))
+    stages = Stages(progress, ["convert GGUF"] * (src.kind == "gguf")
+                    + _stage_names(formats, weights, quality_gate, embeddings))
     with quiet(not progress), atomic_folder(out_dir) as tmp:
-        manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages)
+        manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages, embeddings)
         if prof is not None:
             manifest = replace(manifest, profile=prof.name, static_shapes=dict(prof.static_shapes))
         manifest.write(tmp)  # last: a folder with edgegen.json is a complete folder
@@ -79,7 +88,7 @@ def export_model(
     return out_dir
 
 
-def _stage_names(formats: Sequence[str], weights: str, gate: bool) -> list[str]:
+def _stage_names(formats: Sequence[str], weights: str, gate: bool, embeddings: bool = False) -> list[str]:
     names: list[str] = []
     for fmt in formats:
         names.append(f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} ({weights})")
@@ -87,6 +96,9 @@ def _stage_names(formats: Sequence[str], weights: str, gate: bool) -> list[str]:
             names.append(f"compress OpenVINO weights ({weights})")
     if gate:
         names.append("quality gate")
+    if embeddings:
+        names += [f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} embeddings graph" for fmt in formats]
+        names += ["save embedding table", "check embeddings graphs"]
     return names
 
 
@@ -100,6 +112,7 @@ def _export_into(
     ep: str,
     quality_gate: bool,
     stages: Stages,
+    embeddings: bool = False,
 ) -> Manifest:
     """Fill `tmp` with graphs and tokenizer files; returns the manifest (not yet written)."""
     from edgegen.export.source import copy_tokenizer_files, materialize_hf, source_sha256
@@ -149,6 +162,16 @@ def _export_into(
         source={"kind": src.kind, "path": str(src.path), "sha256": source_sha256(src)},
         edgegen_version=getattr(edgegen, "__version__", ""),
     )
+    if embeddings:
+        from edgegen.export import embeddings as emb
+        from edgegen.export.quality import gate_token_ids
+
+        emb_graphs = emb.build_embedding_graphs(tmp, hf_dir, graphs, work / "onnx-cache", stages.stage)
+        with stages.stage("save embedding table"):
+            info = replace(emb.save_embedding_table(hf_dir, tmp, weights), graphs=emb_graphs)
+        with stages.stage("check embeddings graphs"):
+            ids = gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos)
+            manifest = emb.finish_embeddings(tmp, manifest, info, ids, stages.note)
     shutil.rmtree(work)
     return manifest
 

@@ -31,9 +31,16 @@ def _entry(backend: str) -> tuple[str, str, str]:
 
 
 def open_session(folder: str | Path, manifest: Manifest, backend: str, device: str = "CPU",
-                 **options: object) -> Session:
-    """Load ``folder``'s graph for ``backend`` on ``device``; options go to the session class."""
+                 embeddings: bool = False, **options: object) -> Session:
+    """Load ``folder``'s graph for ``backend`` on ``device``; options go to the session class.
+
+    embeddings: open the input-embedding graph instead, giving the session ``embed`` and
+    ``forward_embeddings`` (an export without one is a one-line EdgegenError).
+    """
     module, cls, _ = _entry(backend)
+    if embeddings:
+        manifest.embeddings_graph(graph_format(backend))  # the clear error before importing the runtime
+        options["embeddings"] = True
     return getattr(importlib.import_module(module), cls)(Path(folder), manifest, device=device, **options)
 
 

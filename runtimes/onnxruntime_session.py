@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
-from edgegen.runtimes.base import CachePosition
+from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {
@@ -34,14 +34,17 @@ def available_devices() -> list[str]:
     return [d for d, ep in EXECUTION_PROVIDERS.items() if ep in have]
 
 
-class OnnxRuntimeSession(CachePosition):
-    """A Session (see runtimes.base) over an ONNX Runtime InferenceSession."""
+class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
+    """A Session (see runtimes.base) over an ONNX Runtime InferenceSession.
+
+    embeddings=True runs the export's input-embedding graph (embed / forward_embeddings).
+    """
 
     backend = "onnxruntime"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, consistent_rows: bool = False) -> None:
-        graph = manifest.graph("onnx")
+                 threads: int | None = None, consistent_rows: bool = False, embeddings: bool = False) -> None:
+        graph = manifest.embeddings_graph("onnx") if embeddings else manifest.graph("onnx")
         if graph.kv.stateful or not graph.kv.shared_buffer:
             raise EdgegenError(f"{folder}: the ONNX backend needs a shared-buffer KV graph; re-export the model")
         provider = EXECUTION_PROVIDERS.get(device.upper())
@@ -62,6 +65,12 @@ class OnnxRuntimeSession(CachePosition):
             self._session = ort.InferenceSession(str(folder / graph.path), options, providers=[provider])
         except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
             raise EdgegenError(f"cannot load {folder / graph.path}: {str(e).splitlines()[0]}") from None
+        if embeddings:
+            self._open_embeddings(folder, manifest)
+        self._input_name = graph.inputs["inputs_embeds" if embeddings else "input_ids"]
+        if embeddings:  # a graph built for fp16 I/O (CUDA) takes fp16 embeddings
+            kind = {i.name: i.type for i in self._session.get_inputs()}[self._input_name]
+            self._embeds_dtype = np.float16 if kind == "tensor(float16)" else np.float32
         self._buffer_device = _BUFFER_DEVICE.get(provider, "cpu")
         self._kv_dtype = np.dtype(graph.kv.dtype)
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
@@ -102,29 +111,33 @@ class OnnxRuntimeSession(CachePosition):
         self._binding.bind_ortvalue_output(present, value)
 
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
-        if self._consistent_rows and ids.shape[1] == 1 and self._position + 2 <= self._limit:
+        return self._forward(self._input(token_ids), last_only)
+
+    def _forward(self, x: np.ndarray, last_only: bool) -> np.ndarray:
+        """x: int64 ids [1, n], or float32 embeddings [1, n, hidden] on an embeddings graph."""
+        if self._consistent_rows and x.shape[1] == 1 and self._position + 2 <= self._limit:
             # MatMulNBits takes another kernel for one row (int8: logits differ by ~0.6) while any
             # two or more rows are computed bitwise alike. Running every call with >= 2 rows makes a
             # token's logits independent of how many tokens its call carried, so speculative
             # verification reproduces AR decoding exactly. The filler row is rolled back; it costs
             # ~25% per single-token step, so it is on only where speculation is used.
-            logits = self._run(np.concatenate([ids, ids], axis=1))
+            logits = self._run(np.concatenate([x, x], axis=1))
             self._position -= 1
             return logits[:1]
-        logits = self._run(ids)
+        logits = self._run(x)
         return logits[-1:] if last_only else logits
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        n = ids.shape[1]
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[1]
         end = self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
         if end > self._capacity:
             self._allocate(min(self._limit, max(end, 2 * self._capacity)))
-        names = self._graph.inputs
-        self._binding.bind_cpu_input(names["input_ids"], ids)
-        self._binding.bind_cpu_input(names["attention_mask"], np.ones((1, end), np.int64))
+        if x.dtype != np.int64 and x.dtype != self._embeds_dtype:
+            x = x.astype(self._embeds_dtype)
+        self._binding.bind_cpu_input(self._input_name, x)
+        self._binding.bind_cpu_input(self._graph.inputs["attention_mask"], np.ones((1, end), np.int64))
         if self._buffer_device == "cpu":
             logits = np.empty((1, n, self.manifest.vocab_size), np.float32)
             self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)

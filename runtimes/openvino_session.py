@@ -13,7 +13,7 @@ import openvino as ov
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
-from edgegen.runtimes.base import CachePosition
+from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 _core: ov.Core | None = None
 
@@ -39,17 +39,24 @@ def _npu_config(static_shapes: dict[str, int]) -> dict[str, object]:
     return config
 
 
-class OpenVINOSession(CachePosition):
-    """A Session (see runtimes.base) over a compiled stateful OpenVINO model."""
+class OpenVINOSession(CachePosition, EmbeddingInputs):
+    """A Session (see runtimes.base) over a compiled stateful OpenVINO model.
+
+    embeddings=True runs the export's input-embedding IR (embed / forward_embeddings); not on the NPU.
+    """
 
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, npuw_devices: str | None = None, consistent_rows: bool = False) -> None:
-        graph = manifest.graph("openvino")
+                 threads: int | None = None, npuw_devices: str | None = None, consistent_rows: bool = False,
+                 embeddings: bool = False) -> None:
+        device = device.upper()
+        if embeddings and device == "NPU":
+            raise EdgegenError("the NPU static graph has no input-embedding path: run superposed decoding on "
+                               "CPU or GPU")
+        graph = manifest.embeddings_graph("openvino") if embeddings else manifest.graph("openvino")
         if not graph.kv.stateful:
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
-        device = device.upper()
         present = available_devices()
         # NPUW can place the NPU graph on the CPU (NPUW_DEVICES=CPU): the NPU path, tested without an NPU.
         if device not in present and not (device == "NPU" and npuw_devices):
@@ -76,13 +83,19 @@ class OpenVINOSession(CachePosition):
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
         self._names = graph.inputs
+        if embeddings:
+            self._open_embeddings(folder, manifest)
+        self._input_name = graph.inputs["inputs_embeds" if embeddings else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
         self._position = 0
         self._request.reset_state()
 
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
-        n = ids.shape[1]
+        return self._forward(self._input(token_ids), last_only)
+
+    def _forward(self, x: np.ndarray, last_only: bool) -> np.ndarray:
+        """x: int64 ids [1, n], or float32 embeddings [1, n, hidden] on an embeddings graph."""
+        n = x.shape[1]
         start, end = self._position, self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
@@ -93,7 +106,7 @@ class OpenVINOSession(CachePosition):
                 raise EdgegenError("the NPU static graph forwards one token at a time after the prompt")
         names = self._names
         inputs = {
-            names["input_ids"]: ids,
+            self._input_name: x,
             names["attention_mask"]: np.ones((1, end), np.int64),
             names["position_ids"]: np.arange(start, end, dtype=np.int64).reshape(1, -1),
             names["beam_idx"]: self._beam_idx,

@@ -51,8 +51,9 @@ def int8_model(cache_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 graphs of both formats, with their input-embedding graphs (about 30 s more than without)."""
     from edgegen.export import export_model
 
     out = tmp_path_factory.mktemp("fp32") / "model"
     return export_model(hf_dir, out, formats=("onnx", "openvino"), weights="fp32", quality_gate=False,
-                        progress=False)
+                        progress=False, embeddings=True)
