@@ -1,0 +1,43 @@
+"""The LUD bench's arithmetic on hand-made runs: speed-ups, tokens per forward, agreement, perplexity ratio."""
+
+from __future__ import annotations
+
+import math
+
+from edgegen.bench.lud import LudRun, markdown, perplexity, summarize
+
+
+def test_summarize_by_hand() -> None:
+    runs = [
+        LudRun("ar-base", "c1", "code", [1, 2, 3, 4, 5], 50.0, 4, 0, 2.0),
+        LudRun("ar-tuned-2row", "c1", "code", [1, 2, 3, 9, 9], 45.0, 4, 0, 2.2),
+        LudRun("lexical-t0.7-m2", "c1", "code", [1, 2, 3, 4, 6], 60.0, 2, 4, 2.1),
+        LudRun("verified-t0.7-m2", "c1", "code", [1, 2, 3, 9, 9], 55.0, 3, 2, 2.2),
+        LudRun("ar-base", "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
+        LudRun("ar-tuned-2row", "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
+        LudRun("lexical-t0.7-m2", "h1", "chat", [7, 8, 9, 1, 2], 50.0, 2, 4, 4.0),
+        LudRun("verified-t0.7-m2", "h1", "chat", [7, 8, 9, 1, 2], 44.0, 2, 2, 4.0),
+    ]
+    rows = {(r["engine"], r["prompts"]): r for r in summarize(runs)}
+    lex = rows[("lexical-t0.7-m2", "code")]
+    assert lex["x_ar_base"] == 1.2 and lex["tokens_per_step"] == 2.0
+    assert lex["agreement"] == 0.8 and lex["common_prefix"] == 4.0 and lex["ppl_vs_ar_base"] == 1.05
+    allrow = rows[("lexical-t0.7-m2", "all")]
+    assert allrow["tokens_per_s"] == 55.0 and allrow["x_ar_base"] == round(55.0 / 45.0, 3)
+    assert rows[("verified-t0.7-m2", "all")]["identical_to_tuned_ar"] == "2/2"
+    assert rows[("ar-base", "chat")]["agreement"] == 1.0
+    assert "lexical-t0.7-m2 | code" in markdown(list(rows.values()))
+
+
+class _Uniform:
+    def reset(self) -> None:
+        pass
+
+    def forward(self, ids, last_only: bool = False):
+        import numpy as np
+
+        return np.zeros((len(ids), 4), np.float32)
+
+
+def test_perplexity_of_uniform_model_is_vocab_size() -> None:
+    assert math.isclose(perplexity(_Uniform(), [1, 2], [3, 0, 1]), 4.0, rel_tol=1e-9)
