@@ -110,7 +110,7 @@ def test_perfect_lookahead_matches_ar_in_fewer_steps() -> None:
     steps = tokens = 0
     for prompt in PROMPTS:
         ar, _ = _run(Autoregressive(), TinyLexLM(), prompt)
-        lud, c = _run(Lexical(threshold=0.5, repetition_control=False), TinyLexLM(), prompt)
+        lud, c = _run(Lexical(threshold=0.5, repetition_control=False, adaptive=False), TinyLexLM(), prompt)
         assert lud == ar
         steps, tokens = steps + c.target_steps, tokens + len(lud) - 1
     assert tokens / steps > 1.3
@@ -121,7 +121,8 @@ def test_verified_mode_is_ar_greedy(span: int, threshold: float) -> None:
     proposed = accepted = 0
     for prompt in PROMPTS:
         ar, _ = _run(Autoregressive(), TinyLexLM(wrong=0.4), prompt)
-        lud, c = _run(Lexical(threshold=threshold, span=span, verified=True), TinyLexLM(wrong=0.4), prompt)
+        lud, c = _run(Lexical(threshold=threshold, span=span, verified=True, adaptive=False), TinyLexLM(wrong=0.4),
+                      prompt)
         assert lud == ar
         proposed, accepted = proposed + c.draft_proposed, accepted + c.draft_accepted
     assert 0 < accepted < proposed  # units were accepted and rejected: rollback ran
@@ -129,8 +130,25 @@ def test_verified_mode_is_ar_greedy(span: int, threshold: float) -> None:
 
 def test_unverified_trusts_confident_wrong_guesses() -> None:
     ar, _ = _run(Autoregressive(), TinyLexLM(wrong=1.0), PROMPTS[0])
-    lud, c = _run(Lexical(threshold=0.0, repetition_control=False), TinyLexLM(wrong=1.0), PROMPTS[0])
+    lud, c = _run(Lexical(threshold=0.0, repetition_control=False, adaptive=False), TinyLexLM(wrong=1.0), PROMPTS[0])
     assert c.draft_accepted > 0 and lud != ar
+
+
+def test_adaptive_stops_appending_useless_placeholders() -> None:
+    for verified in (False, True):
+        fixed, cf = _run(Lexical(threshold=0.999, adaptive=False, verified=verified), TinyLexLM(), PROMPTS[0],
+                         n=60)
+        adaptive, ca = _run(Lexical(threshold=0.999, verified=verified), TinyLexLM(), PROMPTS[0], n=60)
+        assert fixed == adaptive  # nothing passes 0.999: AR tokens either way
+        if not verified:
+            assert cf.draft_proposed == 3 * cf.target_steps and ca.draft_proposed < cf.draft_proposed / 3
+
+
+def test_adaptive_keeps_good_placeholders_and_stays_exact() -> None:
+    for prompt in PROMPTS:
+        ar, _ = _run(Autoregressive(), TinyLexLM(wrong=0.3), prompt)
+        lud, _ = _run(Lexical(threshold=0.5, verified=True), TinyLexLM(wrong=0.3), prompt)
+        assert lud == ar
 
 
 def test_repetition_control_ends_a_unit() -> None:
@@ -145,9 +163,11 @@ def test_repetition_control_ends_a_unit() -> None:
 
 
 def test_verified_sampling_is_seeded() -> None:
+    # adaptive=False: adaptive placeholder counts follow measured timings, which changes how random numbers
+    # are consumed (the output distribution stays AR's, the exact sample does not repeat)
     config = SamplingConfig(temperature=0.8, seed=3)
-    a, _ = _run(Lexical(threshold=0.3, verified=True), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
-    b, _ = _run(Lexical(threshold=0.3, verified=True), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
+    a, _ = _run(Lexical(threshold=0.3, verified=True, adaptive=False), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
+    b, _ = _run(Lexical(threshold=0.3, verified=True, adaptive=False), TinyLexLM(wrong=0.3), PROMPTS[0], config=config)
     assert a == b
 
 

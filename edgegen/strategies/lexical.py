@@ -10,6 +10,11 @@ typical failure of parallel placeholders). The placeholders' cache entries are d
 each one against the model's own next-token choice (edgegen.strategies.verify), so greedy output equals AR
 greedy of the same model and sampling keeps AR's distribution; the gain is then the verified run per step.
 `threshold >= 1` accepts nothing past the first token and appends no placeholders: plain AR.
+
+`adaptive=True` picks each step's number of placeholders (0 included) like speculative decoding picks its
+draft length (speculative.DraftLength): from the decayed rate at which placeholder tokens join units and the
+measured cost of a forward per row count. A placeholder row costs real time on a CPU (ONNX Runtime: a 1-row
+forward is its fast path), so placeholders are only appended while they pay for themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
 from edgegen.strategies.base import DecodeRequest, prefill, step
+from edgegen.strategies.speculative import DraftLength
 from edgegen.strategies.verify import verify
 
 
@@ -48,13 +54,13 @@ class Lexical:
     name: ClassVar[str] = "lexical"
 
     def __init__(self, threshold: float | None = None, span: int | None = None, verified: bool = False,
-                 repetition_control: bool = True) -> None:
+                 repetition_control: bool = True, adaptive: bool = True) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
         if span is not None and span < 1:
             raise ValueError(f"span must be >= 1 placeholder, got {span}")
         self.threshold, self.span, self.verified = threshold, span, verified
-        self.repetition_control = repetition_control
+        self.repetition_control, self.adaptive = repetition_control, adaptive
 
     def _settings(self, target: Session) -> tuple[list[int], float]:
         ids, default = placeholder_ids(target)
@@ -87,11 +93,14 @@ class Lexical:
         produced = 1
         yield [token]
         pending, draft = [token], []  # real tokens not yet in the cache; the unit awaiting verification
+        length = DraftLength(len(pids), len(pids), self.adaptive)
         while True:
             fed = len(pending) + len(draft)
             base = target.position
-            m = 0 if threshold >= 1.0 else max(0, min(len(pids), target.max_length - base - fed))
+            m = 0 if threshold >= 1.0 else length.choose(max(0, min(len(pids), target.max_length - base - fed)))
+            started = counters.target_s
             out = step(request, pending + draft + pids[:m])
+            forward_s = counters.target_s - started
             if self.verified:
                 new = verify(out[len(pending) - 1:fed], draft, None, history, sampler)
                 counters.draft_proposed += len(draft)
@@ -104,10 +113,12 @@ class Lexical:
             room = request.max_new_tokens - produced if complete else 0
             unit = self._unit(out[fed:fed + m], history, new[-1], sampler, threshold, room)
             if self.verified:
+                length.update(len(draft), len(new) - 1, fed + m, forward_s, 0.0)
                 target.trim(base + fed - len(draft) + len(new) - 1)  # pending + accepted draft stay cached
                 pending, draft = [new[-1]], unit
                 yield new
             else:
+                length.update(m, len(unit), fed + m, forward_s, 0.0)
                 counters.draft_proposed += m
                 counters.draft_accepted += len(unit)
                 target.trim(base + fed)  # drop the placeholders
