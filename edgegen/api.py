@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 from edgegen import runtimes
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest, read_manifest
-from edgegen.models import choose_backend, resolve_model
+from edgegen.models import choose_backend, ensure_embeddings, resolve_model
 from edgegen.profiles import DeviceProfile, load_profile
 from edgegen.sampling import Sampler, SamplingConfig
 from edgegen.strategies import (
@@ -144,13 +144,16 @@ class Generator:
     """A loaded model on one backend and device. Create with ``edgegen.load``."""
 
     def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile,
-                 drafter: Drafter | None = None) -> None:
+                 drafter: Drafter | None = None,
+                 open_embeddings: Callable[[], runtimes.Session] | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
         self.profile = profile
         self.tokenizer = TextTokenizer(folder, manifest)
         self.drafter = drafter  # the draft model's drafter, used by strategy="speculative"
+        self._open_embeddings = open_embeddings  # opens an input-embedding session (superposed), on first need
+        self._embeddings_session: runtimes.Session | None = None
 
     @property
     def backend(self) -> str:
@@ -167,9 +170,9 @@ class Generator:
         it. Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
         and ``seed``. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
 
-        ``strategy="superposed"`` (options num_drafts=3, alpha=0.54, ngram=None, lm_temperature=0.06)
-        returns ``num_drafts`` completions in ``result.drafts``, best first; ``text``/``token_ids`` are
-        the best one's.
+        ``strategy="superposed"`` (options num_drafts=3, alpha, ngram, lm_temperature=0.06; see
+        strategies/superposed.py) returns ``num_drafts`` completions in ``result.drafts``, best first;
+        ``text``/``token_ids`` are the best one's. It is deterministic (temperature must stay 0).
         """
         stream = self.stream(prompt, max_new_tokens, temperature, chat, strategy, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
@@ -215,12 +218,18 @@ class Generator:
         return stream
 
     def _session_for(self, decoder: Any) -> runtimes.Session:
-        """The session a strategy runs on: superposed decoding feeds embeddings, so it needs a session
-        that takes them (see ``load(embeddings=...)``)."""
+        """The session a strategy runs on. Superposed decoding feeds input embeddings: on a Generator
+        loaded without ``embeddings=True`` its first call opens a second session on the export's
+        input-embedding graph (adding the graph to a cached auto-export once) and keeps it; loading
+        with ``embeddings=True`` avoids that second copy of the weights."""
         if not getattr(decoder, "needs_embeddings", False) or hasattr(self.session, "forward_embeddings"):
             return self.session
-        raise EdgegenError(f"strategy '{decoder.name}' feeds input embeddings: load the model with "
-                           "edgegen.load(..., embeddings=True)")
+        if self._embeddings_session is None:
+            if self._open_embeddings is None:
+                raise EdgegenError(f"strategy '{decoder.name}' feeds input embeddings: load the model with "
+                                   "edgegen.load(..., embeddings=True)")
+            self._embeddings_session = self._open_embeddings()
+        return self._embeddings_session
 
     def _run(self, decoder: Any, request: DecodeRequest, stop: list[str], stream: TextStream) -> Iterator[str]:
         start = time.perf_counter()
@@ -309,11 +318,15 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     folder = resolve_model(model, prof, embeddings=embeddings)
     manifest = read_manifest(folder)
 
-    def open_session(name: str) -> runtimes.Session:
+    def open_session(name: str, with_embeddings: bool = embeddings) -> runtimes.Session:
         options: dict[str, Any] = {"max_length": max_length, "threads": threads, "consistent_rows": consistent_rows}
         if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
             options["npuw_devices"] = os.environ[NPUW_ENV]
-        return runtimes.open_session(folder, manifest, name, device=device, embeddings=embeddings, **options)
+        where, info = folder, manifest
+        if with_embeddings and not embeddings:  # asked later (superposed on a plain Generator)
+            where = ensure_embeddings(folder)  # a cached auto-export gains the graphs once; others: clear error
+            info = read_manifest(where)
+        return runtimes.open_session(where, info, name, device=device, embeddings=with_embeddings, **options)
 
     if backend is None:
         backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)
@@ -327,7 +340,7 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
         draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
                                               max_length=session.max_length, threads=threads)
         drafter = ModelDrafter(draft_session, confidence=draft_confidence)
-    return Generator(folder, manifest, session, prof, drafter)
+    return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True))
 
 
 def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:

@@ -34,10 +34,11 @@ def _sampling_options(f: Any) -> Any:
 
 
 def _load(model: str | None, backend: str | None, device: str | None, profile: str | None,
-          draft: str | None = None) -> Any:
+          draft: str | None = None, embeddings: bool = False) -> Any:
     import edgegen
 
-    return edgegen.load(model=model, backend=backend, device=device, profile=profile, draft=draft)
+    return edgegen.load(model=model, backend=backend, device=device, profile=profile, draft=draft,
+                        embeddings=embeddings)
 
 
 def _stats_line(stats: Any) -> str:
@@ -58,23 +59,39 @@ def cli() -> None:
 @_model_options
 @_sampling_options
 @click.option("--strategy", default="ar", show_default=True,
-              help="Decode strategy: ar, speculative (needs --draft), prompt-lookup.")
+              help="Decode strategy: ar, speculative (needs --draft), prompt-lookup, superposed.")
 @click.option("--draft", default=None, help="Exported draft model for --strategy speculative.")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length (speculative strategies).")
+@click.option("--num-drafts", type=int, default=None, help="Drafts to return (superposed; default 3).")
+@click.option("--alpha", type=float, default=None,
+              help="N-gram weight in [0, 1] (superposed; default 0.54 with --ngram, else 0: none).")
+@click.option("--ngram", default=None, type=click.Path(dir_okay=False),
+              help="N-gram store file (superposed; default: the model's, built on first use).")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
         seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, num_draft_tokens: int | None,
-        raw: bool, as_json: bool) -> None:
-    """Generate a completion of PROMPT, streaming it to the terminal."""
-    gen = _load(model, backend, device, profile, draft)
+        num_drafts: int | None, alpha: float | None, ngram: str | None, raw: bool, as_json: bool) -> None:
+    """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
+    from edgegen.strategies import MULTI_DRAFT_STRATEGIES
+
+    gen = _load(model, backend, device, profile, draft, embeddings=strategy in MULTI_DRAFT_STRATEGIES)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-    if num_draft_tokens is not None:
-        kwargs["num_draft_tokens"] = num_draft_tokens
+    for key, value in (("num_draft_tokens", num_draft_tokens), ("num_drafts", num_drafts), ("alpha", alpha),
+                       ("ngram", ngram)):
+        if value is not None:
+            kwargs[key] = value
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
+        return
+    if strategy in MULTI_DRAFT_STRATEGIES:
+        result = gen.generate(prompt, **kwargs)
+        for i, d in enumerate(result.drafts, 1):
+            click.echo(f"--- draft {i} (score {d.score:.3f}, {len(d.token_ids)} tokens, {d.finish_reason})")
+            click.echo(d.text)
+        click.echo(_stats_line(result.stats), err=True)
         return
     stream = gen.stream(prompt, **kwargs)
     for piece in stream:
@@ -173,18 +190,31 @@ def devices() -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
 @click.option("--no-baselines", is_flag=True, help="Skip openvino-genai and onnxruntime-genai.")
 @click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup"]), default="ar",
-              show_default=True, help="Also run this speculative strategy (edgegen's and openvino-genai's).")
+@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "superposed"]), default="ar",
+              show_default=True, help="Also run this speculative strategy (edgegen's and openvino-genai's); "
+              "superposed: k drafts against k nucleus samples, speed and quality (docs/superposed.md).")
 @click.option("--draft", default=None, help="Exported draft model folder (--strategy speculative).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length of edgegen's strategy.")
+@click.option("--num-drafts", type=int, default=3, show_default=True, help="Drafts (--strategy superposed).")
+@click.option("--alpha", type=float, default=None,
+              help="N-gram weight (--strategy superposed; default 0.54 with --ngram, else 0).")
+@click.option("--ngram", default=None, type=click.Path(dir_okay=False), help="N-gram store (--strategy superposed).")
 def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, repeats: int, warmup: int,
           limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
-          num_draft_tokens: int | None) -> None:
+          num_draft_tokens: int | None, num_drafts: int, alpha: float | None, ngram: str | None) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
     from pathlib import Path
 
     from edgegen.bench import run_bench
 
+    if strategy == "superposed":
+        from edgegen.bench.superposed import run_superposed_bench
+
+        extra = {key: value for key, value in (("alpha", alpha), ("ngram", ngram)) if value is not None}
+        run_superposed_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens,
+                             num_drafts=num_drafts, limit=limit, out=Path(out), warmup=warmup,
+                             command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo, **extra)
+        return
     options = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,

@@ -165,7 +165,8 @@ def test_bad_options_are_one_line(options: dict, needle: str) -> None:
 
 
 def test_alpha_zero_needs_no_store_and_sampling_is_refused() -> None:
-    make_strategy("superposed", alpha=0.0, ngram="/nonexistent/store.ngram")  # the store is never used
+    assert make_strategy("superposed").alpha == 0.0  # no store given: the LM alone, nothing to build
+    assert make_strategy("superposed", ngram=BigramStore([1, 2])).alpha == 0.54  # a store: the paper's weight
     request = DecodeRequest(EmbeddingLM(0), list(PROMPT), Sampler(SamplingConfig()), 4)
     with pytest.raises(EdgegenError, match="needs an n-gram store"):
         next(Superposed(alpha=0.5).decode(request))  # no store and no model folder to find the default
@@ -195,3 +196,77 @@ def test_bench_metrics() -> None:
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     expected = np.exp(-np.mean(log_p[np.arange(3), continuation]))
     assert np.isclose(perplexity(model, PROMPT, continuation), expected)
+
+
+# ---- the real default model: the session's fp32 export (it has the input-embedding graphs)
+
+REAL_PROMPTS = [("def fibonacci(n):", False), ("What is the capital of France?", True),
+                ("Explain photosynthesis to a ten-year-old in a few sentences.", True)]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, fp32_model) -> str:
+    """An n-gram store counted from one stdlib package with the model's tokenizer (seconds to build)."""
+    import json as json_module
+    from pathlib import Path
+
+    from edgegen.manifest import read_manifest
+    from edgegen.ngram import build_store
+    from edgegen.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(fp32_model, read_manifest(fp32_model))
+    out = tmp_path_factory.mktemp("ngram") / "json.npz"
+    return str(build_store([Path(json_module.__file__).parent], tokenizer, out=out, progress=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_real_model_one_draft_is_greedy(backend: str, fp32_model) -> None:
+    import edgegen
+
+    gen = edgegen.load(fp32_model, backend=backend, embeddings=True)  # AR runs on the same graph
+    for prompt, chat in REAL_PROMPTS:
+        ar = gen.generate(prompt, max_new_tokens=32, chat=chat)
+        sup = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="superposed", num_drafts=1, alpha=0.0)
+        assert sup.token_ids == ar.token_ids, f"superposed k=1 differs from greedy on {backend}: {prompt!r}"
+        assert sup.finish_reason == ar.finish_reason and sup.text == ar.text
+        assert [d.token_ids for d in sup.drafts] == [ar.token_ids]
+
+
+@pytest.mark.slow
+def test_real_model_three_drafts(fp32_model, tiny_store: str) -> None:
+    import edgegen
+
+    gen = edgegen.load(fp32_model, backend="onnxruntime")  # no embeddings asked: superposed opens its session
+    paper = {"strategy": "superposed", "alpha": 0.54, "ngram": tiny_store}
+    r = gen.generate("Name three rivers.", max_new_tokens=24, num_drafts=3, **paper)
+    assert len(r.drafts) == 3 and len({tuple(d.token_ids) for d in r.drafts}) == 3
+    assert [d.score for d in r.drafts] == sorted((d.score for d in r.drafts), reverse=True)
+    assert (r.text, r.token_ids, r.finish_reason) == (r.drafts[0].text, r.drafts[0].token_ids,
+                                                      r.drafts[0].finish_reason)
+    assert all(d.text == gen.tokenizer.decode(d.token_ids) for d in r.drafts)
+    stream = gen.stream("Name three rivers.", max_new_tokens=24, **paper)
+    assert list(stream) == [r.text]  # the best draft, in one piece once all drafts are ranked
+    assert stream.result is not None and stream.result.drafts == r.drafts
+
+
+@pytest.mark.slow
+def test_cli_superposed(fp32_model) -> None:
+    import json as json_module
+
+    from test_cli import assert_one_line_error, edgegen
+
+    args = ["run", "--model", str(fp32_model), "--strategy", "superposed", "--num-drafts", "3", "--alpha", "0",
+            "--max-new-tokens", "12", "--raw", "def add(a, b):"]
+    proc = edgegen(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json_module.loads(proc.stdout)
+    assert len(out["drafts"]) == 3 and out["text"] == out["drafts"][0]["text"]
+    assert all(set(d) == {"text", "token_ids", "score", "finish_reason"} for d in out["drafts"])
+    proc = edgegen(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("--- draft ") == 3 and out["drafts"][1]["text"] in proc.stdout
+    bad = ["run", "--model", str(fp32_model), "--strategy", "superposed"]
+    assert_one_line_error(edgegen(*bad, "--num-drafts", "0", "hi"), "num_drafts must be >= 1")
+    assert_one_line_error(edgegen(*bad, "--alpha", "1.5", "hi"), "alpha must be in [0, 1]")
+    assert_one_line_error(edgegen(*bad, "--ngram", "/no/store.npz", "hi"), "n-gram store not found")

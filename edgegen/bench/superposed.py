@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bench.runner import EDGEGEN_BACKENDS, Prompt, encode_prompts, exported_folder, load_prompts
+from edgegen.bench.runner import (
+    EDGEGEN_BACKENDS,
+    Prompt,
+    encode_prompts,
+    exported_folder,
+    folder_weights,
+    load_prompts,
+)
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 
@@ -170,11 +177,12 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def run_prompt(gen: Any, prompt: Prompt, ids: list[int], new_tokens: int, k: int, seed: int,
+def run_prompt(sup_gen: Any, gen: Any, prompt: Prompt, ids: list[int], new_tokens: int, k: int, seed: int,
                options: dict[str, Any]) -> PromptResult:
-    """Time one superposed generation, k nucleus generations and one greedy generation of ``new_tokens``."""
+    """Time one superposed generation (on ``sup_gen``, loaded with embeddings), k nucleus generations and
+    one greedy generation (on ``gen``, the plain graph a user runs them on) of ``new_tokens`` each."""
     common = {"max_new_tokens": new_tokens, "ignore_eos": True}
-    sup, sup_s = _timed(lambda: gen.generate(ids, strategy="superposed", num_drafts=k, **options, **common))
+    sup, sup_s = _timed(lambda: sup_gen.generate(ids, strategy="superposed", num_drafts=k, **options, **common))
     nucleus, nucleus_s = [], 0.0
     for i in range(k):
         r, s = _timed(lambda i=i: gen.generate(ids, seed=seed + i, **NUCLEUS, **common))
@@ -202,7 +210,8 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
                          new_tokens: int = 64, num_drafts: int = 3, limit: int | None = None,
                          out: Path = Path("bench-out"), warmup: int = 1, seed: int = 0,
                          command: str = "edgegen bench --strategy superposed",
-                         echo: Callable[[str], None] = print, **options: Any) -> list[dict[str, Any]]:
+                         echo: Callable[[str], None] = print, backends: Sequence[str] = EDGEGEN_BACKENDS,
+                         **options: Any) -> list[dict[str, Any]]:
     """Run the superposed benchmark; write ``out``/superposed.json and superposed.md; return the summary rows.
 
     model/weights as ``run_bench`` (the first precision is timed); the fp32 export for perplexity goes
@@ -216,26 +225,35 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
     if new_tokens < 2 or num_drafts < 2:
         raise EdgegenError("the superposed bench needs --new-tokens >= 2 and --num-drafts >= 2")
     chosen = load_prompts(prompts, limit)
-    precision = (list(weights) or ["int8"])[0]
-    folder = exported_folder(model) or _prepare(model, precision, embeddings=True)  # timed
-    fp32_folder = _prepare(model, "fp32", embeddings=False)
+    given = exported_folder(model)
+    if given is not None and folder_weights(given) != "fp32":
+        raise EdgegenError(f"the superposed bench scores perplexity at fp32: {given} is {folder_weights(given)}; "
+                           "pass 'default', an HF folder or a .gguf (exported at both precisions), or an fp32 export")
+    precision = folder_weights(given) if given is not None else (list(weights) or ["int8"])[0]
+    folder = given or _prepare(model, precision, embeddings=True)  # timed
+    fp32_folder = given or _prepare(model, "fp32", embeddings=False)  # scores
     manifest = read_manifest(folder)
     eos = set(manifest.eos_token_ids)
+    if options.get("alpha", 0) > 0 and options.get("ngram") is None:  # the default store, built before timing
+        from edgegen.ngram import default_store
+
+        options = {**options, "ngram": str(default_store(folder))}
     ids = encode_prompts(folder, chosen)
     results: list[PromptResult] = []
     notes: list[str] = []
-    for backend in EDGEGEN_BACKENDS:
+    for backend in backends:
         try:
-            gen = edgegen.load(folder, backend=backend, embeddings=True)
+            sup_gen = edgegen.load(folder, backend=backend, embeddings=True)
+            gen = edgegen.load(folder, backend=backend)
         except EdgegenError as e:
             notes.append(f"{backend}: {e}, skipped")
             echo(notes[-1])
             continue
         for i in range(warmup):
-            run_prompt(gen, chosen[i % len(chosen)], ids[chosen[i % len(chosen)].id], new_tokens, num_drafts, seed,
-                       options)
+            prompt = chosen[i % len(chosen)]
+            run_prompt(sup_gen, gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options)
         for prompt in tqdm(chosen, desc=f"superposed bench {backend}", unit="prompt", file=sys.stderr, leave=False):
-            results.append(run_prompt(gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options))
+            results.append(run_prompt(sup_gen, gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options))
     if not results:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     score(results, ids, fp32_folder, eos)
