@@ -5,7 +5,8 @@ same timing loop as ``edgegen bench``), taking turns on every prompt:
 
 - ``ar-base``: AR on the base model (the speed and quality reference);
 - ``ar-tuned``: AR on the LUD-tuned model (ordinary rows are the base's, so this should match ar-base);
-- ``lexical-t<threshold>-m<span>``: unverified LUD, for each threshold and span asked for;
+- ``lexical-t<threshold>-m<span>``: unverified LUD, for each threshold and span asked for (the number of
+  placeholders adapts per step, up to the span); ``-fixed``: the first pair with all m placeholders every step;
 - ``verified-t<threshold>-m<span>``: the verified mode at the first threshold and span (identical tokens to AR
   of the tuned model with consistent rows, which ``ar-tuned-2row`` provides as the token reference).
 
@@ -87,8 +88,11 @@ def _engines(base: Path, tuned: Path, backend: str, thresholds: Sequence[float],
         for m in spans:
             engines.append(named(f"lexical-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
                                                                         threshold=t, span=m)))
+    t, m = thresholds[0], spans[0]
+    # the placeholders' raw effect: m placeholders on every step, whether they pay or not
+    engines.append(named(f"lexical-t{t:g}-m{m}-fixed", EdgegenEngine(tuned, backend, strategy="lexical", threshold=t,
+                                                                      span=m, adaptive=False)))
     if verified:  # its tokens are fixed (AR's); only its speed depends on the settings: the first pair only
-        t, m = thresholds[0], spans[0]
         engines.append(named(f"verified-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
                                                                      threshold=t, span=m, verified=True)))
     return engines
