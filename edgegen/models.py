@@ -80,6 +80,10 @@ def resolve_model(model: str | Path | None, profile: DeviceProfile, embeddings: 
     input-embedding graphs (superposed decoding); they are added to an existing one if missing.
     A user's exported folder is returned as it is.
     """
+    if str(model) == "default-lud":  # the LUD-tuned default model, rebuilt from the shipped delta once
+        from edgegen.lud import default_lud_model
+
+        return default_lud_model(profile.name)
     if model is None or str(model) == "default":
         out = cache_dir() / "models" / DEFAULT_MODEL_NAME / profile.name
         return _cached(None, out, profile, embeddings)

@@ -12,6 +12,7 @@ from edgegen.errors import EdgegenError
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeCounters, DecodeRequest, MultiDraftStrategy, RankedDraft, Strategy
 from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.lexical import Lexical
 from edgegen.strategies.speculative import PromptLookup, Speculative
 from edgegen.strategies.superposed import Superposed
 
@@ -30,6 +31,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     PromptLookup.name: lambda drafter, **options: PromptLookup(**options),
     Speculative.name: _speculative,
     Superposed.name: lambda drafter, **options: Superposed(**options),
+    Lexical.name: lambda drafter, **options: Lexical(**options),
 }
 MULTI_DRAFT_STRATEGIES = frozenset({Superposed.name})  # return several ranked drafts (result.drafts)
 
