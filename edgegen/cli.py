@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from edgegen.errors import EdgegenError
+from edgegen.lud_cli import lud
 
 _WEIGHTS = ["fp32", "fp16", "int8", "int4"]
 
@@ -67,20 +68,27 @@ def cli() -> None:
               help="N-gram weight in [0, 1] (superposed; default 0.54 with --ngram, else 0: none).")
 @click.option("--ngram", default=None, type=click.Path(dir_okay=False),
               help="N-gram store file (superposed; default: the model's, built on first use).")
+@click.option("--threshold", type=float, default=None,
+              help="Confidence a placeholder's token needs to join the unit (lexical; default: the model's).")
+@click.option("--span", type=int, default=None, help="Placeholders per step (lexical; default: all trained).")
+@click.option("--verified", is_flag=True, help="Check each unit in the next step (lexical; output = AR).")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
         seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, num_draft_tokens: int | None,
-        num_drafts: int | None, alpha: float | None, ngram: str | None, raw: bool, as_json: bool) -> None:
+        num_drafts: int | None, alpha: float | None, ngram: str | None, threshold: float | None, span: int | None,
+        verified: bool, raw: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
     from edgegen.strategies import MULTI_DRAFT_STRATEGIES
 
+    if strategy == "lexical" and model is None:
+        model = "default-lud"  # the shipped LUD-tuned SmolLM2: the base model has no trained placeholders
     gen = _load(model, backend, device, profile, draft, embeddings=strategy in MULTI_DRAFT_STRATEGIES)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
     for key, value in (("num_draft_tokens", num_draft_tokens), ("num_drafts", num_drafts), ("alpha", alpha),
-                       ("ngram", ngram)):
+                       ("ngram", ngram), ("threshold", threshold), ("span", span), ("verified", verified or None)):
         if value is not None:
             kwargs[key] = value
     if as_json:
@@ -144,8 +152,10 @@ def chat(model: str | None, backend: str | None, device: str | None, profile: st
 @click.option("--device-profile", "profile", default=None, help="Shape the export for a device profile (default: cpu).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
+@click.option("--embeddings", is_flag=True, default=None,
+              help="Also build input-embedding graphs (needed by --strategy superposed).")
 def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, group_size: int | None,
-           profile: str | None, out: str, no_quality_gate: bool) -> None:
+           profile: str | None, out: str, no_quality_gate: bool, embeddings: bool | None) -> None:
     """Export a model to ONNX and/or OpenVINO at a precision and shape for a device."""
     from pathlib import Path
 
@@ -156,7 +166,8 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
         load_profile(profile)  # unknown profile: clear error before importing the exporters
     formats = None if fmt is None else (("onnx", "openvino") if fmt == "both" else (fmt,))
     kwargs: dict[str, Any] = {"profile": profile or "cpu", "quality_gate": not no_quality_gate}
-    for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size)):
+    for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size),
+                       ("embeddings", embeddings)):
         if value is not None:
             kwargs[key] = value
     path = run_export(None if model == "default" else model, Path(out), **kwargs)
@@ -288,6 +299,38 @@ def draft_pack(checkpoint: str, out: str) -> None:
 
     path = pack_drafter(checkpoint, out)
     click.echo(f"packed drafter: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.group()
+def ngram() -> None:
+    """Build n-gram stores: Superposed Decoding's draft filter (docs/superposed.md)."""
+
+
+@ngram.command("build")
+@click.option("--corpus", multiple=True, required=True, help="Text file or folder (repeatable).")
+@click.option("--tokenizer", "model", required=True, help="Exported model folder whose tokenizer counts, or 'default'.")
+@click.option("--orders", default="2..6", show_default=True, help="N-gram orders: a range (2..6) or a list (2,3,5).")
+@click.option("--out", required=True, help="Store file to write (.npz).")
+@click.option("--min-count", type=int, default=1, show_default=True, help="Drop n-grams seen fewer times.")
+@click.option("--max-tokens", type=int, default=None, help="Stop after this many corpus tokens.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ngram_build(corpus: tuple[str, ...], model: str, orders: str, out: str, min_count: int, max_tokens: int | None,
+                quiet: bool) -> None:
+    """Count the n-grams of a corpus (token ids of MODEL's tokenizer) into one memory-mappable file."""
+    from pathlib import Path
+
+    from edgegen.ngram import NgramStore, build_store, corpus_files, load_tokenizer, parse_orders
+
+    parsed = parse_orders(orders)
+    corpus_files([Path(c) for c in corpus])  # a missing path fails before the tokenizer loads
+    path = build_store([Path(c) for c in corpus], load_tokenizer(model), out=Path(out), orders=parsed,
+                       min_count=min_count, max_tokens=max_tokens, progress=not quiet)
+    store = NgramStore.open(path)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {store.token_count:,} tokens, "
+               f"orders {','.join(map(str, store.orders))}, min count {min_count})")
+
+
+cli.add_command(lud)
 
 
 def main(argv: list[str] | None = None) -> int:
