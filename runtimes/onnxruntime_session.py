@@ -56,6 +56,10 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads sleep instead of spinning: on a machine where another process holds a core
+        # (any laptop), a spinning pool waits on its descheduled thread at every op (measured on 2 cores,
+        # one busy: 45 ms/token spinning vs 24 ms sleeping).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.manifest = manifest
