@@ -75,6 +75,8 @@ class Lexical:
         """Adaptive span acceptance over the placeholder rows: the leading confident, non-repeating tokens."""
         unit: list[int] = []
         for row in rows[:room]:
+            if 1.0 / np.exp(row.astype(np.float64) - float(row.max())).sum() <= threshold:
+                break  # even the top token is not confident enough: skip the full sampling transforms
             ctx = context + unit
             # A verified draft must be deterministic (q one-hot); an unverified unit follows the sampler.
             token = int(np.argmax(sampler.distribution(row, ctx))) if self.verified else sampler.pick(row, ctx)
