@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+from edgegen.errors import EdgegenError
 
 LATEST = "LATEST"
 PREFIX = "ckpt-"
@@ -90,3 +94,70 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     state = torch.load(path / "state.pt", weights_only=False)
     meta = json.loads((path / "meta.json").read_text())
     return tensors, state, meta
+
+
+Config = TypeVar("Config", bound="RunConfig")
+
+
+class RunConfig:
+    """Saving and loading of a training run's config dataclass, as ``CONFIG_NAME`` in the run folder.
+
+    Subclasses are dataclasses with ``out``, ``seed``, ``threads`` fields and a ``validate`` method.
+    """
+
+    CONFIG_NAME: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def save(self, folder: Path) -> None:
+        path = Path(folder) / self.CONFIG_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls: type[Config], folder: Path) -> Config:
+        path = Path(folder) / cls.CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EdgegenError(f"cannot read the run's {cls.CONFIG_NAME} in {folder}: {e}") from None
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def open_run(cfg: Config, resume: bool, keep: tuple[str, ...]) -> Config:
+    """Start or resume the run in ``cfg.out`` and seed every RNG; returns the config to train with.
+
+    Resuming takes the saved config (the recipe must not change mid-run) but the fields in ``keep``
+    (threads, progress display, ...) from ``cfg``. A new run refuses a folder that holds one.
+    """
+    import numpy as np
+    import torch
+
+    out = Path(cfg.out).expanduser().resolve()  # type: ignore[attr-defined]
+    name = cfg.CONFIG_NAME
+    if resume:
+        if not (out / name).is_file():
+            raise EdgegenError(f"nothing to resume in {out} (no {name}); start it without --resume")
+        saved = type(cfg).load(out)
+        for key in keep:
+            setattr(saved, key, getattr(cfg, key))
+        cfg = saved
+    else:
+        if (out / name).is_file() or latest_checkpoint(out) is not None:
+            raise EdgegenError(f"{out} already holds a training run: pass --resume to continue it, "
+                               "or pick another --out")
+        cfg.validate()  # type: ignore[attr-defined]
+        out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)  # type: ignore[attr-defined]
+    cfg.validate()  # type: ignore[attr-defined]
+    if not resume:
+        cfg.save(out)
+    clean_stale(out)
+    torch.set_num_threads(cfg.threads)  # type: ignore[attr-defined]
+    torch.manual_seed(cfg.seed)  # type: ignore[attr-defined]
+    np.random.seed(cfg.seed)  # type: ignore[attr-defined]
+    random.seed(cfg.seed)  # type: ignore[attr-defined]
+    return cfg

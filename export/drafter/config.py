@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edgegen.errors import EdgegenError
+from edgegen.export.drafter.ckpt import RunConfig
 
 STAGES = ("pretrain", "distill", "all")
 INITS = ("spread", "first")
@@ -23,8 +22,10 @@ CONFIG_NAME = "train_config.json"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that decides what a training run computes. Paths are strings so the file is plain JSON."""
+
+    CONFIG_NAME: ClassVar[str] = CONFIG_NAME
 
     target: str = "default"  # "default", an exported edgegen folder, an HF folder or a .gguf file
     out: str = ""
@@ -104,22 +105,3 @@ class TrainConfig:
             return [("distill", total)]
         first = int(round(total * self.pretrain_frac))
         return [("pretrain", first), ("distill", total - first)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, folder: Path) -> None:
-        path = Path(folder) / CONFIG_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-
-    @staticmethod
-    def load(folder: Path) -> TrainConfig:
-        path = Path(folder) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EdgegenError(f"cannot read the run's {CONFIG_NAME} in {folder}: {e}") from None
-        known = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in data.items() if k in known})

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.export.drafter import ckpt as ck
-from edgegen.export.drafter.config import CONFIG_NAME, TrainConfig
+from edgegen.export.drafter.config import TrainConfig
 
 METRICS = "metrics.jsonl"
 PACKED_NAME = "drafter.safetensors"
@@ -234,28 +234,8 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
     import torch
     from tqdm import tqdm
 
-    out = Path(cfg.out).expanduser().resolve()
-    if resume:
-        if not (out / CONFIG_NAME).is_file():
-            raise EdgegenError(f"nothing to resume in {out} (no {CONFIG_NAME}); start it without --resume")
-        saved = TrainConfig.load(out)
-        saved.threads, saved.progress = cfg.threads, cfg.progress
-        cfg = saved
-    else:
-        if (out / CONFIG_NAME).is_file() or ck.latest_checkpoint(out) is not None:
-            raise EdgegenError(f"{out} already holds a training run: pass --resume to continue it, "
-                               "or pick another --out")
-        cfg.validate()
-        out.mkdir(parents=True, exist_ok=True)
-    cfg.out = str(out)
-    cfg.validate()
-    if not resume:
-        cfg.save(out)
-    ck.clean_stale(out)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    cfg = ck.open_run(cfg, resume, keep=("threads", "progress"))
+    out = Path(cfg.out)
 
     from edgegen.export.drafter.corpus import build_corpus, load_split
     from edgegen.export.drafter.gendata import build_generations, build_prompts, load_generations

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edgegen.errors import EdgegenError
+from edgegen.export.drafter.ckpt import RunConfig
 from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
 
 CONFIG_NAME = "lud_config.json"
@@ -15,8 +14,10 @@ TRAINABLE = ("placeholders",)
 
 
 @dataclass
-class LudConfig:
+class LudConfig(RunConfig):
     """Everything that decides what a LUD training run computes. Paths are strings so the file is plain JSON."""
+
+    CONFIG_NAME: ClassVar[str] = CONFIG_NAME
 
     target: str = "default"  # "default", an exported edgegen folder, an HF folder or a .gguf file
     out: str = ""
@@ -88,22 +89,3 @@ class LudConfig:
         if self.steps is not None:
             return self.steps
         return max(1, (self.tokens if self.tokens is not None else 400_000) // self.tokens_per_step)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, folder: Path) -> None:
-        path = Path(folder) / CONFIG_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-
-    @staticmethod
-    def load(folder: Path) -> LudConfig:
-        path = Path(folder) / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EdgegenError(f"cannot read the run's {CONFIG_NAME} in {folder}: {e}") from None
-        known = {f.name for f in fields(LudConfig)}
-        return LudConfig(**{k: v for k, v in data.items() if k in known})

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from edgegen.export.drafter.train import (
     eval_batches_seqs,
     lr_at,
 )
-from edgegen.export.lud.config import CONFIG_NAME, LudConfig
+from edgegen.export.lud.config import LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
 
 PACKED_NAME = "lud.safetensors"
@@ -212,29 +211,8 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
     import torch
     from tqdm import tqdm
 
-    out = Path(cfg.out).expanduser().resolve()
-    if resume:
-        if not (out / CONFIG_NAME).is_file():
-            raise EdgegenError(f"nothing to resume in {out} (no {CONFIG_NAME}); start it without --resume")
-        saved = LudConfig.load(out)
-        saved.threads, saved.progress, saved.export, saved.quality_gate = (cfg.threads, cfg.progress, cfg.export,
-                                                                            cfg.quality_gate)
-        cfg = saved
-    else:
-        if (out / CONFIG_NAME).is_file() or ck.latest_checkpoint(out) is not None:
-            raise EdgegenError(f"{out} already holds a training run: pass --resume to continue it, "
-                               "or pick another --out")
-        cfg.validate()
-        out.mkdir(parents=True, exist_ok=True)
-    cfg.out = str(out)
-    cfg.validate()
-    if not resume:
-        cfg.save(out)
-    ck.clean_stale(out)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    cfg = ck.open_run(cfg, resume, keep=("threads", "progress", "export", "quality_gate"))
+    out = Path(cfg.out)
 
     from edgegen.export.drafter.corpus import build_corpus, load_split
     from edgegen.export.drafter.gendata import build_generations, build_prompts, load_generations
