@@ -107,11 +107,16 @@ def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: st
     if mapping != info["layer_map"]:
         raise EdgegenError(f"the target has another depth than the drafter's ({mapping} vs {info['layer_map']})")
     load_trainable(student, {k: v.to(torch.float32) for k, v in tensors.items()})
+    student.eval()
+    return save_hf_folder(student, target_hf_dir, out_hf_dir)
+
+
+def save_hf_folder(model: Any, target_hf_dir: Path, out_hf_dir: str | Path) -> Path:
+    """Write ``model`` as an HF folder with the target's tokenizer files, atomically (temp folder + rename)."""
     out = Path(out_hf_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out, check=False) as tmp:
-        student.eval()
-        student.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp))
         for name in _TOKENIZER_FILES:
             if (target_hf_dir / name).is_file():
                 shutil.copy2(target_hf_dir / name, tmp / name)

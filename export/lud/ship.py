@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.export.pipeline import atomic_folder
 
 PACK_FORMAT = "edgegen-lud/1"
 EXTRAS_KEY = "lud"
@@ -78,7 +77,7 @@ def merge_lud(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: str | P
     import torch
 
     from edgegen.export.drafter.model import load_teacher
-    from edgegen.export.drafter.ship import _TOKENIZER_FILES, check_target_facts
+    from edgegen.export.drafter.ship import check_target_facts, save_hf_folder
 
     rows, info = read_packed_lud(packed)
     target_hf_dir = Path(target_hf_dir).expanduser()
@@ -89,13 +88,7 @@ def merge_lud(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: str | P
         raise EdgegenError(f"the LUD rows have width {rows.shape[1]}; the target's embedding has {emb.shape[1]}")
     with torch.no_grad():
         emb[torch.tensor(info["placeholder_ids"])] = rows.to(emb.dtype)
-    out = Path(out_hf_dir).expanduser().resolve()
-    with atomic_folder(out, check=False) as tmp:
-        model.save_pretrained(str(tmp))
-        for name in _TOKENIZER_FILES:
-            if (target_hf_dir / name).is_file():
-                shutil.copy2(target_hf_dir / name, tmp / name)
-    return out
+    return save_hf_folder(model, target_hf_dir, out_hf_dir)
 
 
 def lud_extras(info: dict[str, Any]) -> dict[str, Any]:
