@@ -688,6 +688,9 @@ def _atomic_write(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
             _write_aligned_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared store from other users
         os.replace(tmp, out)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
