@@ -185,8 +185,7 @@ def test_bad_options_are_clear() -> None:
 def test_registered() -> None:
     from edgegen.strategies import STRATEGIES
 
-    if "lexical" not in STRATEGIES:
-        pytest.skip("registration pending")
+    assert "lexical" in STRATEGIES
     with pytest.raises(EdgegenError, match="bad options for strategy 'lexical'.*threshold"):
         make_strategy("lexical", threshold=-0.1)
     assert make_strategy("lexical", threshold=0.5, span=2, verified=True).name == "lexical"
