@@ -136,8 +136,7 @@ def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str |
     """Export a drafter (packed file, ckpt-* folder or training folder) like a target: ONNX + OpenVINO int8
     symmetric, with `extras["drafter"]` in edgegen.json. `target` defaults to the one it was trained for."""
     from edgegen.export.drafter.target import resolve_target
-    from edgegen.export.pipeline import _publish, check_output_dir, export_model
-    from edgegen.manifest import read_manifest
+    from edgegen.export.pipeline import check_output_dir
 
     out = Path(out_dir).expanduser().resolve()
     check_output_dir(out)
@@ -150,17 +149,28 @@ def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str |
         tinfo = resolve_target(spec, Path(cache_dir) if cache_dir else work)
         name = f"{tinfo.name}-drafter-{info['recipe']['layers']}L"
         hf = unpack_drafter(packed, tinfo.hf_dir, work / name)
-        staged = export_model(hf, work / "model", formats=formats, weights=weights, sym=sym,
-                              quality_gate=quality_gate, progress=progress)
-        manifest = read_manifest(staged)
-        manifest = replace(manifest, extras={**manifest.extras, "drafter": drafter_extras(info)})
-        tmp_json = staged / "edgegen.json.tmp"
-        tmp_json.write_text(manifest.to_json() + "\n")
-        os.replace(tmp_json, staged / "edgegen.json")
-        check_output_dir(out)
-        _publish(staged, out)
+        export_rebuilt(hf, work, out, {"drafter": drafter_extras(info)}, formats=formats, weights=weights, sym=sym,
+                       quality_gate=quality_gate, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name: str | None = None,
+                   **export_options: Any) -> Path:
+    """Export a rebuilt HF folder (drafter, LUD-tuned target) through the target pipeline into ``work``,
+    record ``extras`` (and ``name``) in its manifest, then move it to ``out`` in one rename."""
+    from edgegen.export.pipeline import _publish, check_output_dir, export_model
+    from edgegen.manifest import read_manifest
+
+    staged = export_model(hf, work / "model", **export_options)
+    manifest = read_manifest(staged)
+    manifest = replace(manifest, name=name or manifest.name, extras={**manifest.extras, **extras})
+    tmp_json = staged / "edgegen.json.tmp"
+    tmp_json.write_text(manifest.to_json() + "\n")
+    os.replace(tmp_json, staged / "edgegen.json")
+    check_output_dir(out)
+    _publish(staged, out)
     return out
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +105,9 @@ def export_lud(checkpoint: str | Path, out_dir: str | Path, *, target: str | Non
                formats: tuple[str, ...] = ("onnx", "openvino"), weights: str = "int8", sym: bool = True) -> Path:
     """Export a LUD fine-tune (packed file, ckpt-* folder or training folder) merged into its target: ONNX +
     OpenVINO (int8 symmetric by default, as `edgegen bench` exports the base), `extras["lud"]` in edgegen.json."""
+    from edgegen.export.drafter.ship import export_rebuilt
     from edgegen.export.drafter.target import resolve_target
-    from edgegen.export.pipeline import _publish, check_output_dir, export_model
-    from edgegen.manifest import read_manifest
+    from edgegen.export.pipeline import check_output_dir
 
     out = Path(out_dir).expanduser().resolve()
     check_output_dir(out)
@@ -120,15 +119,8 @@ def export_lud(checkpoint: str | Path, out_dir: str | Path, *, target: str | Non
         _, info = read_packed_lud(packed)
         tinfo = resolve_target(target or info.get("target_spec") or "default", Path(cache_dir) if cache_dir else work)
         hf = merge_lud(packed, tinfo.hf_dir, work / f"{tinfo.name}-lud")
-        staged = export_model(hf, work / "model", formats=formats, weights=weights, sym=sym,
-                              quality_gate=quality_gate, progress=progress)
-        manifest = read_manifest(staged)
-        manifest = replace(manifest, name=f"{tinfo.name}-lud", extras={**manifest.extras, EXTRAS_KEY: lud_extras(info)})
-        tmp_json = staged / "edgegen.json.tmp"
-        tmp_json.write_text(manifest.to_json() + "\n")
-        os.replace(tmp_json, staged / "edgegen.json")
-        check_output_dir(out)
-        _publish(staged, out)
+        export_rebuilt(hf, work, out, {EXTRAS_KEY: lud_extras(info)}, name=f"{tinfo.name}-lud", formats=formats,
+                       weights=weights, sym=sym, quality_gate=quality_gate, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
