@@ -32,24 +32,39 @@ def lud() -> None:
 @click.option("--gen-share", type=float, default=0.5, show_default=True, help="Share of batches from generations.")
 @click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
 @click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: start/end).")
+@click.option("--trainable", default="placeholders", show_default=True,
+              help="placeholders: their embedding rows only (AR output unchanged); lora: + LoRA adapters on the top "
+                   "layers, ordinary rows kept on the base by a KL term.")
+@click.option("--lora-rank", type=int, default=16, show_default=True)
+@click.option("--lora-alpha", type=float, default=32.0, show_default=True, help="LoRA scale = alpha / rank.")
+@click.option("--lora-layers", type=int, default=8, show_default=True, help="Top decoder layers that get adapters.")
+@click.option("--lora-lr", type=float, default=1e-3, show_default=True, help="Peak learning rate of the adapters.")
+@click.option("--kl-weight", type=float, default=1.0, show_default=True,
+              help="Weight of KL(base || tuned) at ordinary rows (lora).")
+@click.option("--guard-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the placeholder ids' probability at ordinary rows.")
+@click.option("--max-blocks", type=int, default=24, show_default=True, help="Placeholder blocks per sequence.")
 @click.option("--no-export", is_flag=True, help="Do not export the tuned model at the end.")
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: int | None, steps: int | None,
               resume: bool, seed: int, threads: int, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
-              gen_share: float, ckpt_minutes: float, eval_every: int, no_export: bool, no_quality_gate: bool,
-              quiet: bool) -> None:
-    """Fine-tune --target's placeholder rows on marked lexical units (resumable), then export it."""
+              gen_share: float, ckpt_minutes: float, eval_every: int, trainable: str, lora_rank: int,
+              lora_alpha: float, lora_layers: int, lora_lr: float, kl_weight: float, guard_weight: float,
+              max_blocks: int, no_export: bool, no_quality_gate: bool, quiet: bool) -> None:
+    """Fine-tune --target's placeholder rows (and LoRA adapters) on marked lexical units (resumable), export it."""
     from edgegen.export.lud import LudConfig, train_lud
 
     cfg = LudConfig(target=target, out=out, span=span, unit_threshold=unit_threshold, tokens=tokens, steps=steps,
                     seed=seed, threads=threads, batch_size=batch_size, seq_len=seq_len, lr=lr, gen_prompts=gen_prompts,
-                    gen_share=gen_share, ckpt_minutes=ckpt_minutes, eval_every=eval_every, export=not no_export,
+                    gen_share=gen_share, ckpt_minutes=ckpt_minutes, eval_every=eval_every, trainable=trainable,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, lora_layers=lora_layers, lora_lr=lora_lr,
+                    kl_weight=kl_weight, guard_weight=guard_weight, max_blocks=max_blocks, export=not no_export,
                     quality_gate=not no_quality_gate, progress=not quiet)
     cfg.validate()
     summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     model = f"; model {summary['model']}" if "model" in summary else ""
-    click.echo(f"trained LUD placeholders in {summary['out']} ({summary['tokens_seen']} tokens, "
+    click.echo(f"trained LUD ({trainable}) in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s){model}")
 
 
@@ -70,16 +85,19 @@ def lud_export(checkpoint: str, out: str, target: str | None, no_quality_gate: b
 @lud.command("pack")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed delta (.safetensors).")
-def lud_pack(checkpoint: str, out: str) -> None:
-    """Store only the trained placeholder rows and the recipe (the target provides the rest)."""
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage of the LoRA matrices (the placeholder rows stay fp32).")
+def lud_pack(checkpoint: str, out: str, dtype: str) -> None:
+    """Store only the trained placeholder rows, LoRA adapters and the recipe (the target provides the rest)."""
     from edgegen.export.lud import pack_lud
 
-    path = pack_lud(checkpoint, out)
+    path = pack_lud(checkpoint, out, dtype=dtype)
     click.echo(f"packed LUD delta: {path} ({path.stat().st_size / 1e3:.1f} kB)")
 
 
 @lud.command("bench")
-@click.option("--model", default="default-lud", show_default=True, help="Exported LUD-tuned folder.")
+@click.option("--model", "models", multiple=True, default=["default-lud"], show_default=True,
+              help="Exported LUD-tuned folder, or LABEL=folder; repeat to compare several in one run.")
 @click.option("--base", default=None, help="The base model's exported folder (default: SmolLM2 int8, as bench).")
 @click.option("--prompts", type=click.Choice(["code", "chat", "all"]), default="all", show_default=True)
 @click.option("--limit", type=int, default=4, show_default=True, help="First N prompts of each set.")
@@ -89,11 +107,11 @@ def lud_pack(checkpoint: str, out: str) -> None:
 @click.option("--no-verified", is_flag=True, help="Skip the verified mode.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
 @click.option("--out", default="bench-out/lud", show_default=True, type=click.Path(file_okay=False))
-def lud_bench(model: str, base: str | None, prompts: str, limit: int, new_tokens: int, thresholds: tuple[float, ...],
-              spans: tuple[int, ...], no_verified: bool, backend: str, out: str) -> None:
+def lud_bench(models: tuple[str, ...], base: str | None, prompts: str, limit: int, new_tokens: int,
+              thresholds: tuple[float, ...], spans: tuple[int, ...], no_verified: bool, backend: str, out: str) -> None:
     """LUD vs AR of the base and the tuned model: speed, tokens per forward, agreement, fp32 perplexity."""
     from edgegen.bench.lud import run_lud_bench
 
-    run_lud_bench(model, base, prompts=prompts, limit=limit, new_tokens=new_tokens, thresholds=thresholds or (0.7,),
+    run_lud_bench(models, base, prompts=prompts, limit=limit, new_tokens=new_tokens, thresholds=thresholds or (0.7,),
                   spans=spans or (3,), verified=not no_verified, backend=backend, out=Path(out),
                   command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)

@@ -41,3 +41,22 @@ class _Uniform:
 
 def test_perplexity_of_uniform_model_is_vocab_size() -> None:
     assert math.isclose(perplexity(_Uniform(), [1, 2], [3, 0, 1]), 4.0, rel_tol=1e-9)
+
+
+def test_summarize_two_models_each_against_its_own_tuned_ar() -> None:
+    runs = [
+        LudRun("ar-base", "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
+        LudRun("placeholders:ar-tuned", "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
+        LudRun("placeholders:ar-tuned-2row", "c1", "code", [1, 2, 3], 40.0, 2, 0, 2.0),
+        LudRun("placeholders:verified-t0.3-m2", "c1", "code", [1, 2, 3], 45.0, 2, 2, 2.0),
+        LudRun("lora:ar-tuned", "c1", "code", [1, 2, 4], 40.0, 2, 0, 2.4),
+        LudRun("lora:ar-tuned-2row", "c1", "code", [1, 2, 5], 40.0, 2, 0, 2.4),
+        LudRun("lora:verified-t0.3-m2", "c1", "code", [1, 2, 5], 48.0, 1, 2, 2.4),
+        LudRun("lora:lexical-t0.3-m2", "c1", "code", [1, 2, 3], 60.0, 1, 2, 2.2),
+    ]
+    rows = {(r["engine"], r["prompts"]): r for r in summarize(runs)}
+    assert rows[("lora:lexical-t0.3-m2", "code")]["x_ar_tuned"] == 1.5  # against lora:ar-tuned (40)
+    assert rows[("lora:lexical-t0.3-m2", "code")]["x_ar_base"] == 1.2
+    assert rows[("lora:ar-tuned", "code")]["agreement"] == round(2 / 3, 3)
+    assert rows[("lora:verified-t0.3-m2", "all")]["identical_to_tuned_ar"] == "1/1"
+    assert rows[("placeholders:verified-t0.3-m2", "all")]["x_ar_tuned"] == 0.9

@@ -176,3 +176,171 @@ def test_cli_bad_options_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(EdgegenError, match="not a LUD checkpoint"):
         lud.main(["pack", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "p.safetensors")],
                  standalone_mode=False)
+
+
+# --- trainable="lora": placeholder rows + LoRA adapters, KL guard on ordinary rows ------------------------------
+
+LORA_KW = dict(trainable="lora", lora_rank=4, lora_alpha=8.0, lora_layers=1, lora_lr=1e-2, kl_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def lora_run(run: dict) -> dict:
+    out = run["root"] / "lora-a"
+    summary = train_lud(_cfg(run["target"], out, **LORA_KW), echo=lambda m: None)
+    return {**run, "lora": out, "lora_summary": summary}
+
+
+def test_lora_recipe_learns_and_keeps_ordinary_rows_close(lora_run: dict) -> None:
+    evals = lora_run["lora_summary"]["evals"]
+    first, last = evals[0]["sets"]["val_code"], evals[-1]["sets"]["val_code"]
+    assert last["ce"] < first["ce"]
+    assert 0 <= last["kl_ordinary"] < 0.5  # the KL term holds the ordinary rows near the base
+    tensors, _, meta = ck.load_checkpoint(ck.latest_checkpoint(lora_run["lora"]))
+    lora = [k for k in tensors if k.startswith("lora::")]
+    # rank 4 on q/k/v/o/gate/up/down of the top layer only (layer 1 of 2): 7 modules x (A, B)
+    assert len(lora) == 14 and all(".layers.1." in k for k in lora)
+    assert meta["trainable"] == "lora" and meta["lora"]["layers"] == [1] and meta["lora"]["scale"] == 2.0
+    assert any(float(tensors[k].abs().max()) > 0 for k in lora if "lora_B" in k)  # B left its zero init
+
+
+def test_lora_resume_is_exact(lora_run: dict, tmp_path: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    def hook(step: int) -> None:
+        if step == 10:
+            raise Stop
+
+    out = tmp_path / "lora-b"
+    with pytest.raises(Stop):
+        train_lud(_cfg(lora_run["target"], out, **LORA_KW), echo=lambda m: None, step_hook=hook)
+    assert ck.latest_checkpoint(out).name == "ckpt-00000008"
+    train_lud(_cfg(lora_run["target"], out, **LORA_KW), resume=True, echo=lambda m: None)
+    a = ck.load_checkpoint(ck.latest_checkpoint(lora_run["lora"]))[0]
+    b = ck.load_checkpoint(ck.latest_checkpoint(out))[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _peft_tuned(lora_run: dict):
+    """The tuned model as training sees it: target + peft adapters loaded from the checkpoint + trained rows."""
+    from edgegen.export.drafter.model import load_teacher
+    from edgegen.export.lud.train import add_lora
+
+    tensors = ck.load_checkpoint(ck.latest_checkpoint(lora_run["lora"]))[0]
+    model = load_teacher(lora_run["target"])
+    peft_model, params = add_lora(model, _cfg(lora_run["target"], lora_run["lora"], **LORA_KW))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors["lora::" + n])
+        model.get_input_embeddings().weight[290:293] = tensors["placeholder_embeds"]
+    return peft_model
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
+def test_lora_merge_by_arithmetic_equals_peft(lora_run: dict, tmp_path: Path, dtype: str, tol: float) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from edgegen.export.lud import read_packed_lora
+
+    packed = pack_lud(lora_run["lora"], tmp_path / "lud.safetensors", dtype=dtype)
+    rows, info = read_packed_lud(packed)
+    assert info["format"] == "edgegen-lud/2" and info["trainable"] == "lora" and info["lora"]["dtype"] == dtype
+    assert len(read_packed_lora(packed)) == 7
+    merged = AutoModelForCausalLM.from_pretrained(str(merge_lud(packed, lora_run["target"], tmp_path / "m")))
+    peft_model = _peft_tuned(lora_run)
+    ids = torch.randint(2, 280, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids[:, 10:13] = torch.tensor([290, 291, 292])  # placeholder rows in the input too
+    with torch.no_grad():
+        want = peft_model(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        peft_merged = peft_model.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    torch.testing.assert_close(got, peft_merged, atol=tol, rtol=tol)
+    base = AutoModelForCausalLM.from_pretrained(str(lora_run["target"]))
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, got, atol=1e-3)  # the adapters did change it
+
+
+class TorchSession:
+    """A Session over an HF model (full recompute per call: exact, tiny models only)."""
+
+    backend, device = "torch", "CPU"
+
+    def __init__(self, model, pids: list[int]) -> None:
+        from types import SimpleNamespace
+
+        self.model, self.tokens, self.max_length = model, [], 200
+        self.manifest = SimpleNamespace(name="tiny-lud-lora",
+                                        extras={"lud": {"placeholder_ids": pids, "span": len(pids),
+                                                        "default_threshold": 0.5}})
+
+    @property
+    def position(self) -> int:
+        return len(self.tokens)
+
+    def forward(self, token_ids, last_only: bool = False):
+        new = [int(t) for t in np.asarray(token_ids).tolist()]
+        self.tokens.extend(new)
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([self.tokens])).logits[0, -len(new):].numpy()
+        return logits[-1:] if last_only else logits
+
+    def trim(self, length: int) -> None:
+        del self.tokens[length:]
+
+    def reset(self) -> None:
+        self.tokens = []
+
+
+def test_lora_verified_mode_is_tuned_ar(lora_run: dict, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from edgegen.sampling import Sampler, SamplingConfig
+    from edgegen.strategies.autoregressive import Autoregressive
+    from edgegen.strategies.base import DecodeRequest
+    from edgegen.strategies.lexical import Lexical
+
+    merged = AutoModelForCausalLM.from_pretrained(
+        str(merge_lud(pack_lud(lora_run["lora"], tmp_path / "l.safetensors"), lora_run["target"], tmp_path / "m")))
+    merged.eval()
+
+    def decode(strategy, prompt: list[int], n: int = 20):
+        request = DecodeRequest(TorchSession(merged, [290, 291, 292]), prompt, Sampler(SamplingConfig()), n)
+        out: list[int] = []
+        steps = strategy.decode(request)
+        for new in steps:
+            out.extend(new)
+            if len(out) >= n:
+                break
+        steps.close()
+        return out[:n], request.counters
+
+    proposed = 0
+    for prompt in ([5, 40, 77], [120, 3], [9, 9, 200, 31, 17]):
+        ar, _ = decode(Autoregressive(), prompt)
+        for threshold in (0.0, 0.3):
+            lud, c = decode(Lexical(threshold=threshold, span=3, verified=True, adaptive=False), prompt)
+            assert lud == ar
+            proposed += c.draft_proposed
+        assert decode(Lexical(threshold=1.0), prompt)[0] == ar
+    assert proposed > 0
+
+
+def test_lora_bad_options_are_clear(tmp_path: Path) -> None:
+    for kw, msg in ((dict(trainable="full"), "trainable"), (dict(lora_rank=0), "lora-rank"),
+                    (dict(lora_layers=0), "lora-layers"), (dict(kl_weight=-1.0), "kl-weight"),
+                    (dict(lora_alpha=0.0), "lora-alpha"), (dict(lora_modules=["embed_tokens"]), "lora modules")):
+        with pytest.raises(EdgegenError, match=msg):
+            _cfg(tmp_path, tmp_path / "x", **LORA_KW | kw).validate()
+    from edgegen.lud_cli import lud
+
+    for args, msg in ((["--trainable", "full"], "trainable"), (["--lora-rank", "0"], "lora-rank"),
+                      (["--kl-weight", "-1"], "kl-weight"), (["--lora-lr", "0"], "lora-lr")):
+        with pytest.raises(EdgegenError, match=msg) as e:
+            lud.main(["train", "--out", str(tmp_path / "c"), "--trainable", "lora", *args], standalone_mode=False)
+        assert "\n" not in str(e.value)
+
+
+def test_lora_deeper_than_the_target_is_refused(run: dict, tmp_path: Path) -> None:
+    with pytest.raises(EdgegenError, match="lora-layers 5 exceeds the target's 2 decoder layers"):
+        train_lud(_cfg(run["target"], tmp_path / "y", **LORA_KW | {"lora_layers": 5}), echo=lambda m: None)

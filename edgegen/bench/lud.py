@@ -10,6 +10,10 @@ same timing loop as ``edgegen bench``), taking turns on every prompt:
 - ``verified-t<threshold>-m<span>``: the verified mode at the first threshold and span (identical tokens to AR
   of the tuned model with consistent rows, which ``ar-tuned-2row`` provides as the token reference).
 
+Several tuned models can be compared in one run (``--model`` repeated, e.g. the placeholder-only and the LoRA
+recipe): their engines are then named ``<label>:<engine>`` (label: ``LABEL=PATH``, else the model's
+``extras.lud.trainable``), share ``ar-base``, and each is compared with its own ``<label>:ar-tuned``.
+
 Per engine and prompt set: decode tokens/s, speed-up over ar-base and ar-tuned, tokens per target forward,
 agreement with ar-base's tokens (share of positions equal, and the length of the common prefix), and the
 perplexity of the output (up to the first EOS) under the base model at fp32 (the fp32 export, one forward),
@@ -75,38 +79,47 @@ def fp32_base() -> Path:
     return export(None, folder, formats=("onnx",), weights="fp32", quality_gate=False)
 
 
-def _engines(base: Path, tuned: Path, backend: str, thresholds: Sequence[float], spans: Sequence[int],
-             verified: bool) -> list[EdgegenEngine]:
+def _engines(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thresholds: Sequence[float],
+             spans: Sequence[int], verified: bool) -> list[EdgegenEngine]:
     def named(name: str, engine: EdgegenEngine) -> EdgegenEngine:
         engine.name = name
         return engine
 
-    engines = [named("ar-base", EdgegenEngine(base, backend)), named("ar-tuned", EdgegenEngine(tuned, backend))]
-    if verified:
-        engines.append(named("ar-tuned-2row", EdgegenEngine(tuned, backend, consistent_rows=True)))
-    for t in thresholds:
-        for m in spans:
-            engines.append(named(f"lexical-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
-                                                                        threshold=t, span=m)))
-    t, m = thresholds[0], spans[0]
-    # the placeholders' raw effect: m placeholders on every step, whether they pay or not
-    engines.append(named(f"lexical-t{t:g}-m{m}-fixed", EdgegenEngine(tuned, backend, strategy="lexical", threshold=t,
-                                                                      span=m, adaptive=False)))
-    if verified:  # its tokens are fixed (AR's); only its speed depends on the settings: the first pair only
-        engines.append(named(f"verified-t{t:g}-m{m}", EdgegenEngine(tuned, backend, strategy="lexical",
-                                                                     threshold=t, span=m, verified=True)))
+    engines = [named("ar-base", EdgegenEngine(base, backend))]
+    for label, folder in tuned:
+        pre = f"{label}:" if len(tuned) > 1 else ""
+        engines.append(named(f"{pre}ar-tuned", EdgegenEngine(folder, backend)))
+        if verified:
+            engines.append(named(f"{pre}ar-tuned-2row", EdgegenEngine(folder, backend, consistent_rows=True)))
+        for t in thresholds:
+            for m in spans:
+                engines.append(named(f"{pre}lexical-t{t:g}-m{m}", EdgegenEngine(folder, backend, strategy="lexical",
+                                                                                 threshold=t, span=m)))
+        t, m = thresholds[0], spans[0]
+        # the placeholders' raw effect: m placeholders on every step, whether they pay or not
+        engines.append(named(f"{pre}lexical-t{t:g}-m{m}-fixed", EdgegenEngine(folder, backend, strategy="lexical",
+                                                                               threshold=t, span=m, adaptive=False)))
+        if verified:  # its tokens are fixed (AR's); only its speed depends on the settings: the first pair only
+            engines.append(named(f"{pre}verified-t{t:g}-m{m}", EdgegenEngine(folder, backend, strategy="lexical",
+                                                                              threshold=t, span=m, verified=True)))
     return engines
+
+
+def _prefix(engine: str) -> str:
+    """The "<label>:" of a tuned model's engine in a multi-model run ("" otherwise)."""
+    return engine.rsplit(":", 1)[0] + ":" if ":" in engine else ""
 
 
 def summarize(runs: Sequence[LudRun]) -> list[dict[str, Any]]:
     """One row per (engine, prompt set, and "all"): medians of speed, means of the rest."""
     ref = {r.prompt_id: r for r in runs if r.engine == "ar-base"}
-    tuned2 = {r.prompt_id: r for r in runs if r.engine == "ar-tuned-2row"}
+    tuned2 = {(_prefix(r.engine), r.prompt_id): r for r in runs if r.engine.endswith("ar-tuned-2row")}
     rows = []
     for category in ["code", "chat", "all"]:
         chosen = [r for r in runs if category == "all" or r.category == category]
         base_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine == "ar-base"] or [math.nan])
-        tuned_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine == "ar-tuned"] or [math.nan])
+        tuned_speed = {pre: statistics.median([r.tokens_per_s for r in chosen if r.engine == pre + "ar-tuned"]
+                                              or [math.nan]) for pre in {_prefix(r.engine) for r in chosen}}
         base_ppl = [r.ppl_fp32 for r in chosen if r.engine == "ar-base"]
         for engine in dict.fromkeys(r.engine for r in chosen):
             mine = [r for r in chosen if r.engine == engine]
@@ -115,11 +128,13 @@ def summarize(runs: Sequence[LudRun]) -> list[dict[str, Any]]:
             prefix = [next((i for i, (a, b) in enumerate(zip(r.tokens, ref[r.prompt_id].tokens, strict=True))
                             if a != b), len(r.tokens)) for r in mine]
             ppl = [r.ppl_fp32 for r in mine]
-            identical = ([r.tokens == tuned2[r.prompt_id].tokens for r in mine]
-                         if engine.startswith("verified") and tuned2 else [])
+            pre = _prefix(engine)
+            identical = ([r.tokens == tuned2[pre, r.prompt_id].tokens for r in mine if (pre, r.prompt_id) in tuned2]
+                         if engine[len(pre):].startswith("verified") else [])
             rows.append({
                 "engine": engine, "prompts": category, "n": len(mine), "tokens_per_s": round(speed, 1),
-                "x_ar_base": round(speed / base_speed, 3), "x_ar_tuned": round(speed / tuned_speed, 3),
+                "x_ar_base": round(speed / base_speed, 3),
+                "x_ar_tuned": round(speed / tuned_speed.get(pre, math.nan), 3),
                 "tokens_per_step": round(float(np.mean([(len(r.tokens) - 1) / max(r.target_steps, 1)
                                                         for r in mine])), 3),
                 "agreement": round(float(np.mean(agree)), 3), "common_prefix": round(float(np.mean(prefix)), 1),
@@ -141,15 +156,40 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_lud_bench(tuned: str | Path, base: str | Path | None = None, prompts: str = "all", limit: int | None = 4,
-                  new_tokens: int = 128, thresholds: Sequence[float] = (0.7,), spans: Sequence[int] = (3,),
+def _labelled(tuned: str | Path | Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """[(label, exported LUD folder)] from "default-lud", a folder, "LABEL=folder", or a sequence of them."""
+    items = [tuned] if isinstance(tuned, (str, Path)) else list(tuned)
+    if not items:
+        raise EdgegenError("give at least one LUD-tuned model (--model)")
+    out: list[tuple[str, Path]] = []
+    for item in items:
+        label, _, spec = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+        if spec == "default-lud":
+            from edgegen.lud import default_lud_model
+
+            folder = default_lud_model()
+        else:
+            folder = Path(spec).expanduser()
+        if not is_model_folder(folder) or "lud" not in read_manifest(folder).extras:
+            raise EdgegenError(f"{folder} is not an exported LUD-tuned model (edgegen lud export)")
+        label = label or str(read_manifest(folder).extras["lud"].get("trainable", "placeholders"))
+        while label in {lab for lab, _ in out} or ":" in label:
+            label = label.replace(":", "-") + "'"
+        out.append((label, folder))
+    return out
+
+
+def run_lud_bench(tuned: str | Path | Sequence[str | Path], base: str | Path | None = None, prompts: str = "all",
+                  limit: int | None = 4, new_tokens: int = 128, thresholds: Sequence[float] = (0.7,),
+                  spans: Sequence[int] = (3,),
                   verified: bool = True, backend: str = "onnxruntime", warmup: int = 1,
                   out: Path = Path("bench-out/lud"), command: str = "edgegen lud bench",
                   echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run the LUD benchmark; write ``out``/lud.json and lud.md; return the summary rows.
 
-    tuned: an exported LUD-tuned folder (or "default-lud"). base: the base model's exported folder (None: the
-    default model at int8, as ``edgegen bench`` exports it). The fp32 base for perplexity is exported once.
+    tuned: an exported LUD-tuned folder (or "default-lud", or "LABEL=folder"), or several to compare. base: the
+    base model's exported folder (None: the default model at int8, as ``edgegen bench`` exports it). The fp32
+    base for perplexity is exported once.
     """
     from tqdm import tqdm
 
@@ -159,20 +199,15 @@ def run_lud_bench(tuned: str | Path, base: str | Path | None = None, prompts: st
         raise EdgegenError(f"--new-tokens must be >= 2, got {new_tokens}")
     if not thresholds or not spans or any(not 0 <= t <= 1 for t in thresholds) or any(m < 1 for m in spans):
         raise EdgegenError("give thresholds within [0, 1] and spans >= 1")
-    if str(tuned) == "default-lud":
-        from edgegen.lud import default_lud_model
-
-        tuned = default_lud_model()
-    tuned = Path(tuned).expanduser()
-    if not is_model_folder(tuned) or "lud" not in read_manifest(tuned).extras:
-        raise EdgegenError(f"{tuned} is not an exported LUD-tuned model (edgegen lud export)")
+    models = _labelled(tuned)
     base = Path(base).expanduser() if base else prepare_folder(None, "int8")
     fp32 = fp32_base()
     chosen: list[Prompt] = load_prompts(prompts, limit)
     ids = encode_prompts(base, chosen)
-    if ids != encode_prompts(tuned, chosen):
-        raise EdgegenError("the base and tuned models tokenize the prompts differently")
-    engines = _engines(base, tuned, backend, thresholds, spans, verified)
+    for _, folder in models:
+        if ids != encode_prompts(folder, chosen):
+            raise EdgegenError(f"the base model and {folder} tokenize the prompts differently")
+    engines = _engines(base, models, backend, thresholds, spans, verified)
     runs: list[LudRun] = []
     with tqdm(total=len(engines) * (warmup + len(chosen)), desc="lud bench", unit="run", file=sys.stderr,
               leave=False) as bar:
@@ -198,9 +233,13 @@ def run_lud_bench(tuned: str | Path, base: str | Path | None = None, prompts: st
     rows = summarize(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"command": command, "tuned": str(tuned), "base": str(base), "fp32": str(fp32), "backend": backend,
+    settings = {"command": command, "tuned": {label: str(folder) for label, folder in models}, "base": str(base),
+                "fp32": str(fp32), "backend": backend,
                 "prompts": f"{len(chosen)} ({prompts})", "new_tokens": new_tokens, "thresholds": list(thresholds),
-                "spans": list(spans), "lud": read_manifest(tuned).extras["lud"].get("recipe", {}).get("checkpoint")}
+                "spans": list(spans),
+                "lud": {label: {k: read_manifest(folder).extras["lud"].get(k) for k in ("trainable", "lora",
+                                                                                      "delta_sha256")}
+                        for label, folder in models}}
     (out / "lud.json").write_text(json.dumps({"settings": settings, "machine": machine_info(), "rows": rows,
                                               "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
     table = markdown(rows)

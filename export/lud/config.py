@@ -10,7 +10,8 @@ from edgegen.export.drafter.ckpt import RunConfig
 from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
 
 CONFIG_NAME = "lud_config.json"
-TRAINABLE = ("placeholders",)
+TRAINABLE = ("placeholders", "lora")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -27,7 +28,14 @@ class LudConfig(RunConfig):
     outside_weight: float = 0.3  # loss weight of placeholder rows past the unit's end (calibration)
     guard_weight: float = 1.0  # penalty on the placeholder ids' probability at ordinary rows (tied head)
     max_blocks: int = 24  # placeholder blocks per sequence
-    trainable: str = "placeholders"  # the placeholder embedding rows only: ordinary rows stay the target's
+    trainable: str = "placeholders"  # "placeholders": those rows only (ordinary rows stay the target's);
+    # "lora": the rows + LoRA adapters on the top `lora_layers` decoder layers, ordinary rows held by a KL guard
+    lora_rank: int = 16
+    lora_alpha: float = 32.0  # LoRA scale = alpha / rank
+    lora_layers: int = 8  # the top N decoder layers get adapters (the backward of real rows stops below them)
+    lora_modules: list[str] = field(default_factory=lambda: list(LORA_MODULES))
+    lora_lr: float = 1e-3  # peak learning rate of the adapters (the rows use `lr`; same schedule)
+    kl_weight: float = 1.0  # x KL(p_base || p_tuned) at ordinary rows (lora only)
     tokens: int | None = None  # real tokens to train on (or steps)
     steps: int | None = None
     seq_len: int = 192
@@ -61,6 +69,14 @@ class LudConfig(RunConfig):
     def validate(self) -> None:
         if self.trainable not in TRAINABLE:
             raise EdgegenError(f"unknown trainable set '{self.trainable}': choose from {', '.join(TRAINABLE)}")
+        if self.lora_rank < 1 or self.lora_layers < 1:
+            raise EdgegenError(f"lora-rank and lora-layers must be at least 1 (got {self.lora_rank}, "
+                               f"{self.lora_layers})")
+        if not self.lora_modules or any(m not in LORA_MODULES for m in self.lora_modules):
+            raise EdgegenError(f"lora modules must be among {', '.join(LORA_MODULES)} (got {self.lora_modules})")
+        if self.lora_alpha <= 0 or self.lora_lr <= 0 or self.kl_weight < 0:
+            raise EdgegenError(f"lora-alpha and lora-lr must be positive, kl-weight >= 0 (got {self.lora_alpha}, "
+                               f"{self.lora_lr}, {self.kl_weight})")
         if not 1 <= self.span <= 16:
             raise EdgegenError(f"span must be within [1, 16] placeholders (got {self.span})")
         if self.placeholder_ids is not None and len(set(self.placeholder_ids)) < self.span:

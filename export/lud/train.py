@@ -42,6 +42,7 @@ from edgegen.export.lud.config import LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
 
 PACKED_NAME = "lud.safetensors"
+LORA_PREFIX = "lora::"  # checkpoint tensor names of the adapters: LORA_PREFIX + the model's parameter name
 MODEL_DIR = "model"
 EVAL_THRESHOLDS = (0.5, 0.7, 0.9)
 
@@ -72,8 +73,12 @@ def _real_lengths(ids: Any, att: Any) -> list[int]:
 
 
 def lud_batch(model: Any, P: Any, pids: list[int], batch: tuple[Any, Any, Any], cfg: LudConfig,
-              rng: np.random.Generator) -> dict[str, Any] | None:
-    """Forward one batch; returns the loss tensor and what the metrics need (None: no unit to train on)."""
+              rng: np.random.Generator, base_off: Callable[[], Any] | None = None) -> dict[str, Any] | None:
+    """Forward one batch; returns the loss tensor and what the metrics need (None: no unit to train on).
+
+    base_off: with LoRA adapters (trainable="lora"), a context manager factory that disables them: the base
+    model's pass (no grad) marks the units and is the KL teacher; the adapted pass (with grad) gives the
+    ordinary rows' logits and the real tokens' KV cache the placeholder blocks attend to."""
     import torch
     import torch.nn.functional as F
 
@@ -84,12 +89,21 @@ def lud_batch(model: Any, P: Any, pids: list[int], batch: tuple[Any, Any, Any], 
     am = torch.zeros((B, W), dtype=torch.long)
     for b, n in enumerate(lengths):
         am[b, :n] = 1
+    lora = base_off is not None
     with torch.no_grad():
-        out = model.model(input_ids=ids, attention_mask=am, use_cache=True)
-        h = out.last_hidden_state  # (B, W, d), after the final norm
-        real_logits = model.lm_head(h).float()  # (B, W, V)
-        logp = torch.log_softmax(real_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        if lora:
+            with base_off():
+                base_logits = model.lm_head(model.model(input_ids=ids, attention_mask=am).last_hidden_state).float()
+        else:
+            out = model.model(input_ids=ids, attention_mask=am, use_cache=True)
+            h = out.last_hidden_state  # (B, W, d), after the final norm
+            base_logits = real_logits = model.lm_head(h).float()  # (B, W, V)
+        logp = torch.log_softmax(base_logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         probs = torch.cat([torch.zeros(B, 1), logp.exp()], 1).numpy()  # probs[b, i] = p(ids[b, i] | prefix)
+    if lora:  # the adapted model's real rows, with grad (the blocks attend to this cache)
+        out = model.model(input_ids=ids, attention_mask=am, use_cache=True)
+        h = out.last_hidden_state
+        real_logits = model.lm_head(h).float()
     blocks = []
     for b in range(B):
         n = lengths[b]
@@ -119,15 +133,26 @@ def lud_batch(model: Any, P: Any, pids: list[int], batch: tuple[Any, Any, Any], 
     w = torch.from_numpy(weights).view(B, K * m)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), reduction="none").view(B, K * m)
     ce_m = (ce * w).sum() / w.sum().clamp(min=1e-6)
-    # Guard: the placeholder ids' probability at ordinary rows, where the tied head now scores the trained rows.
-    with torch.no_grad():
-        others = real_logits.index_fill(-1, pid_t, float("-inf")).logsumexp(-1, keepdim=True)  # (B, W, 1)
-    lp = (h @ P.T).float()  # (B, W, m)
-    guard_p = torch.exp(lp - torch.logaddexp(others, lp.logsumexp(-1, keepdim=True))).sum(-1)
-    guard = (guard_p * am).sum() / am.sum()
-    loss = ce_m + cfg.guard_weight * guard
-    return {"loss": loss, "ce": ce_m.detach(), "guard": guard.detach(), "logits": logits.detach(), "labels": lab,
-            "weights": w, "blocks": int(sum(len(bl.starts) for bl in blocks)), "units": blocks}
+    kl = torch.zeros(())
+    if lora:
+        # Ordinary rows as the merged model scores them (the tied head's placeholder rows are P), against the
+        # base: KL(p_base || p_tuned) per row, and the placeholder ids' probability (the guard).
+        lq = torch.log_softmax(real_logits.index_copy(-1, pid_t, (h @ P.T).float()), -1)  # (B, W, V)
+        with torch.no_grad():
+            lp_base = torch.log_softmax(base_logits, -1)
+        kl_rows = (lp_base.exp() * (lp_base - lq)).sum(-1)
+        kl = (kl_rows * am).sum() / am.sum()
+        guard = (lq[..., pid_t].exp().sum(-1) * am).sum() / am.sum()
+    else:
+        # Guard: the placeholder ids' probability at ordinary rows, where the tied head now scores the trained rows.
+        with torch.no_grad():
+            others = real_logits.index_fill(-1, pid_t, float("-inf")).logsumexp(-1, keepdim=True)  # (B, W, 1)
+        lp = (h @ P.T).float()  # (B, W, m)
+        guard_p = torch.exp(lp - torch.logaddexp(others, lp.logsumexp(-1, keepdim=True))).sum(-1)
+        guard = (guard_p * am).sum() / am.sum()
+    loss = ce_m + cfg.guard_weight * guard + (cfg.kl_weight * kl if lora else 0.0)
+    return {"loss": loss, "ce": ce_m.detach(), "guard": guard.detach(), "kl": kl.detach(), "logits": logits.detach(),
+            "labels": lab, "weights": w, "blocks": int(sum(len(bl.starts) for bl in blocks)), "units": blocks}
 
 
 def acceptance_stats(logits: Any, labels: Any, weights: Any, m: int, thresholds: tuple[float, ...]) -> dict[str, Any]:
@@ -161,18 +186,20 @@ def acceptance_stats(logits: Any, labels: Any, weights: Any, m: int, thresholds:
 
 
 def evaluate(model: Any, P: Any, pids: list[int], batches: list[tuple[Any, Any, Any]],
-             cfg: LudConfig) -> dict[str, Any]:
+             cfg: LudConfig, base_off: Callable[[], Any] | None = None) -> dict[str, Any]:
     import torch
 
     rng = np.random.default_rng([cfg.seed, 7])  # the same blocks at every evaluation
     tot: dict[str, Any] = {}
-    losses = []
+    losses, kls, guards = [], [], []
     with torch.no_grad():
         for batch in batches:
-            res = lud_batch(model, P, pids, batch, cfg, rng)
+            res = lud_batch(model, P, pids, batch, cfg, rng, base_off)
             if res is None:
                 continue
             losses.append(float(res["ce"]))
+            kls.append(float(res["kl"]))
+            guards.append(float(res["guard"]))
             st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, EVAL_THRESHOLDS)
             n = st.pop("blocks")
             for key, v in st.items():
@@ -182,7 +209,9 @@ def evaluate(model: Any, P: Any, pids: list[int], batches: list[tuple[Any, Any, 
                 else:
                     agg["v"] = {k: (agg["v"] or {}).get(k, 0.0) + x * n for k, x in v.items()}
                 agg["n"] += n
-    res_out: dict[str, Any] = {"ce": float(np.mean(losses)) if losses else math.nan}
+    res_out: dict[str, Any] = {"ce": float(np.mean(losses)) if losses else math.nan,
+                               "kl_ordinary": round(float(np.mean(kls)), 5) if kls else math.nan,
+                               "guard": round(float(np.mean(guards)), 6) if guards else math.nan}
     for key, agg in tot.items():
         n = max(agg["n"], 1)
         res_out[key] = ([round(x / n, 4) for x in agg["v"]] if isinstance(agg["v"], list)
@@ -201,6 +230,32 @@ def init_placeholders(model: Any, m: int, seed: int) -> Any:
     g = torch.Generator().manual_seed(seed)
     P = E.mean(0, keepdim=True).repeat(m, 1) + 0.01 * E.std() * torch.randn(m, E.shape[1], generator=g)
     return torch.nn.Parameter(P.float())
+
+
+def add_lora(model: Any, cfg: LudConfig) -> tuple[Any, dict[str, Any]]:
+    """Wrap `model` with peft LoRA adapters on the top `cfg.lora_layers` decoder layers (seeded init, B = 0);
+    returns (the peft model, {name: parameter} of the adapters in a fixed order). `model` itself is changed in
+    place: its linear layers now carry the adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    n_layers = model.config.num_hidden_layers
+    if cfg.lora_layers > n_layers:
+        raise EdgegenError(f"lora-layers {cfg.lora_layers} exceeds the target's {n_layers} decoder layers")
+    layers = list(range(n_layers - cfg.lora_layers, n_layers))
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+                      target_modules=list(cfg.lora_modules), layers_to_transform=layers, layers_pattern="layers")
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        peft_model = get_peft_model(model, lcfg)
+    params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    for p in params.values():
+        p.requires_grad_(True)
+    return peft_model, params
+
+
+def lora_scale(cfg: LudConfig) -> float:
+    return cfg.lora_alpha / cfg.lora_rank
 
 
 def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
@@ -248,7 +303,15 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
             eval_sets["val_gen"] = eval_batches_seqs(gen_val, cfg.seq_len, cfg.batch_size, cfg.eval_tokens, pad_id)
 
     P = init_placeholders(model, cfg.span, cfg.seed)
-    opt = torch.optim.AdamW([P], lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    lora_params: dict[str, Any] = {}
+    base_off: Callable[[], Any] | None = None
+    groups: list[dict[str, Any]] = [{"params": [P], "lr": cfg.lr}]
+    if cfg.trainable == "lora":
+        peft_model, lora_params = add_lora(model, cfg)
+        base_off = peft_model.disable_adapter
+        groups.append({"params": list(lora_params.values()), "lr": cfg.lora_lr})
+    trained = [P, *lora_params.values()]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.95))
     steps = cfg.total_steps()
     state: dict[str, Any] = {"global_step": 0, "tokens_seen": 0, "blocks_seen": 0, "train_seconds": 0.0, "evals": []}
     latest = ck.latest_checkpoint(out) if resume else None
@@ -257,34 +320,42 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
         if meta.get("target", {}).get("target_tokenizer_sha256") != target.tokenizer_sha256 or \
                 meta.get("placeholder_ids") != pids:
             raise EdgegenError(f"checkpoint {latest.name} was trained for another target or placeholder ids")
+        if set(tensors) != {"placeholder_embeds", *(LORA_PREFIX + n for n in lora_params)}:
+            raise EdgegenError(f"checkpoint {latest.name} holds other trained weights than this run's recipe")
         with torch.no_grad():
             P.copy_(tensors["placeholder_embeds"])
+            for n, p in lora_params.items():
+                p.copy_(tensors[LORA_PREFIX + n])
         opt.load_state_dict(saved_state["optimizer"])
         _set_rng_state(saved_state["rng"])
         state = {k: v for k, v in saved_state.items() if k not in ("optimizer", "rng")}
         echo(f"resumed from {latest.name}: step {state['global_step']}/{steps}, {state['tokens_seen']} tokens seen")
-    echo(f"LUD: {cfg.span} placeholders (ids {pids}), unit threshold {cfg.unit_threshold}, {P.numel()} trainable "
-         f"parameters; {steps} steps x {cfg.tokens_per_step} tokens; {cfg.threads} thread(s)")
+    echo(f"LUD: {cfg.span} placeholders (ids {pids}), unit threshold {cfg.unit_threshold}, "
+         f"{sum(p.numel() for p in trained)} trainable parameters ({cfg.trainable}); {steps} steps x "
+         f"{cfg.tokens_per_step} tokens; {cfg.threads} thread(s)")
 
     def meta_now() -> dict[str, Any]:
         return {"recipe": recipe_summary(cfg, corpus, gen_stats, steps), "target": target.facts(),
                 "target_spec": target.spec, "placeholder_ids": pids, "global_step": state["global_step"],
-                "tokens_seen": state["tokens_seen"], "evals": state["evals"]}
+                "tokens_seen": state["tokens_seen"], "evals": state["evals"], "trainable": cfg.trainable,
+                **({"lora": lora_meta(cfg, model, lora_params)} if lora_params else {})}
 
     def save() -> None:
-        ck.save_checkpoint(out, state["global_step"], {"placeholder_embeds": P},
+        ck.save_checkpoint(out, state["global_step"],
+                           {"placeholder_embeds": P, **{LORA_PREFIX + n: p for n, p in lora_params.items()}},
                            {**state, "optimizer": opt.state_dict(), "rng": _rng_state()}, meta_now())
 
     def run_eval(label: str) -> None:
         t0 = time.perf_counter()
-        res = {name: evaluate(model, P, pids, batches, cfg) for name, batches in eval_sets.items()}
+        res = {name: evaluate(model, P, pids, batches, cfg, base_off) for name, batches in eval_sets.items()}
         rec = {"event": "eval", "label": label, "global_step": state["global_step"],
                "tokens_seen": state["tokens_seen"], "sets": res}
         state["evals"].append(rec)
         _log(out, rec)
         echo(f"eval [{label}] " + "  ".join(
-            f"{k}: acc {v.get('acc_inside')} t0.7 acc'd {v.get('t0.7', {}).get('accepted')} "
-            f"prec {v.get('t0.7', {}).get('precision')}" for k, v in res.items())
+            f"{k}: ce {v['ce']:.3f} kl {v['kl_ordinary']} acc {v.get('acc_inside')} "
+            f"t0.7 acc'd {v.get('t0.7', {}).get('accepted')} prec {v.get('t0.7', {}).get('precision')}"
+            for k, v in res.items())
              + f" ({time.perf_counter() - t0:.0f} s)")
 
     if latest is None:
@@ -296,22 +367,23 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
     window_tokens, window_t0 = 0, time.perf_counter()
     while state["global_step"] < steps:
         step = state["global_step"]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step, steps)  # type: ignore[arg-type]  # duck-typed: lr, warmup, min_lr_frac
+        frac = lr_at(cfg, step, steps) / cfg.lr  # type: ignore[arg-type]  # duck-typed: lr, warmup, min_lr_frac
+        for g, peak in zip(opt.param_groups, (cfg.lr, cfg.lora_lr), strict=False):
+            g["lr"] = peak * frac
         t0 = time.perf_counter()
         step_rng = np.random.default_rng([cfg.seed, 3, step])  # the data position is the step: resume is exact
         use_gen = gens is not None and step_rng.random() < cfg.gen_share
         batch = (gens if use_gen else chunks).batch_at(step)  # type: ignore[union-attr]
-        res = lud_batch(model, P, pids, batch, cfg, step_rng)
+        res = lud_batch(model, P, pids, batch, cfg, step_rng, base_off)
         logs: dict[str, float] = {}
         if res is not None:
             opt.zero_grad(set_to_none=True)
             res["loss"].backward()
-            torch.nn.utils.clip_grad_norm_([P], 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,))
             logs = {"loss": float(res["loss"].detach()), "ce": float(res["ce"]), "guard": float(res["guard"]),
-                    "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
+                    "kl": float(res["kl"]), "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
             state["blocks_seen"] += res["blocks"]
         dt = time.perf_counter() - t0
         ntok = int(batch[0].numel())
@@ -322,7 +394,8 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
         tok_s = window_tokens / max(time.perf_counter() - window_t0, 1e-9)
         bar.update(1)
         if logs:
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc1=f"{logs['acc1']:.2f}", tok_s=f"{tok_s:.0f}")
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", kl=f"{logs['kl']:.4f}", acc1=f"{logs['acc1']:.2f}",
+                            tok_s=f"{tok_s:.0f}")
         if state["global_step"] % 10 == 0 or state["global_step"] == steps:
             _log(out, {"event": "train", "source": "gen" if use_gen else "corpus", "global_step": state["global_step"],
                        "tokens_seen": state["tokens_seen"], "lr": opt.param_groups[0]["lr"], "tok_s": round(tok_s, 1),
@@ -358,10 +431,20 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
     return summary
 
 
+def lora_meta(cfg: LudConfig, model: Any, lora_params: dict[str, Any]) -> dict[str, Any]:
+    n = model.config.num_hidden_layers
+    return {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "scale": lora_scale(cfg), "modules": cfg.lora_modules,
+            "layers": list(range(n - cfg.lora_layers, n)), "parameters": sum(p.numel() for p in lora_params.values())}
+
+
 def recipe_summary(cfg: LudConfig, corpus: dict[str, Any], gen_stats: dict[str, Any], steps: int) -> dict[str, Any]:
     return {"method": "lexical-unit-decoding", "trainable": cfg.trainable, "span": cfg.span,
             "unit_threshold": cfg.unit_threshold, "outside_weight": cfg.outside_weight,
-            "guard_weight": cfg.guard_weight, "max_blocks": cfg.max_blocks, "steps": steps,
+            "guard_weight": cfg.guard_weight,
+            **({"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_layers": cfg.lora_layers,
+                "lora_modules": cfg.lora_modules, "lora_lr": cfg.lora_lr, "kl_weight": cfg.kl_weight}
+               if cfg.trainable == "lora" else {}),
+            "max_blocks": cfg.max_blocks, "steps": steps,
             "tokens_per_step": cfg.tokens_per_step, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
             "gen_share": cfg.gen_share, "lr": cfg.lr, "seed": cfg.seed,
             "corpus": {k: v for k, v in corpus.items() if k != "files"},
