@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen import runtimes
+from edgegen.drafter import DEFAULT_DRAFT, default_drafter_model
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest, read_manifest
 from edgegen.models import choose_backend, ensure_embeddings, resolve_model
@@ -30,6 +31,7 @@ from edgegen.tokenizer import Message, StreamDecoder, TextTokenizer
 # device -> profile used when none is named
 _DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server",
                     "DML": "cpu"}
+AUTO = "auto"  # the default strategy: chosen per call (Generator._strategy_name)
 NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU
 
 
@@ -145,7 +147,8 @@ class Generator:
 
     def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile,
                  drafter: Drafter | None = None,
-                 open_embeddings: Callable[[], runtimes.Session] | None = None) -> None:
+                 open_embeddings: Callable[[], runtimes.Session] | None = None,
+                 open_default_drafter: Callable[[], Drafter] | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -154,20 +157,25 @@ class Generator:
         self.drafter = drafter  # the draft model's drafter, used by strategy="speculative"
         self._open_embeddings = open_embeddings  # opens an input-embedding session (superposed), on first need
         self._embeddings_session: runtimes.Session | None = None
+        self._open_default_drafter = open_default_drafter  # the shipped drafter (default model), on first need
+        self._default_drafter: Drafter | None = None
 
     @property
     def backend(self) -> str:
         return self.session.backend
 
     def generate(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
-                 chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
+                 chat: bool = True, strategy: str = AUTO, *, top_k: int = 0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
                  ignore_eos: bool = False, **options: Any) -> GenerationResult:
         """Generate a completion of ``prompt``: a string, chat messages [{"role", "content"}] or token ids.
 
         ``chat`` applies the model's chat template (a string becomes one user message; token ids are
-        used as given); ``strategy`` names a decode strategy ("ar" by default) and ``options`` go to
-        it. Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
+        used as given); ``strategy`` names a decode strategy and ``options`` go to it. The default,
+        "auto", is "speculative" when a draft model was loaded, else "prompt-lookup" when greedy
+        (the same tokens as "ar", faster where the output repeats the context), else "ar" (also on
+        static-shape NPU graphs, which decode one token per call).
+        Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
         and ``seed``. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
 
         ``strategy="superposed"`` (options num_drafts=3, alpha, ngram, lm_temperature=0.06; see
@@ -183,7 +191,7 @@ class Generator:
         return stream.result
 
     def stream(self, prompt: str | Sequence[Message], max_new_tokens: int = 256, temperature: float = 0.0,
-               chat: bool = True, strategy: str = "ar", *, top_k: int = 0, top_p: float = 1.0,
+               chat: bool = True, strategy: str = AUTO, *, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
                ignore_eos: bool = False, **options: Any) -> TextStream:
         """Like ``generate`` but yields text pieces as they are final (never half a character).
@@ -204,7 +212,7 @@ class Generator:
                 raise EdgegenError(f"prompt token ids must be 1 or more ids in [0, {self.manifest.vocab_size})")
         else:
             prompt_ids = self.tokenizer.encode_prompt(prompt, chat)
-        decoder = make_strategy(strategy, self.drafter, **options)
+        decoder = make_strategy(self._strategy_name(strategy, temperature), self._drafter_for(strategy), **options)
         session = self._session_for(decoder)
         limit = session.max_length
         if len(prompt_ids) + max_new_tokens > limit:
@@ -216,6 +224,24 @@ class Generator:
         stream = TextStream(iter(()))
         stream._events = self._run(decoder, request, list(stop), stream)
         return stream
+
+    def _strategy_name(self, strategy: str, temperature: float) -> str:
+        if strategy != AUTO:
+            return strategy
+        if self.manifest.static_shapes:  # the NPU graph forwards one token at a time after the prompt
+            return "ar"
+        if self.drafter is not None:
+            return "speculative"
+        return "prompt-lookup" if temperature == 0 else "ar"
+
+    def _drafter_for(self, strategy: str) -> Drafter | None:
+        """The loaded draft model; strategy="speculative" on the default model without one opens the shipped
+        drafter (exported into the cache on first use)."""
+        if self.drafter is not None or strategy != "speculative" or self._open_default_drafter is None:
+            return self.drafter
+        if self._default_drafter is None:
+            self._default_drafter = self._open_default_drafter()
+        return self._default_drafter
 
     def _session_for(self, decoder: Any) -> runtimes.Session:
         """The session a strategy runs on. Superposed decoding feeds input embeddings: on a Generator
@@ -300,15 +326,17 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     a Hugging Face model folder or a .gguf file. backend: "onnxruntime", "openvino" or None to
     pick the faster for the device (measured once). device: "CPU" (default), "GPU", "NPU", "CUDA",
     "DML". profile: a device profile name (default: the one for the device). draft: an exported
-    draft model (same tokenizer and vocabulary) for strategy="speculative"; draft_confidence stops a
-    draft early when the drafter's top probability falls below it. consistent_rows makes every
-    forward compute its rows with the same kernels, so speculative strategies reproduce AR output
-    token for token (default: on when a draft model is loaded; it costs AR speed on ONNX Runtime's
-    quantized graphs, whose single-row kernel is the fast one). embeddings: run the export's
+    draft model (same tokenizer and vocabulary) for strategy="speculative", or "default" for the
+    drafter shipped with the default model (which strategy="speculative" also opens on first use
+    when none is given); draft_confidence stops a draft early when the drafter's top probability
+    falls below it. consistent_rows (default on) makes every forward compute its rows with the same
+    kernels, so drafting strategies reproduce AR output token for token; off makes plain AR up to
+    ~20% faster on ONNX Runtime's quantized graphs, whose single-row kernel differs from the
+    multi-row one, at the price of AR and the drafting strategies disagreeing. embeddings: run the export's
     input-embedding graph (superposed decoding needs it; the default model gets it on first use).
     """
     if consistent_rows is None:
-        consistent_rows = draft is not None
+        consistent_rows = True  # the default strategy drafts (prompt lookup): its output must be AR's
     device = (device or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in _DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(_DEVICE_PROFILES)})")
@@ -332,15 +360,22 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
         backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)
     runtimes.graph_format(backend)  # unknown backend -> clear error before loading anything
     session = open_session(backend)
-    drafter = None
-    if draft is not None:
-        draft_folder = resolve_model(draft, prof)
+
+    def open_drafter(name: str | Path) -> ModelDrafter:
+        if str(name) == DEFAULT_DRAFT:
+            draft_folder = default_drafter_model(prof.name)
+        else:
+            draft_folder = resolve_model(name, prof)
         draft_manifest = read_manifest(draft_folder)
         check_draft_compatible(folder, manifest, draft_folder, draft_manifest)
         draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
                                               max_length=session.max_length, threads=threads)
-        drafter = ModelDrafter(draft_session, confidence=draft_confidence)
-    return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True))
+        return ModelDrafter(draft_session, confidence=draft_confidence)
+
+    drafter = open_drafter(draft) if draft is not None else None
+    is_default = model is None or str(model) == "default"
+    return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True),
+                     open_default_drafter=(lambda: open_drafter(DEFAULT_DRAFT)) if is_default else None)
 
 
 def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:

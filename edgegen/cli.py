@@ -59,9 +59,12 @@ def cli() -> None:
 @click.argument("prompt")
 @_model_options
 @_sampling_options
-@click.option("--strategy", default="ar", show_default=True,
-              help="Decode strategy: ar, speculative (needs --draft), prompt-lookup, superposed.")
-@click.option("--draft", default=None, help="Exported draft model for --strategy speculative.")
+@click.option("--strategy", default="auto", show_default=True,
+              help="Decode strategy: auto (speculative with --draft, else prompt-lookup when greedy, else ar), ar, "
+                   "speculative, prompt-lookup, superposed, lexical.")
+@click.option("--draft", default=None,
+              help="Exported draft model for --strategy speculative ('default': the drafter shipped with the "
+                   "default model, used by --strategy speculative when none is given).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length (speculative strategies).")
 @click.option("--num-drafts", type=int, default=None, help="Drafts to return (superposed; default 3).")
 @click.option("--alpha", type=float, default=None,
@@ -293,11 +296,13 @@ def draft_export(checkpoint: str, out: str, target: str | None, no_quality_gate:
 @draft.command("pack")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed file (.safetensors).")
-def draft_pack(checkpoint: str, out: str) -> None:
-    """Store only the drafter's own weights (fp16) and recipe: the target provides the rest."""
+@click.option("--dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+              help="Stored precision (int8: blocks of 32 with fp16 scales, half the size; what ships).")
+def draft_pack(checkpoint: str, out: str, dtype: str) -> None:
+    """Store only the drafter's own weights and recipe: the target provides the rest."""
     from edgegen.export.drafter import pack_drafter
 
-    path = pack_drafter(checkpoint, out)
+    path = pack_drafter(checkpoint, out, dtype=dtype)
     click.echo(f"packed drafter: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -36,7 +36,7 @@ def test_stream_pieces_make_the_text(gen: edgegen.Generator) -> None:
 def test_stop_string_and_length(gen: edgegen.Generator) -> None:
     r = gen.generate("1, 2, 3, 4,", max_new_tokens=30, chat=False, stop=["8"])
     assert r.finish_reason == "stop" and "8" not in r.text and r.text.strip().startswith("5")
-    r = gen.generate("1, 2, 3, 4,", max_new_tokens=5, chat=False)
+    r = gen.generate("1, 2, 3, 4,", max_new_tokens=5, chat=False, strategy="ar")
     assert r.finish_reason == "length" and len(r.token_ids) == 5
     assert r.stats.target_steps == 4 and r.stats.prompt_tokens == len(r.prompt_token_ids)
 
@@ -48,6 +48,17 @@ def test_chat_messages_and_eos(gen: edgegen.Generator) -> None:
     assert r.finish_reason == "eos"
     assert "blue" in r.text.lower()
     assert "<|im_start|>system\nAnswer in one word." in gen.tokenizer.render_chat(messages)
+
+
+def test_default_strategy_is_prompt_lookup_when_greedy(gen: edgegen.Generator) -> None:
+    prompt = "Repeat this sentence twice: the quick brown fox jumps over the lazy dog."
+    auto = gen.generate(prompt, max_new_tokens=40)
+    ar = gen.generate(prompt, max_new_tokens=40, strategy="ar")
+    assert auto.stats.strategy == "prompt-lookup" and auto.stats.draft_accepted > 0
+    assert auto.token_ids == ar.token_ids  # load() keeps rows consistent by default: drafting changes nothing
+    assert auto.stats.target_steps < ar.stats.target_steps
+    sampled = gen.generate(prompt, max_new_tokens=4, temperature=0.7, seed=1)
+    assert sampled.stats.strategy == "ar"
 
 
 def test_backends_agree_on_the_default_export(int8_model: Path) -> None:

@@ -157,6 +157,17 @@ def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:
         sd = load_file(str(hf / "model.safetensors"))
         for k, v in ckpt_w.items():
             assert torch.equal(sd[k], v.to(cast).to(torch.float32)), k
+    packed = pack_drafter(setup["run"], tmp_path / "d-int8.safetensors", dtype="int8")  # what ships
+    assert {t.dtype for t in load_file(str(packed)).values()} == {torch.int8, torch.float16}
+    sd = load_file(str(unpack_drafter(packed, setup["target"], tmp_path / "hf-int8") / "model.safetensors"))
+    for k, v in ckpt_w.items():
+        if v.ndim == 1:
+            assert torch.equal(sd[k], v.to(torch.float16).to(torch.float32)), k
+        else:  # int8 blocks of 32: within half a step of the block's scale (its max / 127), fp16 scale included
+            step = v.reshape(v.shape[0], -1, 32).abs().amax(-1, keepdim=True) / 127
+            err = (sd[k] - v).reshape(v.shape[0], -1, 32).abs()
+            assert (err <= 0.5 * step * 1.01 + 1e-7).all(), k
+            assert not torch.equal(sd[k], v)  # really quantized
         assert torch.equal(sd["model.embed_tokens.weight"], target.model.embed_tokens.weight)
         assert (hf / "tokenizer.json").read_bytes() == (setup["target"] / "tokenizer.json").read_bytes()
         model = AutoModelForCausalLM.from_pretrained(str(hf))

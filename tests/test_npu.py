@@ -41,6 +41,7 @@ def test_npu_path_generates_like_the_cpu_plugin(npu_model: Path, monkeypatch: py
     cpu = edgegen.load(npu_model, backend="openvino", device="CPU", profile="cpu")
     want = cpu.generate("def fibonacci(n):", max_new_tokens=16, chat=False)
     assert len(got.token_ids) == 16
+    assert got.stats.strategy == "ar"  # the default strategy does not draft on a one-token-per-call graph
     assert got.token_ids[:4] == want.token_ids[:4]  # same IR and weights: the completion starts alike
     with pytest.raises(EdgegenError, match="exceeds"):
         npu.generate("hello", max_new_tokens=2000)

@@ -26,7 +26,7 @@ PROMPTS = [
 def _assert_same_as_ar(gen: edgegen.Generator, strategy: str, **options) -> tuple[int, int]:
     proposed = accepted = 0
     for prompt, chat in PROMPTS:
-        ar = gen.generate(prompt, max_new_tokens=48, chat=chat)
+        ar = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar")
         spec = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy=strategy, **options)
         assert spec.token_ids == ar.token_ids, f"{strategy} on {gen.backend} differs from AR on {prompt!r}"
         assert spec.finish_reason == ar.finish_reason
@@ -48,6 +48,18 @@ def test_model_drafter_greedy_equals_ar(backend: str, int8_model: Path, fp32_mod
     gen = edgegen.load(int8_model, backend=backend, draft=fp32_model)
     proposed, accepted = _assert_same_as_ar(gen, "speculative", num_draft_tokens=3)
     assert 0 < accepted < proposed
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_shipped_drafter_greedy_equals_ar(backend: str, int8_model: Path) -> None:
+    # load() without model= is the default model, which int8_model is: speculative opens the shipped drafter.
+    gen = edgegen.load(backend=backend)
+    assert gen.folder == int8_model and gen.drafter is None
+    proposed, accepted = _assert_same_as_ar(gen, "speculative", lookup=False)  # the drafter's own drafts only
+    assert 0 < accepted < proposed
+    drafter = gen._default_drafter
+    assert drafter is not None and drafter.session.manifest.extras["drafter"]["recipe"]["method"] == "fastdraft"
+    assert gen.generate("hi", max_new_tokens=4).stats.strategy == "prompt-lookup"  # auto ignores the lazy drafter
 
 
 def test_sampling_is_seeded_for_speculative(int8_model: Path, fp32_model: Path) -> None:

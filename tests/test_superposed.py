@@ -226,7 +226,7 @@ def test_real_model_one_draft_is_greedy(backend: str, fp32_model) -> None:
 
     gen = edgegen.load(fp32_model, backend=backend, embeddings=True)  # AR runs on the same graph
     for prompt, chat in REAL_PROMPTS:
-        ar = gen.generate(prompt, max_new_tokens=32, chat=chat)
+        ar = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="ar")
         sup = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="superposed", num_drafts=1, alpha=0.0)
         assert sup.token_ids == ar.token_ids, f"superposed k=1 differs from greedy on {backend}: {prompt!r}"
         assert sup.finish_reason == ar.finish_reason and sup.text == ar.text

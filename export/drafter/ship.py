@@ -1,7 +1,8 @@
 """Shipping a drafter: pack only its non-shared weights, rebuild it against the target, export it.
 
 The embedding (and the tied head) is the target's own, so a packed drafter holds just the transformer
-layers and the final norm (fp16 safetensors, ~14 MB for 2 layers of SmolLM2-135M) plus its recipe.
+layers and the final norm plus its recipe: fp16 (~14 MB for 2 layers of SmolLM2-135M) or int8 in blocks of
+32 with fp16 scales (~7.5 MB, what ships; the export quantizes to int8 anyway).
 `unpack_drafter` rebuilds the full HF drafter folder from the target's weights and tokenizer, refusing a
 target whose vocabulary or tokenizer differs from the one the drafter was trained for.
 """
@@ -20,6 +21,8 @@ from edgegen.errors import EdgegenError
 from edgegen.export.pipeline import atomic_folder
 
 PACK_FORMAT = "edgegen-drafter/1"
+PACK_DTYPES = ("float16", "bfloat16", "float32", "int8")
+INT8_BLOCK = 32  # weights per fp16 scale in an int8 pack
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                     "generation_config.json")
 
@@ -39,16 +42,15 @@ def _checkpoint_dir(path: Path) -> Path:
 
 def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16") -> Path:
     """Store the trained (non-shared) weights of `checkpoint` (a ckpt-* folder or a training folder: its
-    latest checkpoint) in `out_file` (safetensors, `dtype`), with the recipe and target facts as metadata."""
-    import torch
+    latest checkpoint) in `out_file` (safetensors, `dtype`), with the recipe and target facts as metadata.
+    ``dtype="int8"`` stores matrices as int8 blocks of 32 with one fp16 scale each (vectors as fp16)."""
     from safetensors.torch import load_file, save_file
 
-    if dtype not in ("float16", "bfloat16", "float32"):
-        raise EdgegenError(f"unsupported pack dtype '{dtype}': float16, bfloat16 or float32")
+    if dtype not in PACK_DTYPES:
+        raise EdgegenError(f"unsupported pack dtype '{dtype}': {', '.join(PACK_DTYPES)}")
     ckpt = _checkpoint_dir(Path(checkpoint))
     meta = json.loads((ckpt / "meta.json").read_text())
-    tensors = load_file(str(ckpt / "trainable.safetensors"))
-    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in tensors.items()}
+    tensors = _encode(load_file(str(ckpt / "trainable.safetensors")), dtype)
     info = {"format": PACK_FORMAT, "dtype": dtype, "checkpoint": ckpt.name, "target_spec": meta.get("target_spec"),
             "layer_map": meta["layer_map"], "recipe": meta["recipe"], "evals": meta.get("evals", [])[-3:],
             "tokens_seen": meta.get("tokens_seen"), **meta["target"]}
@@ -56,8 +58,44 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     save_file(tensors, str(tmp), metadata={"edgegen_drafter": json.dumps(info, sort_keys=True)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: a shipped or shared file must stay readable
     os.replace(tmp, out_file)
     return out_file
+
+
+def _encode(tensors: dict[str, Any], dtype: str) -> dict[str, Any]:
+    import torch
+
+    if dtype != "int8":
+        return {k: v.to(getattr(torch, dtype)).contiguous() for k, v in tensors.items()}
+    out = {}
+    for k, v in tensors.items():
+        if v.ndim != 2 or v.shape[1] % INT8_BLOCK:
+            out[k] = v.to(torch.float16).contiguous()
+            continue
+        blocks = v.float().reshape(v.shape[0], -1, INT8_BLOCK)
+        scale = (blocks.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12).to(torch.float16)
+        out[k + ".q8"] = torch.round(blocks / scale.float()).clamp(-127, 127).to(torch.int8).reshape(v.shape)
+        out[k + ".scale"] = scale.squeeze(-1).contiguous()
+    return out
+
+
+def _decode(tensors: dict[str, Any]) -> dict[str, Any]:
+    """float32 weights from any pack dtype (int8 blocks are dequantized)."""
+    import torch
+
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(".scale"):
+            continue
+        if k.endswith(".q8"):
+            scale = tensors[k[: -len(".q8")] + ".scale"].float()
+            out[k[: -len(".q8")]] = (v.float().reshape(v.shape[0], -1, INT8_BLOCK) * scale[..., None]).reshape(v.shape)
+        else:
+            out[k] = v.to(torch.float32)
+    return out
 
 
 def read_packed(packed: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,8 +132,6 @@ def check_target_facts(info: dict[str, Any], target_hf_dir: Path) -> None:
 
 def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: str | Path) -> Path:
     """Rebuild the full HF drafter folder: the target's embedding/head + the packed layers and norm."""
-    import torch
-
     from edgegen.export.drafter.model import build_student, load_teacher, load_trainable
 
     tensors, info = read_packed(packed)
@@ -106,7 +142,7 @@ def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: st
     student, mapping = build_student(teacher, recipe["layers"], recipe["init"], recipe.get("train_embedding", False))
     if mapping != info["layer_map"]:
         raise EdgegenError(f"the target has another depth than the drafter's ({mapping} vs {info['layer_map']})")
-    load_trainable(student, {k: v.to(torch.float32) for k, v in tensors.items()})
+    load_trainable(student, _decode(tensors))
     student.eval()
     return save_hf_folder(student, target_hf_dir, out_hf_dir)
 
@@ -196,3 +232,4 @@ def check_drafter_compat(drafter: Any, target: Any) -> None:
         sha = file_sha256(Path(target) / t.tokenizer)
         if sha != facts.get("target_tokenizer_sha256"):
             raise EdgegenError(f"drafter '{d.name}' was trained with another tokenizer than target '{t.name}'")
+
