@@ -149,8 +149,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             "common prefix | ppl fp32 | ppl / AR base | = tuned AR |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
+        x_tuned = "" if math.isnan(r["x_ar_tuned"]) else f"{r['x_ar_tuned']:.2f}"  # ar-base has no tuned reference
         lines.append(f"| {r['engine']} | {r['prompts']} | {r['tokens_per_s']} | {r['x_ar_base']:.2f} | "
-                     f"{r['x_ar_tuned']:.2f} | {r['tokens_per_step']:.2f} | {r['agreement']:.1%} | "
+                     f"{x_tuned} | {r['tokens_per_step']:.2f} | {r['agreement']:.1%} | "
                      f"{r['common_prefix']} | {r['ppl_fp32']:.3f} | {r['ppl_vs_ar_base']:.3f} | "
                      f"{r['identical_to_tuned_ar']} |")
     return "\n".join(lines)

@@ -70,6 +70,9 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     save_file(tensors, str(tmp), metadata={"edgegen_lud": json.dumps(info, sort_keys=True)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # a shippable file: the umask's permissions
     os.replace(tmp, out_file)
     return out_file
 
