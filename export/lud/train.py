@@ -8,10 +8,15 @@ Per batch (code/text corpus chunks or the target's own generations, the FastDraf
 3. Loss = weighted CE of the block rows on the true continuation (1 inside the unit, `outside_weight`
    past it) + `guard_weight` x the placeholder ids' probability at ordinary rows.
 
-Only the placeholder ids' embedding rows are trained (`trainable="placeholders"`): ordinary tokens never
+`trainable="placeholders"`: only the placeholder ids' embedding rows are trained: ordinary tokens never
 attend to placeholders (the strategy drops their cache entries every step), so every ordinary row, and
 with it AR decoding and the model's quality, is the target's own. The one leak is the tied output head:
 the trained rows are also the placeholder ids' output rows, which the guard term keeps improbable.
+
+`trainable="lora"`: the rows plus peft LoRA adapters on the top `lora_layers` decoder layers. Step 1 then runs
+twice: the base (adapters disabled, no grad) marks the units and is the teacher, the adapted model (with
+grad) gives the ordinary rows and the cache the blocks attend to; the loss adds `kl_weight` x
+KL(p_base || p_tuned) at ordinary rows, which keeps AR output close to the base's.
 """
 
 from __future__ import annotations
