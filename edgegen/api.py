@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgegen import runtimes
 from edgegen.drafter import DEFAULT_DRAFT, default_drafter_model
 from edgegen.errors import EdgegenError
@@ -370,7 +372,9 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
         check_draft_compatible(folder, manifest, draft_folder, draft_manifest)
         draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
                                               max_length=session.max_length, threads=threads)
-        return ModelDrafter(draft_session, confidence=draft_confidence)
+        head = (draft_manifest.extras.get("drafter") or {}).get("head_vocab")
+        return ModelDrafter(draft_session, confidence=draft_confidence,
+                            head_vocab=np.asarray(head) if head else None, target_vocab=manifest.vocab_size)
 
     drafter = open_drafter(draft) if draft is not None else None
     is_default = model is None or str(model) == "default"
@@ -379,10 +383,16 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
 
 
 def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:
-    """A drafter must share the target's vocabulary and tokenizer, or its tokens mean other things."""
-    if draft.vocab_size != manifest.vocab_size:
-        raise EdgegenError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens; "
+    """A drafter must share the target's vocabulary and tokenizer, or its tokens mean other things. A drafter
+    with a reduced head (extras.drafter.head_vocab) must name target ids, and have been made for this vocabulary."""
+    facts = draft.extras.get("drafter") or {}
+    head = facts.get("head_vocab")
+    vocab = facts.get("target_vocab_size", draft.vocab_size) if head else draft.vocab_size
+    if vocab != manifest.vocab_size:
+        raise EdgegenError(f"draft model {draft.name} has a vocabulary of {vocab} tokens; "
                            f"the target {manifest.name} has {manifest.vocab_size}")
+    if head and (len(head) != draft.vocab_size or not 0 <= min(head) <= max(head) < manifest.vocab_size):
+        raise EdgegenError(f"draft model {draft.name} has a malformed reduced head vocabulary")
     mine = TextTokenizer(folder, manifest).vocabulary()
     theirs = TextTokenizer(draft_folder, draft).vocabulary()
     if mine != theirs:

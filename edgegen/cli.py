@@ -207,7 +207,8 @@ def devices() -> None:
 @click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "superposed"]), default="ar",
               show_default=True, help="Also run this speculative strategy (edgegen's and openvino-genai's); "
               "superposed: k drafts against k nucleus samples, speed and quality (docs/superposed.md).")
-@click.option("--draft", default=None, help="Exported draft model folder (--strategy speculative).")
+@click.option("--draft", default=None,
+              help="Exported draft model folder (--strategy speculative; default: the default model's shipped one).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length of edgegen's strategy.")
 @click.option("--num-drafts", type=int, default=3, show_default=True, help="Drafts (--strategy superposed).")
 @click.option("--alpha", type=float, default=None,
@@ -298,11 +299,13 @@ def draft_export(checkpoint: str, out: str, target: str | None, no_quality_gate:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed file (.safetensors).")
 @click.option("--dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
               help="Stored precision (int8: blocks of 32 with fp16 scales, half the size; what ships).")
-def draft_pack(checkpoint: str, out: str, dtype: str) -> None:
+@click.option("--head-vocab", type=int, default=None,
+              help="Keep only this many (most frequent) tokens in the drafter's head: a cheaper drafter.")
+def draft_pack(checkpoint: str, out: str, dtype: str, head_vocab: int | None) -> None:
     """Store only the drafter's own weights and recipe: the target provides the rest."""
     from edgegen.export.drafter import pack_drafter
 
-    path = pack_drafter(checkpoint, out, dtype=dtype)
+    path = pack_drafter(checkpoint, out, dtype=dtype, head_vocab=head_vocab)
     click.echo(f"packed drafter: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -176,6 +176,28 @@ def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:
             assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
 
 
+def test_reduced_head_keeps_the_full_heads_logits(setup: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from edgegen.export.drafter.ship import frequent_tokens
+
+    kept = frequent_tokens(setup["run"], 320, 64, setup["target"] / "tokenizer.json")
+    assert len(set(kept.tolist())) == 64 and {0, 1} <= set(kept.tolist())  # special tokens always kept
+    packed = pack_drafter(setup["run"], tmp_path / "d.safetensors", head_vocab=64)
+    full = AutoModelForCausalLM.from_pretrained(str(unpack_drafter(pack_drafter(setup["run"], tmp_path / "f.st"),
+                                                                   setup["target"], tmp_path / "full")))
+    small = AutoModelForCausalLM.from_pretrained(str(unpack_drafter(packed, setup["target"], tmp_path / "small")))
+    assert small.config.vocab_size == 64
+    assert small.lm_head.weight.data_ptr() == small.model.embed_tokens.weight.data_ptr()  # still tied
+    ids = torch.tensor([kept[[3, 10, 5, 0, 40]].tolist()])
+    with torch.no_grad():
+        want = full(ids).logits[..., torch.as_tensor(kept)]
+        got = small(torch.tensor([[3, 10, 5, 0, 40]])).logits  # the same tokens, renumbered
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(EdgegenError, match="head vocabulary"):
+        pack_drafter(setup["run"], tmp_path / "x.safetensors", head_vocab=0)
+
+
 def test_mismatched_vocab_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
     from edgegen.cli import main
     from edgegen.manifest import Manifest

@@ -32,8 +32,8 @@ class TinyLM:
 
     backend, device = "numpy", "CPU"
 
-    def __init__(self, seed: int, sharpness: float) -> None:
-        self._seed, self._sharpness = seed, sharpness
+    def __init__(self, seed: int, sharpness: float, vocab: int = VOCAB) -> None:
+        self._seed, self._sharpness, self._vocab = seed, sharpness, vocab
         self.tokens: list[int] = []
         self.max_length = 64
 
@@ -43,7 +43,7 @@ class TinyLM:
 
     def _logits(self, prefix: tuple[int, ...]) -> np.ndarray:
         rng = np.random.default_rng([self._seed, *prefix])
-        return (rng.normal(size=VOCAB) * self._sharpness).astype(np.float32)
+        return (rng.normal(size=self._vocab) * self._sharpness).astype(np.float32)
 
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
         out = []
@@ -119,6 +119,26 @@ def test_speculative_sampling_matches_ar_exactly(config: SamplingConfig) -> None
     expected = exact_ar_distribution(config)
     assert chi_square_pvalue(sample_first_tokens(Autoregressive, config, RUNS), expected, RUNS) > 1e-3
     assert chi_square_pvalue(sample_first_tokens(model_drafter_strategy, config, RUNS), expected, RUNS) > 1e-3
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["plain", "top-p+penalty"])
+def test_reduced_head_drafter_is_lossless(config: SamplingConfig) -> None:
+    # A drafter whose head holds 3 of the 5 tokens (its token i is the target's [4, 0, 2][i]): it can
+    # never propose tokens 1 and 3, and feeds them in as its token 0; the output must still be AR's.
+    def reduced() -> Speculative:
+        drafter = ModelDrafter(TinyLM(seed=2, sharpness=1.0, vocab=3), head_vocab=np.array([4, 0, 2]),
+                               target_vocab=VOCAB)
+        return Speculative(drafter, num_draft_tokens=2, adaptive=False)
+
+    counts = sample_first_tokens(reduced, config, RUNS)
+    assert chi_square_pvalue(counts, exact_ar_distribution(config), RUNS) > 1e-3
+    request = DecodeRequest(TinyLM(seed=1, sharpness=1.5), list(PROMPT), Sampler(SamplingConfig(seed=0)), 12)
+    produced = 0
+    for new in reduced().decode(request):  # the loop's consumer decides when to stop
+        produced += len(new)
+        if produced >= 12:
+            break
+    assert request.counters.draft_accepted > 0  # its drafts, renumbered, were really used
 
 
 def test_prompt_lookup_sampling_matches_ar_exactly() -> None:

@@ -26,6 +26,7 @@ from edgegen.bench.runner import (
     prepare_folder,
     run_precision,
 )
+from edgegen.drafter import DEFAULT_DRAFT, default_drafter_model
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 
@@ -41,15 +42,18 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     at its own precision), or a Hugging Face folder / .gguf (exported per precision). weights: the
     precisions to export and compare (default int8; ignored for an exported folder). limit: the first
     N prompts of each set only (quick runs). strategy: "ar", or "speculative" (with ``draft``, an exported
-    draft model folder) / "prompt-lookup" to compare edgegen's speculative decoding with its own AR,
-    the AR anchors and openvino-genai's pipeline for the same strategy; ``options`` go to the strategy.
+    draft model folder; the default model's shipped drafter when omitted) / "prompt-lookup" to compare
+    edgegen's speculative decoding with its own AR, the AR anchors and openvino-genai's pipeline for
+    the same strategy; ``options`` go to the strategy.
     """
     if new_tokens < 2:
         raise EdgegenError(f"--new-tokens must be >= 2 (the decode rate needs two tokens), got {new_tokens}")
     if repeats < 1 or warmup < 0:
         raise EdgegenError("--repeats must be >= 1 and --warmup >= 0")
-    if strategy == "speculative" and draft is None:
-        raise EdgegenError("--strategy speculative needs --draft DIR (an exported draft model)")
+    if strategy == "speculative" and draft in (None, DEFAULT_DRAFT):
+        if draft is None and model not in (None, "default"):
+            raise EdgegenError("--strategy speculative needs --draft DIR (an exported draft model) for this model")
+        draft = str(default_drafter_model())  # the drafter shipped with the default model
     if draft is not None and exported_folder(draft) is None:
         raise EdgegenError(f"draft model {draft} is not an exported model folder (no edgegen.json)")
     chosen = load_prompts(prompts, limit)

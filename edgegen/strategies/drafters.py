@@ -70,21 +70,37 @@ class ModelDrafter:
 
     Its KV cache follows the accepted sequence: after each verification it is trimmed to the longest
     prefix it shares with the new context, and the next proposal feeds only what it has not seen.
+
+    ``head_vocab`` (a reduced drafter head: its token i is the target's ``head_vocab[i]``): context ids
+    are renumbered on the way in (an id outside it feeds token 0's row, the most frequent token by the
+    pack's ordering) and logits are spread back over the target's ``target_vocab`` on the way out, so
+    proposals and their distributions q are always in the target's ids.
     """
 
-    def __init__(self, session: Session, confidence: float = 0.0) -> None:
+    def __init__(self, session: Session, confidence: float = 0.0, head_vocab: np.ndarray | None = None,
+                 target_vocab: int | None = None) -> None:
         self.session = session
         self.confidence = confidence  # stop drafting when the drafter's top probability falls below
-        self._fed: list[int] = []  # tokens in the drafter's cache, in order
+        self._fed: list[int] = []  # tokens in the drafter's cache, in order (target ids)
+        self._head = None if head_vocab is None else np.asarray(head_vocab, dtype=np.int64)
+        if self._head is not None:
+            self._to_draft = np.zeros(int(target_vocab or self._head.max() + 1), dtype=np.int64)
+            self._to_draft[self._head] = np.arange(len(self._head))
+            self._full = np.full(len(self._to_draft), -np.inf, dtype=np.float32)
 
     def begin(self, prompt_ids: list[int]) -> None:
         self.session.reset()
         self._fed = []
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
-        logits = self.session.forward(np.asarray(tokens, np.int64), last_only=True)
+        ids = np.asarray(tokens, np.int64)
+        logits = self.session.forward(ids if self._head is None else self._to_draft[ids], last_only=True)
         self._fed.extend(tokens)
-        return logits[-1]
+        if self._head is None:
+            return logits[-1]
+        full = self._full.copy()  # tokens the head lacks get probability 0
+        full[self._head] = logits[-1]
+        return full
 
     def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
         if max_tokens <= 0:

@@ -17,12 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgegen.errors import EdgegenError
 from edgegen.export.pipeline import atomic_folder
 
 PACK_FORMAT = "edgegen-drafter/1"
 PACK_DTYPES = ("float16", "bfloat16", "float32", "int8")
 INT8_BLOCK = 32  # weights per fp16 scale in an int8 pack
+HEAD_VOCAB_KEY = "head_vocab"  # in a pack: the target ids a reduced drafter head keeps (int32, most frequent first)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                     "generation_config.json")
 
@@ -40,10 +43,16 @@ def _checkpoint_dir(path: Path) -> Path:
     raise EdgegenError(f"{path} is not a drafter checkpoint or training folder (no complete ckpt-* inside)")
 
 
-def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16") -> Path:
+def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16",
+                 head_vocab: int | None = None) -> Path:
     """Store the trained (non-shared) weights of `checkpoint` (a ckpt-* folder or a training folder: its
     latest checkpoint) in `out_file` (safetensors, `dtype`), with the recipe and target facts as metadata.
-    ``dtype="int8"`` stores matrices as int8 blocks of 32 with one fp16 scale each (vectors as fp16)."""
+    ``dtype="int8"`` stores matrices as int8 blocks of 32 with one fp16 scale each (vectors as fp16).
+
+    ``head_vocab``: keep only the N most frequent tokens of the run's training data (corpus and target
+    generations, equally weighted) in the drafter's embedding and tied output head. The head is most of a
+    2-layer drafter's cost; the target still verifies over the whole vocabulary, so output stays exact."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     if dtype not in PACK_DTYPES:
@@ -51,6 +60,12 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     ckpt = _checkpoint_dir(Path(checkpoint))
     meta = json.loads((ckpt / "meta.json").read_text())
     tensors = _encode(load_file(str(ckpt / "trainable.safetensors")), dtype)
+    if head_vocab is not None:
+        run = ckpt.parent
+        tokenizers = [run / "target-hf" / "tokenizer.json", Path(str(meta.get("target_spec"))) / "tokenizer.json"]
+        kept = frequent_tokens(run, meta["target"]["target_vocab_size"], head_vocab,
+                               next((t for t in tokenizers if t.is_file()), None))
+        tensors[HEAD_VOCAB_KEY] = torch.from_numpy(kept.astype(np.int32))
     info = {"format": PACK_FORMAT, "dtype": dtype, "checkpoint": ckpt.name, "target_spec": meta.get("target_spec"),
             "layer_map": meta["layer_map"], "recipe": meta["recipe"], "evals": meta.get("evals", [])[-3:],
             "tokens_seen": meta.get("tokens_seen"), **meta["target"]}
@@ -63,6 +78,48 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: a shipped or shared file must stay readable
     os.replace(tmp, out_file)
     return out_file
+
+
+def frequent_tokens(run_dir: Path, vocab_size: int, n: int, tokenizer: Path | None = None) -> np.ndarray:
+    """The `n` most frequent token ids of a training run's corpus and target generations, most frequent
+    first; the tokenizer's added (special) tokens are always kept (last), so EOS and the chat markers stay
+    draftable."""
+    from edgegen.export.drafter.corpus import CORPUS_DIR
+    from edgegen.export.drafter.gendata import GEN_DIR, load_generations
+
+    if not 1 <= n <= vocab_size:
+        raise EdgegenError(f"head vocabulary must be within [1, {vocab_size}] tokens, got {n}")
+    train = Path(run_dir) / CORPUS_DIR / "train.npy"
+    if not train.is_file():
+        raise EdgegenError(f"{run_dir} has no training corpus to rank tokens by (pack from the training folder)")
+    weight = np.bincount(np.load(train), minlength=vocab_size).astype(np.float64)
+    weight /= max(weight.sum(), 1.0)
+    gens, _, _ = load_generations(Path(run_dir) / GEN_DIR, val_every=10) if (Path(run_dir) / GEN_DIR).is_dir() \
+        else ([], [], {})
+    if gens:
+        counts = sum(np.bincount(np.asarray(ids[p:]), minlength=vocab_size) for ids, p in gens).astype(np.float64)
+        weight += counts / max(counts.sum(), 1.0)
+    added = json.loads(Path(tokenizer).read_text()).get("added_tokens", []) if tokenizer else []
+    special = np.array(sorted({t["id"] for t in added if t["id"] < vocab_size}), dtype=np.int64)
+    if len(special) >= n:
+        raise EdgegenError(f"head vocabulary of {n} tokens leaves no room beside the {len(special)} special tokens")
+    order = np.argsort(-weight, kind="stable")
+    return np.concatenate([order[~np.isin(order, special)][: n - len(special)], special])
+
+
+def shrink_vocab(model: Any, kept: Any) -> None:
+    """Keep only the rows `kept` of a tied embedding/head model, in place (the config's vocab_size follows)."""
+    import torch
+
+    if not model.config.tie_word_embeddings:
+        raise EdgegenError("a reduced drafter head needs tied embeddings (the head is the embedding's rows)")
+    idx = torch.as_tensor(np.asarray(kept), dtype=torch.long)
+    rows = model.get_input_embeddings().weight.detach()[idx].clone()
+    emb = torch.nn.Embedding(len(idx), rows.shape[1], _weight=rows)
+    model.set_input_embeddings(emb)
+    model.lm_head = torch.nn.Linear(rows.shape[1], len(idx), bias=False)
+    model.config.vocab_size = len(idx)
+    model.tie_weights()
 
 
 def _encode(tensors: dict[str, Any], dtype: str) -> dict[str, Any]:
@@ -88,7 +145,7 @@ def _decode(tensors: dict[str, Any]) -> dict[str, Any]:
 
     out = {}
     for k, v in tensors.items():
-        if k.endswith(".scale"):
+        if k.endswith(".scale") or k == HEAD_VOCAB_KEY:
             continue
         if k.endswith(".q8"):
             scale = tensors[k[: -len(".q8")] + ".scale"].float()
@@ -143,6 +200,8 @@ def unpack_drafter(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: st
     if mapping != info["layer_map"]:
         raise EdgegenError(f"the target has another depth than the drafter's ({mapping} vs {info['layer_map']})")
     load_trainable(student, _decode(tensors))
+    if HEAD_VOCAB_KEY in tensors:
+        shrink_vocab(student, tensors[HEAD_VOCAB_KEY].numpy())
     student.eval()
     return save_hf_folder(student, target_hf_dir, out_hf_dir)
 
@@ -185,11 +244,23 @@ def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str |
         tinfo = resolve_target(spec, Path(cache_dir) if cache_dir else work)
         name = f"{tinfo.name}-drafter-{info['recipe']['layers']}L"
         hf = unpack_drafter(packed, tinfo.hf_dir, work / name)
-        export_rebuilt(hf, work, out, {"drafter": drafter_extras(info)}, formats=formats, weights=weights, sym=sym,
+        extras = drafter_extras(info)
+        kept = _head_vocab(packed)
+        if kept is not None:
+            extras["head_vocab"] = kept  # the graph's token i is the target's token kept[i]
+            quality_gate = False  # the gate scores text through the target's ids, which this graph renumbers
+        export_rebuilt(hf, work, out, {"drafter": extras}, formats=formats, weights=weights, sym=sym,
                        quality_gate=quality_gate, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _head_vocab(packed: Path) -> list[int] | None:
+    from safetensors import safe_open
+
+    with safe_open(str(packed), framework="np") as f:
+        return f.get_tensor(HEAD_VOCAB_KEY).tolist() if HEAD_VOCAB_KEY in f.keys() else None
 
 
 def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name: str | None = None,
@@ -225,7 +296,8 @@ def check_drafter_compat(drafter: Any, target: Any) -> None:
     facts = d.extras.get("drafter")
     if not isinstance(facts, dict):
         raise EdgegenError(f"model '{d.name}' is not a drafter (no extras.drafter in its manifest)")
-    if facts.get("target_vocab_size") != t.vocab_size or d.vocab_size != t.vocab_size:
+    own_vocab = len(facts["head_vocab"]) if facts.get("head_vocab") else t.vocab_size
+    if facts.get("target_vocab_size") != t.vocab_size or d.vocab_size != own_vocab:
         raise EdgegenError(f"drafter '{d.name}' has a vocabulary of {facts.get('target_vocab_size')} tokens; "
                            f"target '{t.name}' has {t.vocab_size}")
     if not isinstance(target, Manifest):
