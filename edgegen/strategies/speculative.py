@@ -34,6 +34,7 @@ class DraftLength:
         self.decay, self.idle_decay = decay, idle_decay  # per drafted step; per plain step (slow retries)
         self._accepted, self._rejected = 0.0, 0.0  # decayed counts
         self._forward_s: dict[int, float] = {}  # rows -> smoothed seconds of one target forward
+        self._line: tuple[float, float] | None = None  # (slope, intercept) through _forward_s; None: refit
         self._draft_s = 0.0  # smoothed drafter seconds per drafted token
         self.current = initial
 
@@ -50,8 +51,10 @@ class DraftLength:
         if len(counts) < 2:  # one measurement: assume each extra row costs a tenth of it
             base = self._forward_s.get(counts[0], 1.0) if counts else 1.0
             return base * (1 + 0.1 * (rows - (counts[0] if counts else 1)))
-        slope, intercept = np.polyfit(counts, [self._forward_s[c] for c in counts], 1)
-        return max(float(intercept + max(slope, 0.0) * rows), 1e-6)
+        if self._line is None:  # refit once per recorded step, not once per candidate length
+            slope, intercept = np.polyfit(counts, [self._forward_s[c] for c in counts], 1)
+            self._line = (max(float(slope), 0.0), float(intercept))
+        return max(self._line[1] + self._line[0] * rows, 1e-6)
 
     def choose(self, room: int) -> int:
         """Draft length for the next step, at most ``room``."""
@@ -74,6 +77,7 @@ class DraftLength:
         self._rejected = decay * self._rejected + (accepted < proposed)
         old = self._forward_s.get(rows)
         self._forward_s[rows] = forward_s if old is None else 0.8 * old + 0.2 * forward_s
+        self._line = None
         if proposed:
             per_token = draft_s / proposed
             self._draft_s = per_token if self._draft_s == 0.0 else 0.8 * self._draft_s + 0.2 * per_token
