@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.files import publish_file
 from edgegen.tokenizer import TextTokenizer
 
 FORMAT = "edgegen-ngram"
@@ -688,10 +689,7 @@ def _atomic_write(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
             _write_aligned_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared store from other users
-        os.replace(tmp, out)
+        publish_file(tmp, out)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):

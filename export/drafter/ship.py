@@ -21,6 +21,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.export.pipeline import atomic_folder
+from edgegen.files import publish_file
 
 PACK_FORMAT = "edgegen-drafter/1"
 PACK_DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -73,10 +74,7 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     save_file(tensors, str(tmp), metadata={"edgegen_drafter": json.dumps(info, sort_keys=True)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: a shipped or shared file must stay readable
-    os.replace(tmp, out_file)
+    publish_file(tmp, out_file)
     return out_file
 
 

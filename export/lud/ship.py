@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
+from edgegen.files import publish_file
 
 PACK_FORMAT = "edgegen-lud/1"  # placeholder rows only
 PACK_FORMAT_LORA = "edgegen-lud/2"  # + LoRA adapters: tensors "lora/<module path>/A" (r, in) and ".../B" (out, r)
@@ -70,10 +70,7 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     save_file(tensors, str(tmp), metadata={"edgegen_lud": json.dumps(info, sort_keys=True)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # a shippable file: the umask's permissions
-    os.replace(tmp, out_file)
+    publish_file(tmp, out_file)
     return out_file
 
 
