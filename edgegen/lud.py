@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import sys
-from importlib import resources
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import is_model_folder, read_manifest
-from edgegen.models import DEFAULT_MODEL_NAME, cache_dir
+from edgegen.models import DEFAULT_MODEL_NAME, build_shipped, cache_dir, shipped_file
 
 LUD_DEFAULT = "default-lud"  # the model name that selects it (load(model="default-lud"), --model default-lud)
 SHIPPED_DELTA = "lud-smollm2-135m.safetensors"  # in edgegen/data
@@ -17,8 +15,10 @@ SHIPPED_DELTA = "lud-smollm2-135m.safetensors"  # in edgegen/data
 
 def shipped_delta_sha256() -> str | None:
     """sha256 of the LUD delta inside the package (None when this install lacks it)."""
-    path = Path(str(resources.files("edgegen").joinpath("data", SHIPPED_DELTA)))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    try:
+        return hashlib.sha256(shipped_file(SHIPPED_DELTA).read_bytes()).hexdigest()
+    except EdgegenError:
+        return None
 
 
 def is_current(folder: Path) -> bool:
@@ -39,12 +39,10 @@ def default_lud_model(profile: str = "cpu", progress: bool = True) -> Path:
     out = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-lud" / profile
     if is_current(out):
         return out
-    try:
+
+    def build() -> Path:
         from edgegen.export.lud import export_default_lud
-    except ImportError as e:
-        raise EdgegenError(f"building the LUD-tuned default model needs the export extras ({e.name} is missing): "
-                           "pip install 'edgegen[export]'") from None
-    if progress:
-        what = "rebuilding (its shipped delta changed)" if is_model_folder(out) else "building"
-        print(f"[edgegen] {what} the LUD-tuned default model into {out} (once)", file=sys.stderr)
-    return export_default_lud(out, progress=progress)
+
+        return export_default_lud(out, progress=progress)
+
+    return build_shipped(out, "the LUD-tuned default model", build, progress, rebuild=is_model_folder(out))

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgegen")
 
 
-def export(source: str | Path | None, out: Path, **options: Any) -> Path:
-    """Run the exporter, turning a missing export dependency into one clear line."""
+def with_export_extras(what: str, build: Callable[[], Path]) -> Path:
+    """Run an export step, turning a missing export dependency into one clear line."""
     try:
+        return build()
+    except ImportError as e:
+        raise EdgegenError(f"{what} needs the export extras ({e.name} is missing): "
+                           "pip install 'edgegen[export]'") from None
+
+
+def export(source: str | Path | None, out: Path, **options: Any) -> Path:
+    """Run the exporter (export extras needed)."""
+
+    def run() -> Path:
         from edgegen.export import export_model
 
         return export_model(source, out, **options)
-    except ImportError as e:
-        raise EdgegenError(f"exporting a model needs the export extras ({e.name} is missing): "
-                           "pip install 'edgegen[export]'") from None
+
+    return with_export_extras("exporting a model", run)
+
+
+def shipped_file(name: str) -> Path:
+    """A file that ships inside the package (edgegen/data): the default model's drafter or LUD delta."""
+    path = Path(str(resources.files("edgegen").joinpath("data", name)))
+    if not path.is_file():
+        raise EdgegenError(f"this edgegen install lacks {name} (edgegen/data)")
+    return path
+
+
+def build_shipped(out: Path, what: str, build: Callable[[], Path], progress: bool = True,
+                  rebuild: bool = False) -> Path:
+    """Build a model from files the package ships (it is exported into the cache once) with a progress line."""
+    if progress:
+        print(f"[edgegen] {'rebuilding' if rebuild else 'building'} {what} into {out} (once)", file=sys.stderr)
+    return with_export_extras(f"building {what}", build)
 
 
 def _export(source: str | None, out: Path, profile: DeviceProfile, embeddings: bool = False) -> Path:

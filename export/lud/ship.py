@@ -100,7 +100,10 @@ def read_packed_lud(packed: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def read_packed_lora(packed: str | Path) -> dict[str, tuple[Any, Any]]:
     """{module path: (A (r, in), B (out, r)) as fp32} of a packed LUD delta ({} for a placeholder-only one)."""
-    tensors, _ = _read(packed)
+    return _lora(_read(packed)[0])
+
+
+def _lora(tensors: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     modules = sorted({k.split("/")[1] for k in tensors if k.startswith("lora/")})
     return {mod: (tensors[f"lora/{mod}/A"].float(), tensors[f"lora/{mod}/B"].float()) for mod in modules}
 
@@ -128,8 +131,8 @@ def merge_lud(packed: str | Path, target_hf_dir: str | Path, out_hf_dir: str | P
     from edgegen.export.drafter.model import load_teacher
     from edgegen.export.drafter.ship import check_target_facts, save_hf_folder
 
-    rows, info = read_packed_lud(packed)
-    lora = read_packed_lora(packed)
+    tensors, info = _read(packed)  # once: the rows and the adapters
+    rows, lora = tensors["placeholder_embeds"], _lora(tensors)
     target_hf_dir = Path(target_hf_dir).expanduser()
     check_target_facts(info, target_hf_dir)  # same vocabulary and tokenizer, or the ids mean other tokens
     model = load_teacher(target_hf_dir)
@@ -191,12 +194,10 @@ def delta_sha256(packed: str | Path) -> str:
 
 def shipped_delta() -> Path:
     """The LUD delta of the default model that ships inside the package (edgegen/data)."""
-    from importlib import resources
+    from edgegen.lud import SHIPPED_DELTA
+    from edgegen.models import shipped_file
 
-    path = Path(str(resources.files("edgegen").joinpath("data", "lud-smollm2-135m.safetensors")))
-    if not path.is_file():
-        raise EdgegenError(f"this edgegen install lacks the default model's LUD delta ({path})")
-    return path
+    return shipped_file(SHIPPED_DELTA)
 
 
 def export_default_lud(out_dir: str | Path, *, progress: bool = True) -> Path:
