@@ -237,28 +237,20 @@ def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str |
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.drafter-", dir=_mkparent(out)))
     try:
         packed = src if src.is_file() else pack_drafter(src, work / "drafter.safetensors")
-        _, info = read_packed(packed)
+        tensors, info = read_packed(packed)
         spec = target or info.get("target_spec") or "default"
         tinfo = resolve_target(spec, Path(cache_dir) if cache_dir else work)
         name = f"{tinfo.name}-drafter-{info['recipe']['layers']}L"
         hf = unpack_drafter(packed, tinfo.hf_dir, work / name)
         extras = drafter_extras(info)
-        kept = _head_vocab(packed)
-        if kept is not None:
-            extras["head_vocab"] = kept  # the graph's token i is the target's token kept[i]
+        if HEAD_VOCAB_KEY in tensors:  # the graph's token i is the target's token head_vocab[i]
+            extras["head_vocab"] = tensors[HEAD_VOCAB_KEY].tolist()
             quality_gate = False  # the gate scores text through the target's ids, which this graph renumbers
         export_rebuilt(hf, work, out, {"drafter": extras}, formats=formats, weights=weights, sym=sym,
                        quality_gate=quality_gate, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _head_vocab(packed: Path) -> list[int] | None:
-    from safetensors import safe_open
-
-    with safe_open(str(packed), framework="np") as f:
-        return f.get_tensor(HEAD_VOCAB_KEY).tolist() if HEAD_VOCAB_KEY in f.keys() else None
 
 
 def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name: str | None = None,
