@@ -36,6 +36,30 @@ def test_trim_rolls_back_exactly(backend: str, fp32_model: Path) -> None:
     assert (rolled.argmax(-1) == straight.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("window", [None, 40])
+def test_openvino_rollbacks_masked_then_compacted(window: int | None, fp32_model: Path) -> None:
+    # OpenVINO keeps rolled-back slots in its state, masked out, and rewrites the state after 128 of them
+    # (or before a sliding window would count them): 50 steps of 1 kept + 3 rolled-back tokens cross both.
+    session = open_session(fp32_model, read_manifest(fp32_model), "openvino")
+    session._window = window  # a llama has none: 40 forces the sliding-window compaction path
+    prompt, kept = _ids(12), _ids(50, seed=3)
+    straight = session.forward(np.concatenate([prompt, kept]))[len(prompt) - 1:]
+
+    session.reset()
+    rows = [session.forward(prompt)[-1:]]
+    most_dead = 0
+    for i, token in enumerate(kept):
+        rows.append(session.forward(np.concatenate([[token], _ids(3, seed=10 + i)]))[:1])
+        session.trim(len(prompt) + i + 1)
+        most_dead = max(most_dead, len(session._slots) - session.position)
+    assert session.position == len(prompt) + len(kept)
+    assert most_dead >= (3 if window else 120)  # the masked path really ran
+    assert len(session._slots) - session.position < 128  # and the state was compacted
+    rolled = np.concatenate(rows)
+    np.testing.assert_allclose(rolled, straight, atol=ATOL)
+    assert (rolled.argmax(-1) == straight.argmax(-1)).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_incremental_equals_one_pass_beyond_initial_capacity(backend: str, fp32_model: Path) -> None:
     # 530 tokens crosses the ONNX session's first KV allocation (512 slots), forcing a regrow.
