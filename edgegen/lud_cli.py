@@ -73,12 +73,14 @@ def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: i
               help="Training folder, ckpt-* folder or packed delta (.safetensors).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
 @click.option("--target", default=None, help="Target it was trained for (default: the recorded one).")
+@click.option("--weights", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="int8", show_default=True,
+              help="Weight precision (int8/int4 symmetric, as `edgegen bench` exports the base).")
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
-def lud_export(checkpoint: str, out: str, target: str | None, no_quality_gate: bool) -> None:
-    """Merge the placeholder rows into the target and export ONNX + OpenVINO (int8) with extras.lud."""
+def lud_export(checkpoint: str, out: str, target: str | None, weights: str, no_quality_gate: bool) -> None:
+    """Merge the placeholder rows into the target and export ONNX + OpenVINO with extras.lud."""
     from edgegen.export.lud import export_lud
 
-    path = export_lud(checkpoint, out, target=target, quality_gate=not no_quality_gate)
+    path = export_lud(checkpoint, out, target=target, weights=weights, quality_gate=not no_quality_gate)
     click.echo(f"exported the LUD-tuned model to {path}")
 
 
