@@ -204,9 +204,11 @@ def devices() -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
 @click.option("--no-baselines", is_flag=True, help="Skip openvino-genai and onnxruntime-genai.")
 @click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "superposed"]), default="ar",
-              show_default=True, help="Also run this speculative strategy (edgegen's and openvino-genai's); "
-              "superposed: k drafts against k nucleus samples, speed and quality (docs/superposed.md).")
+@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "superposed", "lexical"]),
+              default="ar", show_default=True, help="Also run this speculative strategy (edgegen's and "
+              "openvino-genai's); superposed: k drafts against k nucleus samples, speed and quality "
+              "(docs/superposed.md); lexical: the LUD-tuned model (--model default: the shipped one) against AR of "
+              "the base and tuned models on both backends, speed and quality (docs/lud.md; sweeps: edgegen lud bench).")
 @click.option("--draft", default=None,
               help="Exported draft model folder (--strategy speculative; default: the default model's shipped one).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length of edgegen's strategy.")
@@ -229,6 +231,14 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
         run_superposed_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens,
                              num_drafts=num_drafts, limit=limit, out=Path(out), warmup=warmup,
                              command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo, **extra)
+        return
+    if strategy == "lexical":
+        from edgegen.bench.lud import run_lud_bench
+
+        for backend in ("onnxruntime", "openvino"):
+            run_lud_bench("default-lud" if model == "default" else model, prompts=prompts, limit=limit,
+                          new_tokens=new_tokens, warmup=warmup, backend=backend, out=Path(out) / f"lexical-{backend}",
+                          command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
         return
     options = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,

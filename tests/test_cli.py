@@ -87,6 +87,11 @@ def test_bad_options_are_one_clear_line(args: list[str], needle: str, int8_model
     assert_one_line_error(edgegen("run", "--model", str(int8_model), *args, "hello"), needle)
 
 
+def test_bench_lexical_needs_a_lud_model(int8_model: Path, tmp_path: Path) -> None:
+    proc = edgegen("bench", "--strategy", "lexical", "--model", str(int8_model), "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "is not an exported LUD-tuned model")
+
+
 def test_empty_prompt(int8_model: Path) -> None:
     assert_one_line_error(edgegen("run", "--model", str(int8_model), "   "), "prompt is empty")
 
