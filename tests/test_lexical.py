@@ -17,7 +17,7 @@ from edgegen.sampling import Sampler, SamplingConfig
 from edgegen.strategies import make_strategy
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
-from edgegen.strategies.lexical import Lexical
+from edgegen.strategies.lexical import Lexical, repeats
 
 REAL = 6  # real tokens 0..5
 PIDS = [6, 7, 8]
@@ -153,13 +153,20 @@ def test_adaptive_keeps_good_placeholders_and_stays_exact() -> None:
 
 def test_repetition_control_ends_a_unit() -> None:
     strategy = Lexical(threshold=0.0)
-    row = np.full(VOCAB, -30.0, np.float32)
-    row[2] = 5.0
     sampler = Sampler(SamplingConfig())
-    assert strategy._unit(np.stack([row, row]), [1], 3, sampler, 0.0, 5) == [2]  # 2, 2: the second ends it
-    assert strategy._unit(np.stack([row]), [1], 2, sampler, 0.0, 5) == []  # repeats the last token
-    assert Lexical(threshold=0.0, repetition_control=False)._unit(np.stack([row, row]), [1], 2, sampler, 0.0,
-                                                                   5) == [2, 2]
+
+    def rows(*tokens: int) -> np.ndarray:
+        out = np.full((len(tokens), VOCAB), -30.0, np.float32)
+        out[np.arange(len(tokens)), tokens] = 5.0
+        return out
+
+    assert strategy._unit(rows(2, 2), [1, 3], sampler, 0.0, 5) == [2]  # 2, 2: the second ends it
+    assert strategy._unit(rows(2), [1, 2], sampler, 0.0, 5) == []  # repeats the last token
+    assert strategy._unit(rows(5, 6, 5), [4, 5, 6], sampler, 0.0, 5) == [5]  # then 6 would say "5 6" twice
+    assert strategy._unit(rows(4, 5, 4, 5), [1, 2, 3], sampler, 0.0, 5) == [4, 5, 4]  # not 3 4 5 4 5: 4 5 4 5
+    assert strategy._unit(rows(5, 6, 7, 8), [1, 2, 3], sampler, 0.0, 5) == [5, 6, 7, 8]  # no repeat: all kept
+    assert Lexical(threshold=0.0, repetition_control=False)._unit(rows(2, 2), [1, 2], sampler, 0.0, 5) == [2, 2]
+    assert repeats([9, *range(8)] + list(range(8))) and not repeats(list(range(9)) * 2)  # blocks of 1..8 only
 
 
 def test_verified_sampling_is_seeded() -> None:

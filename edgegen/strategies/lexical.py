@@ -3,8 +3,9 @@
 Each step feeds the tokens not yet in the cache followed by m placeholder ids P_1..P_m (the model's manifest
 records them in `extras["lud"]`). The last real row gives the unit's first token as in AR; P_j's row predicts
 the unit's (j+1)-th token. Adaptive span acceptance keeps the leading placeholder predictions whose
-probability exceeds `threshold`; repetition control ends the unit at a token equal to the one before it (the
-typical failure of parallel placeholders). The placeholders' cache entries are dropped after every step.
+probability exceeds `threshold`; repetition control ends the unit at a token that would close a block of 1-8
+tokens said twice in a row ("x x", "a b a b": the typical failure of parallel placeholders, which otherwise feed
+a loop they then predict confidently). The placeholders' cache entries are dropped after every step.
 
 `verified=True` feeds the unit's tokens as a draft in the next step instead of trusting them: its rows check
 each one against the model's own next-token choice (edgegen.strategies.verify), so greedy output equals AR
@@ -42,6 +43,11 @@ def placeholder_ids(target: Session) -> tuple[list[int], float]:
     return [int(i) for i in lud["placeholder_ids"]], float(lud.get("default_threshold", 0.7))
 
 
+def repeats(tokens: list[int], longest: int = 8) -> bool:
+    """True when ``tokens`` ends with a block of 1..``longest`` tokens said twice in a row."""
+    return any(tokens[-p:] == tokens[-2 * p:-p] for p in range(1, min(longest, len(tokens) // 2) + 1))
+
+
 def confidence(row: np.ndarray, token: int) -> float:
     """The model's own probability of ``token`` (softmax at temperature 1, no sampling transforms)."""
     z = row.astype(np.float64) - float(row.max())
@@ -70,17 +76,20 @@ class Lexical:
                                "was trained with")
         return ids[:span], default if self.threshold is None else self.threshold
 
-    def _unit(self, rows: np.ndarray, context: list[int], last: int, sampler: Sampler, threshold: float,
+    def _unit(self, rows: np.ndarray, context: list[int], sampler: Sampler, threshold: float,
               room: int) -> list[int]:
-        """Adaptive span acceptance over the placeholder rows: the leading confident, non-repeating tokens."""
+        """Adaptive span acceptance over the placeholder rows: the leading confident, non-repeating tokens.
+
+        ``context`` is every token so far (prompt and output, ending with the unit's first token)."""
         unit: list[int] = []
+        recent = context[-16:]  # all that repetition control looks at
         for row in rows[:room]:
             if 1.0 / np.exp(row.astype(np.float64) - float(row.max())).sum() <= threshold:
                 break  # even the top token is not confident enough: skip the full sampling transforms
             ctx = context + unit
             # A verified draft must be deterministic (q one-hot); an unverified unit follows the sampler.
             token = int(np.argmax(sampler.distribution(row, ctx))) if self.verified else sampler.pick(row, ctx)
-            if confidence(row, token) <= threshold or (self.repetition_control and token == (unit or [last])[-1]):
+            if confidence(row, token) <= threshold or (self.repetition_control and repeats(recent + unit + [token])):
                 break
             unit.append(token)
         return unit
@@ -113,7 +122,7 @@ class Lexical:
             history.extend(new)
             produced += len(new)
             room = request.max_new_tokens - produced if complete else 0
-            unit = self._unit(out[fed:fed + m], history, new[-1], sampler, threshold, room)
+            unit = self._unit(out[fed:fed + m], history, sampler, threshold, room)
             if self.verified:
                 length.update(len(draft), len(new) - 1, fed + m, forward_s, 0.0)
                 target.trim(base + fed - len(draft) + len(new) - 1)  # pending + accepted draft stay cached
