@@ -64,7 +64,7 @@ def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: i
     cfg.validate()
     summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     model = f"; model {summary['model']}" if "model" in summary else ""
-    click.echo(f"trained LUD ({trainable}) in {summary['out']} ({summary['tokens_seen']} tokens, "
+    click.echo(f"trained LUD ({summary['recipe']['trainable']}) in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s){model}")
 
 
