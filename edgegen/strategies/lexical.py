@@ -48,12 +48,6 @@ def repeats(tokens: list[int], longest: int = 8) -> bool:
     return any(tokens[-p:] == tokens[-2 * p:-p] for p in range(1, min(longest, len(tokens) // 2) + 1))
 
 
-def confidence(row: np.ndarray, token: int) -> float:
-    """The model's own probability of ``token`` (softmax at temperature 1, no sampling transforms)."""
-    z = row.astype(np.float64) - float(row.max())
-    return float(np.exp(z[token]) / np.exp(z).sum())
-
-
 class Lexical:
     """LUD decoding on a LUD-tuned model: `threshold` in [0, 1] (None: the model's default), `span` = m."""
 
@@ -84,12 +78,15 @@ class Lexical:
         unit: list[int] = []
         recent = context[-16:]  # all that repetition control looks at
         for row in rows[:room]:
-            if 1.0 / np.exp(row.astype(np.float64) - float(row.max())).sum() <= threshold:
+            # the model's own probabilities (softmax at temperature 1, no sampling transforms), once per row
+            weights = np.exp(row.astype(np.float64) - float(row.max()))
+            total = float(weights.sum())
+            if 1.0 / total <= threshold:
                 break  # even the top token is not confident enough: skip the full sampling transforms
             ctx = context + unit
             # A verified draft must be deterministic (q one-hot); an unverified unit follows the sampler.
             token = int(np.argmax(sampler.distribution(row, ctx))) if self.verified else sampler.pick(row, ctx)
-            if confidence(row, token) <= threshold or (self.repetition_control and repeats(recent + unit + [token])):
+            if weights[token] / total <= threshold or (self.repetition_control and repeats(recent + unit + [token])):
                 break
             unit.append(token)
         return unit
