@@ -1,8 +1,13 @@
 """Shared fixtures: the real default model, exported once per test session.
 
 Exports are the slow part of the suite (about a minute each), so each precision is exported once
-into a session folder and shared. The int8 export goes through the real default-model path
-(GGUF -> export) and is placed where ``--model`` omitted finds it (EDGEGEN_CACHE).
+and shared. The int8 export goes through the real default-model path (GGUF -> export) and is placed
+where ``--model`` omitted finds it (EDGEGEN_CACHE).
+
+Every test that uses one of these exports (directly or through another fixture) is marked ``slow``
+here, so ``scripts/test.sh --quick`` (``-m "not slow"``) leaves out exactly the tests that export.
+``EDGEGEN_TEST_CACHE=DIR`` keeps the exports in DIR between runs (the inner loop); CI leaves it unset
+and exports into a fresh temporary folder.
 """
 
 from __future__ import annotations
@@ -14,10 +19,35 @@ import pytest
 
 from edgegen.models import DEFAULT_MODEL_NAME
 
+# Fixtures that export (or load) a real model: a test needing any of them is slow.
+EXPORTING_FIXTURES = frozenset({"hf_dir", "hf_model", "int8_model", "fp32_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXPORTING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def _persistent(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder kept between runs under $EDGEGEN_TEST_CACHE, else a fresh temporary one."""
+    root = os.environ.get("EDGEGEN_TEST_CACHE")
+    if not root:
+        return tmp_path_factory.mktemp(name)
+    path = Path(root).expanduser() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _exported(out: Path) -> bool:
+    from edgegen.manifest import is_model_folder
+
+    return is_model_folder(out)
+
 
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("edgegen-cache")
+    root = _persistent("edgegen-cache", tmp_path_factory)
     os.environ["EDGEGEN_CACHE"] = str(root)  # CLI subprocesses and load() find the exports here
     return root
 
@@ -28,7 +58,10 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer files repaired to match the GGUF metadata: no BOS, byte-level decoder)."""
     from edgegen.export.source import materialize_hf, resolve_source
 
-    return materialize_hf(resolve_source(None), tmp_path_factory.mktemp("hf") / "model")
+    out = _persistent("hf", tmp_path_factory) / "model"
+    if (out / "config.json").is_file():
+        return out
+    return materialize_hf(resolve_source(None), out)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +79,8 @@ def int8_model(cache_root: Path) -> Path:
     from edgegen.export import export_model
 
     out = cache_root / "models" / DEFAULT_MODEL_NAME / "cpu"
+    if _exported(out):
+        return out
     return export_model(None, out, profile="cpu", progress=False)
 
 
@@ -54,6 +89,8 @@ def fp32_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32 graphs of both formats, with their input-embedding graphs (about 30 s more than without)."""
     from edgegen.export import export_model
 
-    out = tmp_path_factory.mktemp("fp32") / "model"
+    out = _persistent("fp32", tmp_path_factory) / "model"
+    if _exported(out):
+        return out
     return export_model(hf_dir, out, formats=("onnx", "openvino"), weights="fp32", quality_gate=False,
                         progress=False, embeddings=True)
