@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -97,17 +98,54 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 
 
-class Sampler:
-    """Picks the next token from logits under one SamplingConfig and one random stream."""
+class Constraint(Protocol):
+    """Restricts which tokens may come next (a grammar): consulted before each pick, told each picked token.
 
-    def __init__(self, config: SamplingConfig) -> None:
+    Once the grammar is complete, ``allowed`` leaves only the end-of-sequence tokens.
+    """
+
+    def allowed(self) -> np.ndarray:
+        """Boolean mask over the vocabulary (shape (vocab,)) of the tokens the grammar allows next."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """The token that was picked (always one ``allowed`` returned)."""
+        ...
+
+
+def apply_constraint(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Logits with every disallowed token at -inf (a new array; rows beyond the mask count as disallowed)."""
+    out = np.full(logits.shape, -np.inf, np.float32)
+    n = min(allowed.size, logits.shape[-1])
+    out[:n] = np.where(allowed[:n], logits[:n], -np.inf)
+    return out
+
+
+class Sampler:
+    """Picks the next token from logits under one SamplingConfig and one random stream.
+
+    With a ``constraint``, only the tokens it allows can be picked, and each pick advances it: a
+    constrained Sampler is stateful, so it serves one sequence decoded one token at a time (AR).
+    """
+
+    def __init__(self, config: SamplingConfig, constraint: Constraint | None = None) -> None:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.constraint = constraint
 
     def distribution(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        if self.constraint is not None:
+            logits = apply_constraint(logits, self.constraint.allowed())
         return distribution(logits, history, self.config)
 
     def pick(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        if self.constraint is not None:
+            token = self._pick(apply_constraint(logits, self.constraint.allowed()), history)
+            self.constraint.advance(token)
+            return token
+        return self._pick(logits, history)
+
+    def _pick(self, logits: np.ndarray, history: Sequence[int]) -> int:
         if self.config.greedy:  # skip building the one-hot vector on the hot path
             return int(np.argmax(apply_repetition_penalty(logits, history, self.config.repetition_penalty)))
-        return sample(self.distribution(logits, history), self.rng)
+        return sample(distribution(logits, history, self.config), self.rng)

@@ -1,0 +1,134 @@
+"""Constrained decoding with llguidance: JSON schema, regex and Lark grammars as a sampling Constraint.
+
+llguidance computes, per step, a bitmask of the tokens that keep the output inside the grammar
+(NumPy API, no torch); ``GrammarConstraint`` hands it to the Sampler as a boolean mask and feeds
+back each picked token. Once the grammar is complete only end-of-sequence tokens are allowed.
+llguidance is an optional dependency (the ``serve`` extra): importing this module does not need it,
+building a constraint does.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+from edgegen.manifest import Manifest
+
+_INSTALL = "constrained decoding needs llguidance: pip install 'edgegen[serve]'"
+
+
+def _llguidance() -> Any:
+    try:
+        import llguidance
+        import llguidance.numpy
+    except ImportError:
+        raise EdgegenError(_INSTALL) from None
+    return llguidance
+
+
+def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
+    """The llguidance grammar for an OpenAI-style ``response_format``; None for plain text.
+
+    {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema": {"schema": {...}}}
+    and edgegen's own {"type": "regex", "regex": "..."} | {"type": "lark", "lark": "..."}.
+    """
+    if not isinstance(response_format, dict):
+        raise EdgegenError("response_format must be an object with a 'type'")
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    matcher = _llguidance().LLMatcher
+    if kind == "json_object":
+        return matcher.grammar_from_json_schema({"type": "object"})
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise EdgegenError("response_format json_schema needs json_schema.schema (a JSON schema object)")
+        return grammar_from_json_schema(schema)
+    if kind in ("regex", "lark"):
+        text = response_format.get(kind)
+        if not isinstance(text, str) or not text:
+            raise EdgegenError(f"response_format {kind} needs '{kind}': a non-empty string")
+        return matcher.grammar_from_regex(text) if kind == "regex" else matcher.grammar_from_lark(text)
+    raise EdgegenError(f"unknown response_format type '{kind}' (known: text, json_object, json_schema, regex, lark)")
+
+
+def grammar_from_json_schema(schema: dict[str, Any]) -> str:
+    """An llguidance grammar for JSON following ``schema``, written compactly (no free whitespace)."""
+    matcher = _llguidance().LLMatcher
+    try:
+        # Flexible whitespace lets a small model pad forever with newlines; compact JSON cannot.
+        return matcher.grammar_from_json_schema(schema, overrides={"whitespace_flexible": False})
+    except ValueError as e:
+        raise EdgegenError(f"bad JSON schema: {e}") from None
+
+
+class GrammarConstraint:
+    """One sequence's position in a grammar (an llguidance LLMatcher): the sampling Constraint."""
+
+    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int) -> None:
+        llg = _llguidance()
+        self._matcher = llg.LLMatcher(tokenizer, grammar, log_level=0)
+        if self._matcher.is_error():
+            raise EdgegenError(f"bad grammar: {self._matcher.get_error()}")
+        self._vocab = vocab_size
+        self._bitmask = llg.numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
+        self._fill = llg.numpy.fill_next_token_bitmask
+
+    def allowed(self) -> np.ndarray:
+        self._fill(self._matcher, self._bitmask)
+        self._check()
+        # bit i of int32 word j is token 32 j + i: little-endian bytes, bits unpacked least significant first
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
+        return bits[: self._vocab].view(np.bool_)
+
+    def advance(self, token: int) -> None:
+        if not self._matcher.is_stopped():  # the end-of-sequence token after a complete grammar needs no check
+            self._matcher.consume_token(token)
+            self._check()
+
+    @property
+    def complete(self) -> bool:
+        """The output so far is a complete sentence of the grammar."""
+        return self._matcher.is_accepting() or self._matcher.is_stopped()
+
+    def _check(self) -> None:
+        if self._matcher.is_error():
+            raise EdgegenError(f"constrained decoding failed: {self._matcher.get_error()}")
+
+
+class Grammars:
+    """Builds GrammarConstraints for one model's tokenizer (the llguidance tokenizer is built once, ~1 s)."""
+
+    def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int]) -> None:
+        llg = _llguidance()
+        if not eos_token_ids:
+            raise EdgegenError("constrained decoding needs a model with an end-of-sequence token")
+        self._tokenizer = llg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_token_ids))
+        self.vocab_size = vocab_size
+
+    def constraint(self, grammar: str) -> GrammarConstraint:
+        """A fresh constraint (start of the grammar) for one sequence."""
+        return GrammarConstraint(self._tokenizer, grammar, self.vocab_size)
+
+
+@lru_cache(maxsize=4)
+def _grammars(tokenizer_path: str, vocab_size: int, eos: tuple[int, ...]) -> Grammars:
+    return Grammars(Path(tokenizer_path).read_text(encoding="utf-8"), vocab_size, list(eos))
+
+
+def grammars_for(folder: Path, manifest: Manifest) -> Grammars:
+    """The (cached) Grammars of an exported model folder."""
+    path = (Path(folder) / manifest.tokenizer).resolve()
+    return _grammars(str(path), manifest.vocab_size, tuple(manifest.eos_token_ids))
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """A schema as compact JSON, to show to the model in a prompt."""
+    return json.dumps(schema, separators=(",", ":"))

@@ -1,0 +1,94 @@
+"""Constrained decoding: the Sampler's constraint hook, and llguidance grammars on the real tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegen.errors import EdgegenError
+from edgegen.sampling import Sampler, SamplingConfig
+
+
+class _OnlyThese:
+    """A constraint allowing a fixed set of tokens, recording what it was told."""
+
+    def __init__(self, vocab: int, tokens: list[int]) -> None:
+        self.mask = np.zeros(vocab, bool)
+        self.mask[tokens] = True
+        self.seen: list[int] = []
+
+    def allowed(self) -> np.ndarray:
+        return self.mask
+
+    def advance(self, token: int) -> None:
+        self.seen.append(token)
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=0.9, seed=1),
+                                    SamplingConfig(repetition_penalty=1.3)])
+def test_constrained_sampler_picks_only_allowed_tokens_and_advances(config: SamplingConfig) -> None:
+    rng = np.random.default_rng(0)
+    allowed = [3, 17, 40]
+    constraint = _OnlyThese(64, allowed)
+    sampler = Sampler(config, constraint)
+    picks = []
+    for _ in range(50):
+        logits = rng.normal(size=64).astype(np.float32)
+        logits[7] = 100.0  # the unconstrained favourite is never allowed
+        picks.append(sampler.pick(logits, history=[3, 5]))
+    assert set(picks) <= set(allowed)
+    assert constraint.seen == picks
+    assert np.all(sampler.distribution(logits, [])[[i for i in range(64) if i not in allowed]] == 0)
+
+
+def test_unconstrained_sampler_unchanged() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=256).astype(np.float32)
+    config = SamplingConfig(temperature=0.8, top_p=0.9, seed=3)
+    a, b = Sampler(config), Sampler(config, None)
+    assert [a.pick(logits, []) for _ in range(20)] == [b.pick(logits, []) for _ in range(20)]
+    assert Sampler(SamplingConfig()).pick(logits, []) == int(np.argmax(logits))
+
+
+def _grammars(folder: Path):
+    from edgegen.grammar import grammars_for
+    from edgegen.manifest import read_manifest
+
+    return grammars_for(folder, read_manifest(folder))
+
+
+def test_json_schema_constraint_on_real_tokenizer(int8_model: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from edgegen.grammar import grammar_from_response_format
+    from edgegen.manifest import read_manifest
+
+    manifest = read_manifest(int8_model)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
+              "required": ["n", "ok"], "additionalProperties": False}
+    grammar = grammar_from_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    rng = np.random.default_rng(0)
+    tokenizer = Tokenizer.from_file(str(int8_model / manifest.tokenizer))
+    for _ in range(5):  # random walks through the grammar: every finished one parses and validates
+        sampler = Sampler(SamplingConfig(temperature=1.0, seed=int(rng.integers(1 << 30))),
+                          _grammars(int8_model).constraint(grammar))
+        out: list[int] = []
+        for _ in range(200):
+            token = sampler.pick(rng.normal(size=manifest.vocab_size).astype(np.float32), out)
+            if token in manifest.eos_token_ids:
+                break
+            out.append(token)
+        value = json.loads(tokenizer.decode(out))
+        assert set(value) == {"n", "ok"} and isinstance(value["n"], int) and isinstance(value["ok"], bool)
+
+
+def test_bad_response_formats_are_one_line_errors() -> None:
+    from edgegen.grammar import grammar_from_response_format
+
+    assert grammar_from_response_format({"type": "text"}) is None
+    for bad in ({"type": "xml"}, {"type": "json_schema"}, {"type": "regex", "regex": ""}, "json"):
+        with pytest.raises(EdgegenError):
+            grammar_from_response_format(bad)  # type: ignore[arg-type]
