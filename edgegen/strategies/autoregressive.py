@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import ClassVar
 
-from edgegen.strategies.base import DecodeRequest, prefill, step
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
 
 
-class Autoregressive:
+class Autoregressive(Strategy):
     name: ClassVar[str] = "ar"
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:

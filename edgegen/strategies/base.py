@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
+from edgegen.strategies.drafters import Drafter
 
 
 @dataclass
@@ -58,9 +59,22 @@ class DecodeRequest:
 
 
 class Strategy(Protocol):
-    """A decoding algorithm. ``decode`` yields lists of accepted token ids, in order."""
+    """A decoding algorithm. ``decode`` yields lists of accepted token ids, in order.
+
+    The class attributes say what the strategy needs from the caller, so the API and CLI never ask
+    for a strategy by name. Strategies subclass this protocol to inherit the defaults.
+    """
 
     name: ClassVar[str]
+    multi_draft: ClassVar[bool] = False  # returns several ranked drafts (a MultiDraftStrategy)
+    needs_embeddings: ClassVar[bool] = False  # feeds input embeddings (the session must be loaded for them)
+    default_model: ClassVar[str | None] = None  # the model it needs when the caller names none
+    drafts_rows: ClassVar[bool] = False  # forwards several rows per step: needs row-consistent kernels
+
+    @classmethod
+    def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
+        """The strategy with these options; ``drafter`` is the loaded draft model's (None without one)."""
+        return cls(**options)
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]: ...
 

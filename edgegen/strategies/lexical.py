@@ -28,7 +28,7 @@ import numpy as np
 from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
-from edgegen.strategies.base import DecodeRequest, prefill, step
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
 from edgegen.strategies.speculative import DraftLength
 from edgegen.strategies.verify import verify
 
@@ -48,10 +48,12 @@ def repeats(tokens: list[int], longest: int = 8) -> bool:
     return any(tokens[-p:] == tokens[-2 * p:-p] for p in range(1, min(longest, len(tokens) // 2) + 1))
 
 
-class Lexical:
+class Lexical(Strategy):
     """LUD decoding on a LUD-tuned model: `threshold` in [0, 1] (None: the model's default), `span` = m."""
 
     name: ClassVar[str] = "lexical"
+    default_model: ClassVar[str | None] = "default-lud"  # the base model has no trained placeholders
+    drafts_rows: ClassVar[bool] = True  # placeholders (and verified units) are extra rows of a forward
 
     def __init__(self, threshold: float | None = None, span: int | None = None, verified: bool = False,
                  repetition_control: bool = True, adaptive: bool = True) -> None:

@@ -7,12 +7,13 @@ verify.py). The target's KV cache is rolled back by ``trim`` after each rejectio
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgegen.strategies.base import DecodeRequest, prefill, step
-from edgegen.strategies.drafters import Draft, Drafter, PromptLookupDrafter
+from edgegen.errors import EdgegenError
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
+from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
 from edgegen.strategies.verify import verify
 
 
@@ -83,10 +84,21 @@ class DraftLength:
             self._draft_s = per_token if self._draft_s == 0.0 else 0.8 * self._draft_s + 0.2 * per_token
 
 
-class Speculative:
+class Speculative(Strategy):
     """Speculative decoding with any Drafter (a FastDraft model, prompt lookup, ...)."""
 
     name: ClassVar[str] = "speculative"
+    drafts_rows: ClassVar[bool] = True  # verifies the draft in one forward: its rows must equal one-row forwards
+
+    @classmethod
+    def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
+        """Drafted by the loaded draft model, with prompt lookup first unless ``lookup=False``."""
+        if drafter is None:
+            raise EdgegenError("strategy 'speculative' needs a draft model (--draft DIR); "
+                               "'prompt-lookup' needs none")
+        if options.pop("lookup", True) and isinstance(drafter, ModelDrafter):
+            drafter = LookupThenModel(drafter)  # free drafts where the context repeats
+        return cls(drafter, **options)
 
     def __init__(self, drafter: Drafter, num_draft_tokens: int = 4, max_draft_tokens: int = 10,
                  adaptive: bool = True) -> None:
@@ -135,6 +147,10 @@ class PromptLookup(Speculative):
     """Speculative decoding drafted by prompt lookup alone: no drafter model, no training."""
 
     name: ClassVar[str] = "prompt-lookup"
+
+    @classmethod
+    def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
+        return cls(**options)  # drafts from the context alone: a loaded draft model is not used
 
     def __init__(self, num_draft_tokens: int = 8, max_draft_tokens: int = 16, max_ngram: int = 3,
                  adaptive: bool = True) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.sampling import SamplingConfig
-from edgegen.strategies.base import DecodeRequest, RankedDraft, prefill, step_embeddings
+from edgegen.strategies.base import DecodeRequest, RankedDraft, Strategy, prefill, step_embeddings
 
 # The paper's n-gram weight, used when a store is given. Without one the default is the LM alone: the
 # default store is counted from the Python standard library, and with it any alpha > 0 made drafts worse
@@ -76,7 +76,7 @@ def superposition(scores: np.ndarray) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-class Superposed:
+class Superposed(Strategy):
     """Superposed decoding: ``num_drafts`` ranked drafts from one autoregressive pass.
 
     alpha: weight of the n-gram model in each token's score; default: the paper's 0.54 when ``ngram``
@@ -88,6 +88,7 @@ class Superposed:
     """
 
     name: ClassVar[str] = "superposed"
+    multi_draft: ClassVar[bool] = True
     needs_embeddings: ClassVar[bool] = True
 
     def __init__(self, num_drafts: int = 3, alpha: float | None = None, ngram: NgramScorer | str | Path | None = None,
