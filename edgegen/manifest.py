@@ -1,20 +1,27 @@
 """The export manifest (``edgegen.json``): every fact a runtime needs about an exported model.
 
 Runtimes read this file and never guess names, shapes or precisions from file names. It is a leaf
-module (standard library only) so export/, runtimes/ and the decode loop can all import it.
+module (standard library only, with integrity.py) so export/, runtimes/ and the decode loop can all import
+it. The file is untrusted input: ``read_manifest`` checks every value's type and range, keeps every named
+path inside the folder and compares each file's size with the one recorded at export.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
+from edgegen.integrity import check_sizes, inside, record_files
 
 MANIFEST_NAME = "edgegen.json"
 SCHEMA_VERSION = 1
+BACKEND_CHOICE = "backend-choice.json"  # written next to the graphs after export (models.choose_backend)
+EXPORT_LOG = "export.log"  # the libraries' output during export
+UNRECORDED = (MANIFEST_NAME, BACKEND_CHOICE, EXPORT_LOG)  # files of a model folder without a size/sha256 record
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class GraphInfo:
     group_size: int = -1  # -1: per channel, 0: not quantized
     execution_provider: str = "cpu"  # the EP the graph was built for (ONNX builder choice)
     quality: dict[str, Any] = field(default_factory=dict)  # perplexity gate results
+    edits: list[str] = field(default_factory=list)  # edgegen's graph edits (export.graph_edits), e.g. row_pad
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> GraphInfo:
@@ -101,14 +109,33 @@ class Manifest:
     embeddings: EmbeddingsInfo | None = None  # input-embedding graphs, when exported with --embeddings
     edgegen_version: str = ""
     schema: int = SCHEMA_VERSION
+    # {relative path: {"size", "sha256"}} of every file of the folder (integrity.record_files); empty in
+    # manifests written before edgegen recorded them.
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(self.to_json() + "\n")
+        """Record the size and sha256 of every file now in ``folder``, then write edgegen.json (atomically)."""
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        recorded = replace(self, files=record_files(folder, skip=UNRECORDED))
+        tmp = folder / f".{MANIFEST_NAME}.tmp"
+        tmp.write_text(recorded.to_json() + "\n")
+        os.replace(tmp, path)
         return path
+
+    def named_files(self) -> list[tuple[str, str]]:
+        """(what, relative path) of every file this manifest names."""
+        named = [("tokenizer", self.tokenizer)]
+        if self.chat_template is not None:
+            named.append(("chat_template", self.chat_template))
+        named += [(f"{fmt} graph", g.path) for fmt, g in self.graphs.items()]
+        if self.embeddings is not None:
+            named.append(("embeddings table", self.embeddings.table))
+            named += [(f"{fmt} embeddings graph", g.path) for fmt, g in self.embeddings.graphs.items()]
+        return named
 
     def graph(self, fmt: str) -> GraphInfo:
         if fmt not in self.graphs:
@@ -129,11 +156,82 @@ class Manifest:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Manifest:
+        _check_manifest(d)
         d = dict(d)
         d["graphs"] = {k: GraphInfo.from_dict(v) for k, v in d.get("graphs", {}).items()}
         if d.get("embeddings") is not None:
             d["embeddings"] = EmbeddingsInfo.from_dict(d["embeddings"])
         return Manifest(**d)
+
+
+# --- validation of an untrusted edgegen.json: each value's type and range, one ValueError naming it --------
+
+
+def _is_int(v: Any, lo: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _expect(ok: bool, key: str, want: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {want}, not {json.dumps(value)[:60]}")
+
+
+def _check_fields(d: Any, where: str, ints: dict[str, int], strs: tuple[str, ...], bools: tuple[str, ...] = (),
+                  dicts: tuple[str, ...] = ()) -> None:
+    _expect(isinstance(d, dict), where or "the manifest", "a JSON object", d)
+    for key, lo in ints.items():
+        if key in d:
+            _expect(_is_int(d[key], lo), f"{where}{key}", f"an integer >= {lo}", d[key])
+    for key in strs:
+        if key in d:
+            _expect(isinstance(d[key], str), f"{where}{key}", "a string", d[key])
+    for key in bools:
+        if key in d:
+            _expect(isinstance(d[key], bool), f"{where}{key}", "true or false", d[key])
+    for key in dicts:
+        if key in d:
+            _expect(isinstance(d[key], dict), f"{where}{key}", "a JSON object", d[key])
+
+
+def _check_graph(g: Any, where: str) -> None:
+    _check_fields(g, where, {"group_size": -1}, ("format", "path", "weights", "logits", "execution_provider"),
+                  ("sym",), ("inputs", "kv", "quality"))
+    _check_fields(g["kv"] if "kv" in g else {}, f"{where}kv.", {}, ("past_key", "past_value", "present_key",
+                  "present_value", "dtype"), ("stateful", "shared_buffer"))
+    _expect(all(isinstance(k, str) and isinstance(v, str) for k, v in g.get("inputs", {}).items()),
+            f"{where}inputs", "an object of strings", g.get("inputs"))
+    edits = g.get("edits", [])
+    _expect(isinstance(edits, list) and all(isinstance(e, str) for e in edits), f"{where}edits", "a list of strings",
+            edits)
+
+
+def _check_manifest(d: Any) -> None:
+    sizes = {k: 1 for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size")}
+    _check_fields(d, "", {**sizes, "context_length": 0, "schema": 0}, ("name", "architecture", "tokenizer",
+                  "edgegen_version"), ("add_bos",), ("graphs", "source", "static_shapes", "extras", "files"))
+    for key in ("chat_template", "profile"):
+        _expect(d.get(key) is None or isinstance(d[key], str), key, "a string or null", d.get(key))
+    _expect(d.get("bos_token_id") is None or _is_int(d["bos_token_id"], 0), "bos_token_id", "a token id or null",
+            d.get("bos_token_id"))
+    eos = d.get("eos_token_ids", [])
+    _expect(isinstance(eos, list) and all(_is_int(t, 0) for t in eos), "eos_token_ids", "a list of token ids", eos)
+    if _is_int(d.get("num_heads"), 1) and _is_int(d.get("num_kv_heads"), 1):
+        _expect(d["num_heads"] % d["num_kv_heads"] == 0, "num_kv_heads", f"a divisor of num_heads {d['num_heads']}",
+                d["num_kv_heads"])
+    for key, value in d.get("static_shapes", {}).items():
+        _expect(_is_int(value, 1), f"static_shapes.{key}", "an integer >= 1", value)
+    for fmt, g in d.get("graphs", {}).items():
+        _check_graph(g, f"graphs.{fmt}.")
+    for rel, rec in d.get("files", {}).items():
+        _expect(isinstance(rec, dict) and _is_int(rec.get("size"), 0) and isinstance(rec.get("sha256"), str),
+                f"files.{rel}", "{size, sha256}", rec)
+    emb = d.get("embeddings")
+    if emb is not None:
+        _check_fields(emb, "embeddings.", {}, ("table", "dtype"), (), ("graphs",))
+        _expect(isinstance(emb.get("scale"), int | float) and not isinstance(emb.get("scale"), bool),
+                "embeddings.scale", "a number", emb.get("scale"))
+        for fmt, g in emb.get("graphs", {}).items():
+            _check_graph(g, f"embeddings.graphs.{fmt}.")
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -149,17 +247,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.is_file():
         raise EdgegenError(f"{folder} is not an exported edgegen model (no {MANIFEST_NAME}); run 'edgegen export'")
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        manifest = Manifest.from_dict(json.loads(path.read_bytes()))
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # JSON, UTF-8, missing or unknown keys
         raise EdgegenError(f"corrupt manifest {path}: {e}") from None
     if manifest.schema != SCHEMA_VERSION:
         raise EdgegenError(f"{path} has schema {manifest.schema}; this edgegen reads {SCHEMA_VERSION}: re-export")
-    files = [g.path for g in manifest.graphs.values()]
-    if manifest.embeddings is not None:
-        files += [manifest.embeddings.table, *(g.path for g in manifest.embeddings.graphs.values())]
-    for rel in files:
-        if not (folder / rel).is_file():
+    for what, rel in manifest.named_files():
+        if not inside(folder, rel, what).is_file() and what != "chat_template":
             raise EdgegenError(f"model folder {folder} is incomplete: {rel} is missing")
-    if not (folder / manifest.tokenizer).is_file():
-        raise EdgegenError(f"model folder {folder} is incomplete: {manifest.tokenizer} is missing")
+    check_sizes(folder, manifest.files)
     return manifest

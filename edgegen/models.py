@@ -1,40 +1,32 @@
-"""Finding an exported model folder: the embedded default, a cache of auto-exports, or a user path."""
+"""Finding an exported model folder: the embedded default, a cache of auto-exports, or a user path.
+
+Read top to bottom: :func:`resolve_model` turns a model name or path into an exported folder (built-once
+artifacts and their cache rule: edgegen.artifacts), :func:`ensure_embeddings` adds input-embedding graphs to
+a cached export, :func:`choose_backend` picks the faster backend for a device.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 import time
-from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgegen.artifacts import (
+    DEFAULT_LUD,
+    DEFAULT_MODEL_NAME,
+    build_once,
+    cache_dir,
+    default_lud_model,
+    with_export_extras,
+)
 from edgegen.errors import EdgegenError
-from edgegen.manifest import Manifest, is_model_folder
-from edgegen.profiles import DeviceProfile
-
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-CACHE_ENV = "EDGEGEN_CACHE"
-_BACKEND_CHOICE = "backend-choice.json"
-
-
-def cache_dir() -> Path:
-    """Where auto-exported models live ($EDGEGEN_CACHE, else ~/.cache/edgegen)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgegen")
-
-
-def with_export_extras(what: str, build: Callable[[], Path]) -> Path:
-    """Run an export step, turning a missing export dependency into one clear line."""
-    try:
-        return build()
-    except ImportError as e:
-        raise EdgegenError(f"{what} needs the export extras ({e.name} is missing): "
-                           "pip install 'edgegen[export]'") from None
+from edgegen.manifest import BACKEND_CHOICE, Manifest, is_model_folder, read_manifest
+from edgegen.profiles import DeviceProfile, load_profile
+from edgegen.tokenizer import TextTokenizer
 
 
 def export(source: str | Path | None, out: Path, **options: Any) -> Path:
@@ -48,31 +40,15 @@ def export(source: str | Path | None, out: Path, **options: Any) -> Path:
     return with_export_extras("exporting a model", run)
 
 
-def shipped_file(name: str) -> Path:
-    """A file that ships inside the package (edgegen/data): the default model's drafter or LUD delta."""
-    path = Path(str(resources.files("edgegen").joinpath("data", name)))
-    if not path.is_file():
-        raise EdgegenError(f"this edgegen install lacks {name} (edgegen/data)")
-    return path
-
-
-def build_shipped(out: Path, what: str, build: Callable[[], Path], progress: bool = True,
-                  rebuild: bool = False) -> Path:
-    """Build a model from files the package ships (it is exported into the cache once) with a progress line."""
-    if progress:
-        print(f"[edgegen] {'rebuilding' if rebuild else 'building'} {what} into {out} (once)", file=sys.stderr)
-    return with_export_extras(f"building {what}", build)
-
-
 def _export(source: str | None, out: Path, profile: DeviceProfile, embeddings: bool = False) -> Path:
-    # export_model validates the source first, then shows its stages: the one-time cost is visible.
     return export(source, out, profile=profile.name, **({"embeddings": True} if embeddings else {}))
 
 
 def _cached(source: str | None, out: Path, profile: DeviceProfile, embeddings: bool) -> Path:
     """The auto-export at ``out``: exported on first use, given input-embedding graphs when asked."""
-    if not is_model_folder(out):
-        return _export(source, out, profile, embeddings)
+    # export_model validates the source first, then shows its stages: the one-time cost is visible.
+    build_once(out, f"{source or DEFAULT_MODEL_NAME} ({profile.name})",
+               lambda: _export(source, out, profile, embeddings), progress=False)
     return ensure_embeddings(out) if embeddings else out
 
 
@@ -82,21 +58,19 @@ def ensure_embeddings(folder: Path, progress: bool = True) -> Path:
     Only auto-exports in the cache are changed (atomically, keeping their graphs; progress on stderr);
     any other export without them is a clear EdgegenError asking to re-export with --embeddings.
     """
-    from edgegen.manifest import read_manifest
-
     folder = Path(folder)
     if read_manifest(folder).has_embeddings():
         return folder
     if not folder.resolve().is_relative_to(cache_dir().resolve()):
         raise EdgegenError(f"{folder} has no input-embedding graphs: re-export it with `edgegen export --embeddings`")
-    if progress:
-        print(f"[edgegen] adding input-embedding graphs to the cached export {folder} (once)", file=sys.stderr)
-    try:
+
+    def build() -> Path:
         from edgegen.export.embeddings import add_embeddings
-    except ImportError as e:
-        raise EdgegenError(f"adding input-embedding graphs needs the export extras ({e.name} is missing): "
-                           "pip install 'edgegen[export]'") from None
-    return add_embeddings(folder, progress=progress)
+
+        return add_embeddings(folder, progress=progress)
+
+    return build_once(folder, f"input-embedding graphs of the cached export {folder.name}", build, progress,
+                      complete=lambda f: read_manifest(f).has_embeddings())
 
 
 def resolve_model(model: str | Path | None, profile: DeviceProfile, embeddings: bool = False) -> Path:
@@ -107,9 +81,7 @@ def resolve_model(model: str | Path | None, profile: DeviceProfile, embeddings: 
     input-embedding graphs (superposed decoding); they are added to an existing one if missing.
     A user's exported folder is returned as it is.
     """
-    if str(model) == "default-lud":  # the LUD-tuned default model, rebuilt from the shipped delta once
-        from edgegen.lud import default_lud_model
-
+    if str(model) == DEFAULT_LUD:  # the LUD-tuned default model, rebuilt from the shipped delta once
         return default_lud_model(profile.name)
     if model is None or str(model) == "default":
         out = cache_dir() / "models" / DEFAULT_MODEL_NAME / profile.name
@@ -153,7 +125,7 @@ def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) 
                            f"(devices present: {present})")
     if len(candidates) == 1:
         return candidates[0]
-    record = folder / _BACKEND_CHOICE
+    record = folder / BACKEND_CHOICE
     choices = json.loads(record.read_text()) if record.is_file() else {}
     if device not in choices:
         speeds = {name: _decode_speed(lambda n=name: open_session(n)) for name in candidates}
@@ -163,3 +135,10 @@ def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) 
         except OSError:
             pass  # a read-only model folder: measure again next time
     return choices[device]["backend"]
+
+
+def load_tokenizer(model: str | Path) -> TextTokenizer:
+    """The tokenizer of an exported model folder, or of the default model ("default", exported to the
+    cache with the cpu profile on first use)."""
+    folder = resolve_model(None if str(model) == "default" else model, load_profile("cpu"))
+    return TextTokenizer(folder, read_manifest(folder))

@@ -15,32 +15,41 @@ PROMPTS = [("def fibonacci(n):", False), ("class Stack:\n    def __init__(self):
 
 def test_shipped_delta_matches_the_default_model() -> None:
     pytest.importorskip("torch")
+    from edgegen.artifacts import SHIPPED_LUD_DELTA, shipped_file
     from edgegen.export.lud import read_packed_lud
-    from edgegen.export.lud.ship import shipped_delta
-    from edgegen.lud import shipped_delta_sha256
+    from edgegen.integrity import sha256_file
 
-    rows, info = read_packed_lud(shipped_delta())
+    delta = shipped_file(SHIPPED_LUD_DELTA)
+    rows, info = read_packed_lud(delta)
     assert info["placeholder_ids"] == [13, 14, 15, 16] and tuple(rows.shape) == (4, 576)
     assert info["target_name"] == "SmolLM2-135M-Instruct" and info["target_vocab_size"] == 49152
-    assert shipped_delta().stat().st_size < 3_000_000
+    assert delta.stat().st_size < 3_000_000
     assert info.get("trainable", "placeholders") in ("placeholders", "lora")
-    assert shipped_delta_sha256() is not None and len(shipped_delta_sha256()) == 64
+    assert len(sha256_file(delta)) == 64
 
 
 def test_stale_default_lud_export_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cached rebuild of default-lud is reused only while it records the shipped delta's sha256."""
-    import json
+    """The cached rebuild of default-lud is reused only while it was built from the shipped delta: its cache
+    folder is keyed by the delta's sha256 (edgegen.artifacts), so another delta is another folder, rebuilt."""
+    from edgegen import artifacts
 
-    from edgegen import lud
+    monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
+    built: list[Path] = []
 
-    folder = tmp_path / "m"
-    folder.mkdir()
-    monkeypatch.setattr(lud, "is_model_folder", lambda f: Path(f) == folder)
-    for extras, current in (({"lud": {"delta_sha256": lud.shipped_delta_sha256()}}, True),
-                            ({"lud": {"delta_sha256": "0" * 64}}, False), ({"lud": {}}, False)):
-        monkeypatch.setattr(lud, "read_manifest", lambda f, e=extras: type("M", (), {"extras": e})())
-        assert lud.is_current(folder) is current, json.dumps(extras)
-    assert lud.is_current(tmp_path / "absent") is False
+    def fake_export(delta: Path, out: Path, progress: bool = True) -> Path:
+        built.append(Path(out))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "edgegen.json").write_text("{}")
+        return Path(out)
+
+    monkeypatch.setattr("edgegen.export.lud.ship.export_default_lud", fake_export)
+    first = artifacts.default_lud_model("cpu", progress=False)
+    assert artifacts.default_lud_model("cpu", progress=False) == first and built == [first]  # current: reused
+    other = tmp_path / "other-delta.safetensors"
+    other.write_bytes(b"another delta")
+    monkeypatch.setattr(artifacts, "shipped_file", lambda name: other)
+    second = artifacts.default_lud_model("cpu", progress=False)
+    assert second != first and built == [first, second]  # stale: rebuilt into the new delta's folder
 
 
 @pytest.mark.slow

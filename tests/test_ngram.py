@@ -1,6 +1,6 @@
-"""The n-gram store (edgegen/ngram.py): exact counts, the reference's interpolation, vectorised look-ups,
-tokenizer identity, atomic writes and the `edgegen ngram build` command. A word-level tokenizer keeps
-it fast; one slow test builds the real default store for the exported SmolLM2."""
+"""The n-gram store (edgegen/ngram.py, built by edgegen/ngram_build.py): exact counts, the reference's
+interpolation, vectorised look-ups, tokenizer identity, atomic writes and the `edgegen ngram build` command.
+A word-level tokenizer keeps it fast; one slow test builds the real default store for the exported SmolLM2."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 
-from edgegen import ngram
+from edgegen import artifacts, ngram, ngram_build
 from edgegen.cli import main
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
-from edgegen.ngram import DEFAULT_WEIGHTS, NgramStore, build_store
+from edgegen.models import load_tokenizer
+from edgegen.ngram import DEFAULT_WEIGHTS, NgramStore
+from edgegen.ngram_build import build_store
 from edgegen.tokenizer import TextTokenizer
 
 A, B, C, D = 1, 2, 3, 4  # ids of the words a b c d in the tiny tokenizer
@@ -40,7 +42,7 @@ def make_model(folder: Path, words: list[str], name: str = "tiny") -> Path:
 
 
 def load(folder: Path) -> TextTokenizer:
-    return ngram.load_tokenizer(folder)
+    return load_tokenizer(folder)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def test_chunking_and_file_blocks_do_not_change_counts(tmp_path: Path, monkeypat
     (corpus / ".hidden.txt").write_text("d d d d d d")
     (corpus / "binary.bin").write_bytes(b"a b\0c")
     whole = NgramStore.open(build_store([corpus], tok, out=tmp_path / "whole.npz", progress=False))
-    monkeypatch.setattr(ngram, "_READ_BLOCK", 64)  # files read in many pieces
+    monkeypatch.setattr(ngram_build, "_READ_BLOCK", 64)  # files read in many pieces
     small = NgramStore.open(build_store([corpus], tok, out=tmp_path / "small.npz", progress=False,
                                         chunk_tokens=1, memory_mb=0))
     np.testing.assert_array_equal(whole._keys, small._keys)
@@ -233,7 +235,7 @@ def test_atomic_write_leaves_nothing_after_a_failure(tiny: TextTokenizer, tmp_pa
         fileobj.write(b"PK\x03\x04 partial")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ngram, "_write_aligned_npz", broken)
+    monkeypatch.setattr(ngram_build, "write_aligned_npz", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_store(["a b a b c", "c c"], tiny, out=out, progress=False, memory_mb=0)
     with pytest.raises(RuntimeError):
@@ -313,26 +315,26 @@ def test_cli_bad_input_is_one_error_line(case: str, needle: str, tmp_path: Path,
 
 def test_default_store_builds_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ngram, "DEFAULT_STORE_MAX_TOKENS", 5000)  # the real cap takes ~15 s
+    monkeypatch.setattr(artifacts, "DEFAULT_STORE_MAX_TOKENS", 5000)  # the real cap takes ~15 s
     model = make_model(tmp_path / "model", ["def", "self", "return", "the", "a", "of", "import"])
-    items, description = ngram.stdlib_corpus()
+    items, description = ngram_build.stdlib_corpus()
     assert "standard library" in description and isinstance(items[0], str)  # reference topics (prose) first
     files = [i for i in items if isinstance(i, Path)]
     assert files and not any("site-packages" in f.parts or "test" in f.parts for f in files)
-    path = ngram.default_store(model, progress=False)
+    path = artifacts.default_store(model, progress=False)
     assert path.is_relative_to(tmp_path / "cache" / "ngram") and path.is_file()
     store = NgramStore.open(path, tokenizer=load(model))
-    assert store.token_count == 5000 and store.header["min_count"] == ngram.DEFAULT_STORE_MIN_COUNT
+    assert store.token_count == 5000 and store.header["min_count"] == artifacts.DEFAULT_STORE_MIN_COUNT
     mtime = path.stat().st_mtime_ns
-    assert ngram.default_store(model, progress=False) == path and path.stat().st_mtime_ns == mtime  # reused
+    assert artifacts.default_store(model, progress=False) == path and path.stat().st_mtime_ns == mtime  # reused
 
 
 @pytest.mark.slow
 def test_default_store_for_the_real_default_model(int8_model: Path, monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path))
-    monkeypatch.setattr(ngram, "DEFAULT_STORE_MAX_TOKENS", 300_000)
-    path = ngram.default_store(int8_model, progress=False)
+    monkeypatch.setattr(artifacts, "DEFAULT_STORE_MAX_TOKENS", 300_000)
+    path = artifacts.default_store(int8_model, progress=False)
     tok = load(int8_model)
     store = NgramStore.open(path, tokenizer=tok)
     assert store.vocab_size == 49152

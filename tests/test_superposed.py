@@ -211,7 +211,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, fp32_model) -> str:
     from pathlib import Path
 
     from edgegen.manifest import read_manifest
-    from edgegen.ngram import build_store
+    from edgegen.ngram_build import build_store
     from edgegen.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(fp32_model, read_manifest(fp32_model))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgegen.artifacts import DEFAULT_DRAFT, default_drafter_model
 from edgegen.bench.report import Row, machine_info, markdown_table, summarize, write_reports
 from edgegen.bench.runner import (
     Prompt,
@@ -26,7 +27,6 @@ from edgegen.bench.runner import (
     prepare_folder,
     run_precision,
 )
-from edgegen.drafter import DEFAULT_DRAFT, default_drafter_model
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 

@@ -166,7 +166,7 @@ def _labelled(tuned: str | Path | Sequence[str | Path]) -> list[tuple[str, Path]
     for item in items:
         label, _, spec = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
         if spec == "default-lud":
-            from edgegen.lud import default_lud_model
+            from edgegen.artifacts import default_lud_model
 
             folder = default_lud_model()
         else:

@@ -235,7 +235,7 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
     manifest = read_manifest(folder)
     eos = set(manifest.eos_token_ids)
     if options.get("alpha", 0) > 0 and options.get("ngram") is None:  # the default store, built before timing
-        from edgegen.ngram import default_store
+        from edgegen.artifacts import default_store
 
         options = {**options, "ngram": str(default_store(folder))}
     ids = encode_prompts(folder, chosen)

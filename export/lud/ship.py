@@ -192,18 +192,11 @@ def delta_sha256(packed: str | Path) -> str:
     return hashlib.sha256(Path(packed).expanduser().read_bytes()).hexdigest()
 
 
-def shipped_delta() -> Path:
-    """The LUD delta of the default model that ships inside the package (edgegen/data)."""
-    from edgegen.lud import SHIPPED_DELTA
-    from edgegen.models import shipped_file
-
-    return shipped_file(SHIPPED_DELTA)
-
-
-def export_default_lud(out_dir: str | Path, *, progress: bool = True) -> Path:
-    """Rebuild the LUD-tuned default model from the shipped delta and export it to `out_dir` (once; cached)."""
+def export_default_lud(delta: str | Path, out_dir: str | Path, *, progress: bool = True) -> Path:
+    """Rebuild the LUD-tuned default model from ``delta`` (the one shipped in edgegen/data; edgegen.artifacts
+    caches the result) and export it to `out_dir`."""
     work = Path(tempfile.mkdtemp(prefix=".lud-default-"))
     try:
-        return export_lud(shipped_delta(), out_dir, target="default", cache_dir=work, progress=progress)
+        return export_lud(delta, out_dir, target="default", cache_dir=work, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
