@@ -181,14 +181,14 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
 def devices() -> None:
     """List runtimes, execution providers, devices present and the profile that applies."""
     from edgegen import runtimes
-    from edgegen.api import _DEVICE_PROFILES
+    from edgegen.api import DEVICE_PROFILES
     from edgegen.profiles import available_profiles
 
     for name, version in runtimes.runtime_versions().items():
         click.echo(f"{name} {version}")
     for backend, found in runtimes.available_devices().items():
         for device in found:
-            click.echo(f"  {backend:12s} {device:10s} profile: {_DEVICE_PROFILES.get(device, 'cpu')}")
+            click.echo(f"  {backend:12s} {device:10s} profile: {DEVICE_PROFILES.get(device, 'cpu')}")
     click.echo(f"profiles: {', '.join(available_profiles())}")
 
 
@@ -337,7 +337,9 @@ def ngram_build(corpus: tuple[str, ...], model: str, orders: str, out: str, min_
     """Count the n-grams of a corpus (token ids of MODEL's tokenizer) into one memory-mappable file."""
     from pathlib import Path
 
-    from edgegen.ngram import NgramStore, build_store, corpus_files, load_tokenizer, parse_orders
+    from edgegen.models import load_tokenizer
+    from edgegen.ngram import NgramStore, parse_orders
+    from edgegen.ngram_build import build_store, corpus_files
 
     parsed = parse_orders(orders)
     corpus_files([Path(c) for c in corpus])  # a missing path fails before the tokenizer loads

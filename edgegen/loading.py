@@ -1,0 +1,126 @@
+"""``load()``: checks the request, finds (or exports) the model, opens its session and returns a Generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen import runtimes
+from edgegen.arguments import check_bool, check_float, check_optional_int, check_optional_text, check_path
+from edgegen.artifacts import DEFAULT_DRAFT, default_drafter_model
+from edgegen.errors import EdgegenError
+from edgegen.generator import Generator
+from edgegen.manifest import Manifest, read_manifest
+from edgegen.models import choose_backend, ensure_embeddings, resolve_model
+from edgegen.profiles import load_profile
+from edgegen.strategies import ModelDrafter
+from edgegen.tokenizer import TextTokenizer
+
+# device -> profile used when none is named
+DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server",
+                   "DML": "cpu"}
+NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU
+
+
+def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
+         device: str | None = None, profile: str | None = None, max_length: int | None = None,
+         threads: int | None = None, draft_confidence: float = 0.0, consistent_rows: bool | None = None,
+         embeddings: bool = False) -> Generator:
+    """Load a model for generation.
+
+    model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
+    a Hugging Face model folder or a .gguf file. backend: "onnxruntime", "openvino" or None to
+    pick the faster for the device (measured once). device: "CPU" (default), "GPU", "NPU", "CUDA",
+    "DML"; a device that is not present is refused before anything is exported. profile: a device
+    profile name (default: the one for the device). draft: an exported draft model (same tokenizer
+    and vocabulary) for strategy="speculative", or "default" for the drafter shipped with the
+    default model (which strategy="speculative" also opens on first use when none is given);
+    draft_confidence in [0, 1] stops a draft early when the drafter's top probability falls below
+    it. consistent_rows (default on) makes every forward compute its rows with the same kernels, so
+    drafting strategies reproduce AR output token for token. embeddings: run the export's
+    input-embedding graph (superposed decoding needs it; the default model gets it on first use).
+    Every argument is checked first: a bad one is an EdgegenError.
+    """
+    model, draft = check_path("model", model), check_path("draft", draft)
+    backend, profile = check_optional_text("backend", backend), check_optional_text("profile", profile)
+    max_length = check_optional_int("max_length", max_length, minimum=1)
+    threads = check_optional_int("threads", threads, minimum=1)
+    draft_confidence = check_float("draft_confidence", draft_confidence)
+    if not 0 <= draft_confidence <= 1:
+        raise EdgegenError(f"draft_confidence must be in [0, 1], got {draft_confidence}")
+    embeddings = check_bool("embeddings", embeddings)
+    consistent_rows = True if consistent_rows is None else check_bool("consistent_rows", consistent_rows)
+    device = (check_optional_text("device", device) or (load_profile(profile).device if profile else "CPU")).upper()
+    if device not in DEVICE_PROFILES:
+        raise EdgegenError(f"unknown device '{device}' (known: {', '.join(DEVICE_PROFILES)})")
+    if backend is not None:
+        runtimes.graph_format(backend)  # unknown backend -> clear error before loading anything
+    _check_present(device, backend)
+    prof = load_profile(profile if profile is not None else DEVICE_PROFILES[device])
+    folder = resolve_model(model, prof, embeddings=embeddings)
+    manifest = read_manifest(folder)
+
+    def open_session(name: str, with_embeddings: bool = embeddings) -> runtimes.Session:
+        options: dict[str, Any] = {"max_length": max_length, "threads": threads, "consistent_rows": consistent_rows}
+        if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
+            options["npuw_devices"] = os.environ[NPUW_ENV]
+        where, info = folder, manifest
+        if with_embeddings and not embeddings:  # asked later (superposed on a plain Generator)
+            where = ensure_embeddings(folder)  # a cached auto-export gains the graphs once; others: clear error
+            info = read_manifest(where)
+        return runtimes.open_session(where, info, name, device=device, embeddings=with_embeddings, **options)
+
+    if backend is None:
+        backend = prof.backend if prof.backend != "auto" else choose_backend(folder, manifest, device, open_session)
+    runtimes.graph_format(backend)
+    session = open_session(backend)
+
+    def open_drafter(name: str | Path) -> ModelDrafter:
+        if str(name) == DEFAULT_DRAFT:
+            draft_folder = default_drafter_model(prof.name)
+        else:
+            draft_folder = resolve_model(name, prof)
+        draft_manifest = read_manifest(draft_folder)
+        check_draft_compatible(folder, manifest, draft_folder, draft_manifest)
+        draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
+                                              max_length=session.max_length, threads=threads)
+        head = (draft_manifest.extras.get("drafter") or {}).get("head_vocab")
+        return ModelDrafter(draft_session, confidence=draft_confidence,
+                            head_vocab=np.asarray(head) if head else None, target_vocab=manifest.vocab_size)
+
+    drafter = open_drafter(draft) if draft is not None else None
+    is_default = model is None or str(model) == "default"
+    return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True),
+                     open_default_drafter=(lambda: open_drafter(DEFAULT_DRAFT)) if is_default else None)
+
+
+def _check_present(device: str, backend: str | None) -> None:
+    """Refuse a device no installed runtime has here, before any export (which can take minutes)."""
+    if device == "NPU" and os.environ.get(NPUW_ENV):
+        return  # NPUW places the NPU graph on the devices it names: the NPU path without an NPU
+    found = runtimes.available_devices()
+    names = [backend] if backend else list(found)
+    have = {d.split(".")[0] for name in names for d in found.get(name, [])}  # OpenVINO: "GPU.0", "GPU.1"
+    if device not in have:
+        raise EdgegenError(f"device '{device}' is not present: {' and '.join(names)} can run on "
+                           f"{', '.join(sorted(have)) or 'nothing here'}")
+
+
+def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:
+    """A drafter must share the target's vocabulary and tokenizer, or its tokens mean other things. A drafter
+    with a reduced head (extras.drafter.head_vocab) must name target ids, and have been made for this vocabulary."""
+    facts = draft.extras.get("drafter") or {}
+    head = facts.get("head_vocab")
+    vocab = facts.get("target_vocab_size", draft.vocab_size) if head else draft.vocab_size
+    if vocab != manifest.vocab_size:
+        raise EdgegenError(f"draft model {draft.name} has a vocabulary of {vocab} tokens; "
+                           f"the target {manifest.name} has {manifest.vocab_size}")
+    if head and (len(head) != draft.vocab_size or not 0 <= min(head) <= max(head) < manifest.vocab_size):
+        raise EdgegenError(f"draft model {draft.name} has a malformed reduced head vocabulary")
+    mine = TextTokenizer(folder, manifest).vocabulary()
+    theirs = TextTokenizer(draft_folder, draft).vocabulary()
+    if mine != theirs:
+        raise EdgegenError(f"draft model {draft.name} uses another tokenizer than the target {manifest.name}")
