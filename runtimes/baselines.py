@@ -1,15 +1,17 @@
 """Reference runtimes the benchmark compares edgegen against: openvino-genai and onnxruntime-genai.
 
 Both are driven with token ids (no tokenizer involved), greedy, for exactly ``new_tokens`` tokens
-(EOS does not stop them). Every adapter implements ``TokenEngine``: it calls ``on_token`` once per
-new token, as soon as that token exists, so the caller times all engines with one clock.
+(EOS does not stop them); openvino-genai's chat mode (``chat_mode``) is driven with text, as its users
+do. Every adapter implements ``TokenEngine``: it calls ``on_token`` once per new token, as soon as that
+token exists, so the caller times all engines with one clock.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-from collections.abc import Callable
+import importlib.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +79,25 @@ class OpenVINOGenAIBaseline:
         return {"ttft_ms": float(metrics.get_ttft().mean), "tokens_per_s": float(metrics.get_throughput().mean)}
 
 
+    @contextmanager
+    def chat_mode(self) -> Iterator[Callable[[str, int, TokenCallback], None]]:
+        """openvino-genai's chat mode (start_chat .. finish_chat): yields ``turn(user_text, max_new_tokens,
+        on_token)``, which answers one user message greedily (up to EOS) with the pipeline keeping the history
+        and its KV cache between turns. Needs the folder's openvino_tokenizer.xml (text in, template applied)."""
+        config = self._ovg.GenerationConfig()
+        config.do_sample = False
+
+        def turn(text: str, max_new_tokens: int, on_token: TokenCallback) -> None:
+            config.max_new_tokens = max_new_tokens
+            self._pipe.generate(text, config, _token_streamer(self._ovg, on_token))
+
+        self._pipe.start_chat()
+        try:
+            yield turn
+        finally:
+            self._pipe.finish_chat()
+
+
 def _token_streamer(ovg: Any, on_token: TokenCallback) -> Any:
     """An openvino-genai streamer that hands token ids (not text) to ``on_token``."""
 
@@ -124,7 +145,7 @@ class OnnxRuntimeGenAIBaseline:
         return {}
 
 
-# name -> (module that must import, adapter class)
+# label -> (module that must import, adapter class)
 BASELINES: dict[str, tuple[str, type]] = {
     "openvino-genai": ("openvino_genai", OpenVINOGenAIBaseline),
     OnnxRuntimeGenAIBaseline.name: ("onnxruntime_genai", OnnxRuntimeGenAIBaseline),
@@ -133,34 +154,33 @@ BASELINES: dict[str, tuple[str, type]] = {
 SPECULATIVE_BASELINES = {"openvino-genai": ("speculative", "prompt-lookup")}
 
 
-def open_baselines(folder: Path, device: str = "CPU", strategy: str = "ar",
-                   draft: Path | None = None) -> tuple[list[TokenEngine], list[str]]:
-    """Open every baseline that is installed and can load ``folder``: each one's AR pipeline and,
-    where it has one, its own ``strategy`` pipeline (with ``draft`` for "speculative").
-
-    Returns (engines, notes): one short line per baseline that was skipped and why.
-    """
-    engines: list[TokenEngine] = []
+def anchor_modes(strategy: str = "ar") -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(label, backend, strategy) of every installed anchor's AR pipeline and, where it has one, its own
+    ``strategy`` pipeline; plus one short note per anchor that is skipped or runs AR only."""
+    modes: list[tuple[str, str, str]] = []
     notes: list[str] = []
     for name, (module, adapter) in BASELINES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
+        if importlib.util.find_spec(module) is None:
             notes.append(f"{name}: not installed ({module.replace('_', '-')}), skipped")
             continue
-        modes: list[dict[str, Any]] = [{}]
+        modes.append((name, adapter.backend, "ar"))
         if strategy != "ar":
             if strategy in SPECULATIVE_BASELINES.get(name, ()):
-                modes.append({"strategy": strategy, "draft": draft})
+                modes.append((f"{name}-{strategy}", adapter.backend, strategy))
             else:
                 notes.append(f"{name}: has no '{strategy}' strategy; AR only")
-        for mode in modes:
-            try:
-                engines.append(adapter(folder, device, **mode))
-            except Exception as e:  # a baseline that cannot load this folder must not stop the bench
-                label = f"{name} {mode.get('strategy', '')}".strip()
-                notes.append(f"{label}: cannot load {folder}: {type(e).__name__}: {e}".splitlines()[0])
-    return engines, notes
+    return modes, notes
+
+
+def open_anchor(label: str, folder: Path, device: str = "CPU", strategy: str = "ar", **options: Any) -> TokenEngine:
+    """Open the anchor ``anchor_modes`` called ``label`` over ``folder`` (``options``: e.g. draft)."""
+    for name, (_, adapter) in BASELINES.items():
+        if label == name or label == f"{name}-{strategy}":
+            modes = {"strategy": strategy, **options} if strategy != "ar" else {}
+            engine = adapter(folder, device, **modes)
+            engine.name = label
+            return engine
+    raise ValueError(f"unknown anchor '{label}'")
 
 
 def versions() -> dict[str, str]:

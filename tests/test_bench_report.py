@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from edgegen.bench.engines import EngineSpec
 from edgegen.bench.report import markdown_table, same_tokens, summarize, write_reports
 from edgegen.bench.runner import Run, Timing, load_prompts, measure
+
+ANCHORS = {"openvino-genai", "onnxruntime-genai"}
 
 
 def _run(engine: str, backend: str, weights: str, prompt: str, tokens_per_s: float, ttft_ms: float,
          tokens: list[int]) -> Run:
     decode_s = (len(tokens) - 1) / tokens_per_s
-    return Run(engine, backend, weights, prompt, prompt.split("-")[0], 5, 0, Timing(tokens, ttft_ms / 1e3, decode_s))
+    spec = EngineSpec(engine, "anchor" if engine in ANCHORS else "edgegen", backend, weights, Path("m"))
+    return Run(spec, backend, prompt, prompt.split("-")[0], 5, 0, Timing(tokens, ttft_ms / 1e3, decode_s))
 
 
 def _runs() -> list[Run]:

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from edgegen.bench.engines import EngineSpec
 from edgegen.bench.lud import LudRun, markdown, perplexity, summarize
+
+
+def _e(label: str, model: str = "", strategy: str = "ar", **options) -> EngineSpec:
+    """An engine of the LUD bench: ``model`` "" is the base model, else the tuned model's label."""
+    return EngineSpec(label, "edgegen", "onnxruntime", "int8", Path(model or "base"), strategy, options, model)
+
+
+BASE = _e("ar-base", consistent_rows=False)
 
 
 def test_summarize_by_hand() -> None:
     runs = [
-        LudRun("ar-base", "c1", "code", [1, 2, 3, 4, 5], 50.0, 4, 0, 2.0),
-        LudRun("ar-tuned-2row", "c1", "code", [1, 2, 3, 9, 9], 45.0, 4, 0, 2.2),
-        LudRun("lexical-t0.7-m2", "c1", "code", [1, 2, 3, 4, 6], 60.0, 2, 4, 2.1),
-        LudRun("verified-t0.7-m2", "c1", "code", [1, 2, 3, 9, 9], 55.0, 3, 2, 2.2),
-        LudRun("ar-base", "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
-        LudRun("ar-tuned-2row", "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
-        LudRun("lexical-t0.7-m2", "h1", "chat", [7, 8, 9, 1, 2], 50.0, 2, 4, 4.0),
-        LudRun("verified-t0.7-m2", "h1", "chat", [7, 8, 9, 1, 2], 44.0, 2, 2, 4.0),
+        LudRun(BASE, "c1", "code", [1, 2, 3, 4, 5], 50.0, 4, 0, 2.0),
+        LudRun(_e("ar-tuned-2row", "p", consistent_rows=True), "c1", "code", [1, 2, 3, 9, 9], 45.0, 4, 0, 2.2),
+        LudRun(_e("lexical-t0.7-m2", "p", "lexical"), "c1", "code", [1, 2, 3, 4, 6], 60.0, 2, 4, 2.1),
+        LudRun(_e("verified-t0.7-m2", "p", "lexical", verified=True), "c1", "code", [1, 2, 3, 9, 9], 55.0, 3, 2, 2.2),
+        LudRun(BASE, "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
+        LudRun(_e("ar-tuned-2row", "p", consistent_rows=True), "h1", "chat", [7, 8, 9, 1, 2], 40.0, 4, 0, 4.0),
+        LudRun(_e("lexical-t0.7-m2", "p", "lexical"), "h1", "chat", [7, 8, 9, 1, 2], 50.0, 2, 4, 4.0),
+        LudRun(_e("verified-t0.7-m2", "p", "lexical", verified=True), "h1", "chat", [7, 8, 9, 1, 2], 44.0, 2, 2, 4.0),
     ]
     rows = {(r["engine"], r["prompts"]): r for r in summarize(runs)}
     lex = rows[("lexical-t0.7-m2", "code")]
@@ -45,14 +55,16 @@ def test_perplexity_of_uniform_model_is_vocab_size() -> None:
 
 def test_summarize_two_models_each_against_its_own_tuned_ar() -> None:
     runs = [
-        LudRun("ar-base", "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
-        LudRun("placeholders:ar-tuned", "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
-        LudRun("placeholders:ar-tuned-2row", "c1", "code", [1, 2, 3], 40.0, 2, 0, 2.0),
-        LudRun("placeholders:verified-t0.3-m2", "c1", "code", [1, 2, 3], 45.0, 2, 2, 2.0),
-        LudRun("lora:ar-tuned", "c1", "code", [1, 2, 4], 40.0, 2, 0, 2.4),
-        LudRun("lora:ar-tuned-2row", "c1", "code", [1, 2, 5], 40.0, 2, 0, 2.4),
-        LudRun("lora:verified-t0.3-m2", "c1", "code", [1, 2, 5], 48.0, 1, 2, 2.4),
-        LudRun("lora:lexical-t0.3-m2", "c1", "code", [1, 2, 3], 60.0, 1, 2, 2.2),
+        LudRun(BASE, "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
+        LudRun(_e("placeholders:ar-tuned", "placeholders"), "c1", "code", [1, 2, 3], 50.0, 2, 0, 2.0),
+        LudRun(_e("placeholders:ar-tuned-2row", "placeholders", consistent_rows=True),
+               "c1", "code", [1, 2, 3], 40.0, 2, 0, 2.0),
+        LudRun(_e("placeholders:verified-t0.3-m2", "placeholders", "lexical", verified=True),
+               "c1", "code", [1, 2, 3], 45.0, 2, 2, 2.0),
+        LudRun(_e("lora:ar-tuned", "lora"), "c1", "code", [1, 2, 4], 40.0, 2, 0, 2.4),
+        LudRun(_e("lora:ar-tuned-2row", "lora", consistent_rows=True), "c1", "code", [1, 2, 5], 40.0, 2, 0, 2.4),
+        LudRun(_e("lora:verified-t0.3-m2", "lora", "lexical", verified=True), "c1", "code", [1, 2, 5], 48.0, 1, 2, 2.4),
+        LudRun(_e("lora:lexical-t0.3-m2", "lora", "lexical"), "c1", "code", [1, 2, 3], 60.0, 1, 2, 2.2),
     ]
     rows = {(r["engine"], r["prompts"]): r for r in summarize(runs)}
     assert rows[("lora:lexical-t0.3-m2", "code")]["x_ar_tuned"] == 1.5  # against lora:ar-tuned (40)

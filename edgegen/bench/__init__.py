@@ -1,11 +1,14 @@
-"""``edgegen bench``: edgegen's AR decode on both backends against openvino-genai and onnxruntime-genai.
+"""``edgegen bench``: edgegen against openvino-genai and onnxruntime-genai on the same exported graphs.
 
     from edgegen.bench import run_bench
     rows = run_bench(weights=("int8", "int4"), prompts="all", new_tokens=128, out=Path("bench-out"))
 
-Same prompts as token ids, greedy, exactly N new tokens per run (EOS ignored), warm-up first; the
-report gives median tokens/s and TTFT per engine, the ratio to the fastest baseline at each
-precision and whether edgegen's tokens equal each baseline's.
+Same prompts as token ids, greedy, exactly N new tokens per run (EOS ignored), warm-up first, engines
+taking turns per prompt; the report gives median tokens/s and TTFT per engine, the ratio to the fastest
+anchor at each precision and whether edgegen's tokens equal each anchor's. The headline row
+(``edgegen-default``) is what ``edgegen.load()`` + the default strategy give a user. Options add runs
+under a background load, peak RSS per engine, TTFT at fixed prompt lengths, a multi-turn chat bench and
+AR speed as a fraction of the memory-bandwidth ceiling.
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.artifacts import DEFAULT_DRAFT, default_drafter_model
-from edgegen.bench.report import Row, machine_info, markdown_table, summarize, write_reports
+from edgegen.bench.engines import EngineSpec, anchor_specs, open_engines
+from edgegen.bench.report import Row, markdown_table, summarize, write_reports
 from edgegen.bench.runner import (
     Prompt,
     Run,
     Timing,
+    edgegen_specs,
+    encode_prompts,
     exported_folder,
     folder_weights,
     load_prompts,
     measure,
     prepare_folder,
-    run_precision,
+    timed_runs,
 )
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
@@ -35,7 +41,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
               new_tokens: int = 128, repeats: int = 1, warmup: int = 1, baselines: bool = True,
               out: Path = Path("bench-out"), limit: int | None = None, command: str = "edgegen bench",
               echo: Callable[[str], None] = print, strategy: str = "ar", draft: str | None = None,
-              **options: Any) -> list[Row]:
+              loads: Sequence[str] = ("none",), peak_rss: bool = True, prompt_tokens: Sequence[int] = (),
+              chat_turns: int = 0, chat_new_tokens: int = 64, **options: Any) -> list[Row]:
     """Run the benchmark, write ``out``/bench.json, bench.md, bench.png, print the table; return its rows.
 
     model: None/"default" (SmolLM2, exported per precision into the cache), an exported folder (used
@@ -45,11 +52,22 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     draft model folder; the default model's shipped drafter when omitted) / "prompt-lookup" to compare
     edgegen's speculative decoding with its own AR, the AR anchors and openvino-genai's pipeline for
     the same strategy; ``options`` go to the strategy.
+    loads: background loads to measure under ("none", "busy": one core spinning; ``bench.load``).
+    peak_rss: measure each engine's peak RSS in a process of its own (``bench.memory``).
+    prompt_tokens: prompt lengths to measure TTFT at (``bench.ttft``). chat_turns: also run a chat of that
+    many turns, edgegen's API against openvino-genai's chat mode (``bench.chat``).
     """
+    from edgegen.bench.load import LOADS
+
     if new_tokens < 2:
         raise EdgegenError(f"--new-tokens must be >= 2 (the decode rate needs two tokens), got {new_tokens}")
     if repeats < 1 or warmup < 0:
         raise EdgegenError("--repeats must be >= 1 and --warmup >= 0")
+    loads = list(dict.fromkeys(loads)) or ["none"]
+    if any(load not in LOADS for load in loads):
+        raise EdgegenError(f"unknown --load {'/'.join(loads)} (known: {', '.join(LOADS)})")
+    if any(n < 1 for n in prompt_tokens) or chat_turns < 0 or chat_new_tokens < 1:
+        raise EdgegenError("--prompt-tokens must be >= 1, --chat-turns >= 0 and --chat-new-tokens >= 1")
     if strategy == "speculative" and draft in (None, DEFAULT_DRAFT):
         if draft is None and model not in (None, "default"):
             raise EdgegenError("--strategy speculative needs --draft DIR (an exported draft model) for this model")
@@ -66,10 +84,13 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     folder = exported_folder(model)
     if folder is not None and weights and set(weights) != {folder_weights(folder)}:
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
+    bandwidth = _bandwidth()
     runs: list[Run] = []
-    eos: set[int] = set()
+    ttft: list[Run] = []
+    rss: dict[str, float] = {}
     folders: dict[str, str] = {}
     quality: dict[str, dict[str, float]] = {}
+    eos: set[int] = set()
     for precision in [folder_weights(folder)] if folder is not None else list(weights) or ["int8"]:
         try:
             path = folder if folder is not None else prepare_folder(model, precision)
@@ -81,20 +102,104 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         eos |= set(manifest.eos_token_ids)
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
-        runs += run_precision(precision, path, chosen, new_tokens, repeats, warmup, baselines, note, strategy,
-                              exported_folder(draft), **options)
+        specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, **options)
+        if baselines:
+            anchors, lines = anchor_specs(path, precision, strategy, exported_folder(draft))
+            specs += anchors
+            for line in lines:
+                note(line)
+        engines = open_engines(specs, note=note)
+        for spec, engine in engines:
+            if spec.is_headline:
+                note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "
+                     f"ran {engine.strategy}")
+        ids = encode_prompts(path, chosen)
+        runs += timed_runs(engines, chosen, ids, new_tokens, warmup, repeats, loads, desc=f"bench {precision}")
+        if prompt_tokens:
+            from edgegen.bench.ttft import ttft_runs
+
+            ttft += ttft_runs([(s, e) for s, e in engines if not s.drafts and not s.padded], path,
+                              prompt_tokens, loads=loads)
+        del engines  # before the next precision's, and before the memory children
+        if peak_rss:
+            from edgegen.bench.memory import peak_rss_by_engine
+
+            longest = max(ids.values(), key=len)
+            rss |= peak_rss_by_engine([s for s in specs if any(r.engine == s for r in runs)], longest, new_tokens,
+                                      note)
     if not runs:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
-    rows = summarize(runs, eos)
+    rows = summarize(runs, eos, rss)
+    sections, extra = _extra_sections(rows, ttft, bandwidth, folders)
+    if chat_turns:
+        from edgegen.bench.chat import chat_lines, chat_table, run_chat
+
+        first = next(iter(folders))
+        turns = run_chat(Path(folders[first]), first, chat_turns, chat_new_tokens, loads, note)
+        sections.append(f"Chat, {chat_turns} turns ({first}, up to {chat_new_tokens} new tokens per answer, greedy); "
+                        "TTFT per turn:\n\n" + chat_table(turns) + "\n\n" + "\n".join(chat_lines(turns)))
+        extra["chat"] = turns
     settings = {"command": command, "model": model or "default", "weights": list(weights),
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,
-                "repeats": repeats, "warmup": warmup, "baselines": baselines,
+                "repeats": repeats, "warmup": warmup, "baselines": baselines, "loads": loads,
                 "folders": folders, "quality": quality, "strategy": strategy, "draft": draft,
-                "strategy_options": options}
-    paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes)
+                "strategy_options": options, "prompt_tokens": list(prompt_tokens), "chat_turns": chat_turns}
+    from edgegen.bench.machine import machine_info
+
+    paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes, sections, extra)
     echo(markdown_table(rows))
+    for section in sections:
+        echo("")
+        echo(section)
     echo("wrote " + ", ".join(str(p) for p in paths))
     return rows
 
 
-__all__ = ["Prompt", "Row", "Run", "Timing", "load_prompts", "measure", "run_bench", "summarize"]
+def _bandwidth() -> float | None:
+    from edgegen.bench.machine import read_bandwidth_gbs
+
+    try:
+        return read_bandwidth_gbs()
+    except MemoryError:
+        return None
+
+
+def _extra_sections(rows: Sequence[Row], ttft: Sequence[Run], bandwidth: float | None,
+                    folders: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """The TTFT-at-length table and the memory-bandwidth line, as markdown, and their data for bench.json."""
+    from edgegen import runtimes
+    from edgegen.bench.machine import weight_bytes
+
+    sections: list[str] = []
+    extra: dict[str, Any] = {}
+    if ttft:
+        from edgegen.bench.ttft import ttft_table
+
+        sections.append("Time to first token at fixed prompt lengths (raw text, 2 new tokens, median over "
+                        "distinct prompts; x fastest anchor < 1: faster):\n\n" + ttft_table(ttft))
+        extra["ttft_runs"] = ttft
+    if bandwidth:
+        parts = []
+        ceilings = {}
+        for r in rows:
+            if r.load != "none" or r.spec.drafts or r.spec.padded or r.weights not in folders:
+                continue
+            try:
+                size = weight_bytes(Path(folders[r.weights]), runtimes.graph_format(r.backend))
+            except (KeyError, OSError):
+                continue
+            ceiling = bandwidth * 1e9 / size
+            ceilings[r.engine, r.weights] = {"weight_bytes": size, "ceiling_tokens_per_s": ceiling,
+                                             "fraction": r.tokens_per_s / ceiling}
+            parts.append(f"{r.engine} {r.weights} {r.tokens_per_s / ceiling:.0%} of {ceiling:.0f} tokens/s "
+                         f"({size / 1e6:.0f} MB)")
+        if parts:
+            sections.append(f"Memory-bandwidth ceiling: single-thread read bandwidth {bandwidth:.1f} GB/s (NumPy copy "
+                            "of 512 MiB, best of 5); ceiling = bandwidth / weight bytes of the graph the engine runs. "
+                            "Quiet AR tokens/s as a fraction of it: " + "; ".join(parts) + ".")
+        extra["bandwidth"] = {"read_gb_per_s": bandwidth,
+                              "engines": {f"{e} {w}": v for (e, w), v in ceilings.items()}}
+    return sections, extra
+
+
+__all__ = ["EngineSpec", "Prompt", "Row", "Run", "Timing", "load_prompts", "measure", "run_bench", "summarize"]

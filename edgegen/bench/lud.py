@@ -1,7 +1,7 @@
 """``edgegen lud bench``: Lexical Unit Decoding against AR of the base and of the tuned model; speed and quality.
 
-Engines (greedy, exactly N new tokens, EOS ignored, one backend; runner.EdgegenEngine and runner.measure, the
-same timing loop as ``edgegen bench``), taking turns on every prompt:
+Engines (greedy, exactly N new tokens, EOS ignored, one backend; the ``EngineSpec``s below, timed by the same
+take-turns loop and clock as ``edgegen bench``), taking turns on every prompt:
 
 - ``ar-base``: AR on the base model (the speed and quality reference);
 - ``ar-tuned``: AR on the LUD-tuned model (ordinary rows are the base's, so this should match ar-base);
@@ -12,7 +12,7 @@ same timing loop as ``edgegen bench``), taking turns on every prompt:
 
 Several tuned models can be compared in one run (``--model`` repeated, e.g. the placeholder-only and the LoRA
 recipe): their engines are then named ``<label>:<engine>`` (label: ``LABEL=PATH``, else the model's
-``extras.lud.trainable``), share ``ar-base``, and each is compared with its own ``<label>:ar-tuned``.
+``extras.lud.trainable``; the spec's ``model``), share ``ar-base``, and each is compared with its own ``ar-tuned``.
 
 Per engine and prompt set: decode tokens/s, speed-up over ar-base and ar-tuned, tokens per target forward,
 agreement with ar-base's tokens (share of positions equal, and the length of the common prefix), and the
@@ -22,10 +22,8 @@ reported relative to ar-base's outputs' perplexity.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,14 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bench.runner import EdgegenEngine, Prompt, encode_prompts, load_prompts, measure, prepare_folder
+from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine
+from edgegen.bench.quality import fp32_session, perplexity, until_eos
+from edgegen.bench.report import write_report
+from edgegen.bench.runner import Prompt, encode_prompts, load_prompts, prepare_folder, timed_runs
 from edgegen.errors import EdgegenError
 from edgegen.manifest import is_model_folder, read_manifest
+
+BASE = ""  # the ``model`` of the base model's engine; tuned models' engines carry their label
 
 
 @dataclass
 class LudRun:
-    engine: str
+    engine: EngineSpec
     prompt_id: str
     category: str
     tokens: list[int]
@@ -50,26 +53,11 @@ class LudRun:
     ppl_fp32: float = math.nan
 
 
-def perplexity(session: Any, prompt: Sequence[int], continuation: Sequence[int]) -> float:
-    """exp(mean NLL) of ``continuation`` after ``prompt`` under ``session`` (teacher forcing, one forward)."""
-    session.reset()
-    logits = session.forward(np.asarray([*prompt, *continuation], np.int64)).astype(np.float64)
-    rows = logits[len(prompt) - 1: -1]  # row i predicts continuation[i]
-    top = rows.max(axis=1, keepdims=True)
-    log_z = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
-    return float(np.exp((log_z - rows[np.arange(len(continuation)), np.asarray(continuation)]).mean()))
-
-
-def _until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return list(tokens[: i + 1])
-    return list(tokens)
-
-
 def fp32_base() -> Path:
     """The default model at fp32 for perplexity: the bench's fp32 export if present, else an ONNX-only export
     (the only graph the score needs), once, into the cache."""
+    import sys
+
     from edgegen.models import DEFAULT_MODEL_NAME, cache_dir, export
 
     for folder in (cache_dir() / "bench" / f"{DEFAULT_MODEL_NAME}-fp32", cache_dir() / "lud" / "base-fp32-onnx"):
@@ -79,62 +67,66 @@ def fp32_base() -> Path:
     return export(None, folder, formats=("onnx",), weights="fp32", quality_gate=False)
 
 
-def _engines(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thresholds: Sequence[float],
-             spans: Sequence[int], verified: bool) -> list[EdgegenEngine]:
-    def named(name: str, engine: EdgegenEngine) -> EdgegenEngine:
-        engine.name = name
-        return engine
+def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thresholds: Sequence[float],
+              spans: Sequence[int], verified: bool) -> list[EngineSpec]:
+    """ar-base, then per tuned model: ar-tuned, ar-tuned-2row (verified runs), lexical per threshold and span,
+    the first pair with a fixed span, and verified at the first pair."""
+    weights = "/".join(sorted({g.weights for g in read_manifest(base).graphs.values()}))
 
-    engines = [named("ar-base", EdgegenEngine(base, backend))]
-    for label, folder in tuned:
-        pre = f"{label}:" if len(tuned) > 1 else ""
-        engines.append(named(f"{pre}ar-tuned", EdgegenEngine(folder, backend)))
+    def spec(label: str, folder: Path, model: str, strategy: str = "ar", **options: Any) -> EngineSpec:
+        pre = f"{model}:" if len(tuned) > 1 and model != BASE else ""
+        return edgegen_spec(folder, backend, weights, strategy, label=pre + label, model=model, **options)
+
+    specs = [spec("ar-base", base, BASE, consistent_rows=False)]
+    for model, folder in tuned:
+        specs.append(spec("ar-tuned", folder, model, consistent_rows=False))
         if verified:
-            engines.append(named(f"{pre}ar-tuned-2row", EdgegenEngine(folder, backend, consistent_rows=True)))
+            specs.append(spec("ar-tuned-2row", folder, model, consistent_rows=True))
         for t in thresholds:
             for m in spans:
-                engines.append(named(f"{pre}lexical-t{t:g}-m{m}", EdgegenEngine(folder, backend, strategy="lexical",
-                                                                                 threshold=t, span=m)))
+                specs.append(spec(f"lexical-t{t:g}-m{m}", folder, model, "lexical", threshold=t, span=m))
         t, m = thresholds[0], spans[0]
         # the placeholders' raw effect: m placeholders on every step, whether they pay or not
-        engines.append(named(f"{pre}lexical-t{t:g}-m{m}-fixed", EdgegenEngine(folder, backend, strategy="lexical",
-                                                                               threshold=t, span=m, adaptive=False)))
+        specs.append(spec(f"lexical-t{t:g}-m{m}-fixed", folder, model, "lexical", threshold=t, span=m,
+                          adaptive=False))
         if verified:  # its tokens are fixed (AR's); only its speed depends on the settings: the first pair only
-            engines.append(named(f"{pre}verified-t{t:g}-m{m}", EdgegenEngine(folder, backend, strategy="lexical",
-                                                                              threshold=t, span=m, verified=True)))
-    return engines
+            specs.append(spec(f"verified-t{t:g}-m{m}", folder, model, "lexical", threshold=t, span=m, verified=True))
+    return specs
 
 
-def _prefix(engine: str) -> str:
-    """The "<label>:" of a tuned model's engine in a multi-model run ("" otherwise)."""
-    return engine.rsplit(":", 1)[0] + ":" if ":" in engine else ""
+def _is_tuned_ar(spec: EngineSpec, padded: bool) -> bool:
+    return spec.model != BASE and spec.strategy == "ar" and spec.padded == padded
 
 
 def summarize(runs: Sequence[LudRun]) -> list[dict[str, Any]]:
     """One row per (engine, prompt set, and "all"): medians of speed, means of the rest."""
-    ref = {r.prompt_id: r for r in runs if r.engine == "ar-base"}
-    tuned2 = {(_prefix(r.engine), r.prompt_id): r for r in runs if r.engine.endswith("ar-tuned-2row")}
+    ref = {r.prompt_id: r for r in runs if r.engine.model == BASE}
+    tuned2 = {(r.engine.model, r.prompt_id): r for r in runs if _is_tuned_ar(r.engine, padded=True)}
+    models = {r.engine.model for r in runs} - {BASE}
     rows = []
     for category in ["code", "chat", "all"]:
         chosen = [r for r in runs if category == "all" or r.category == category]
-        base_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine == "ar-base"] or [math.nan])
-        tuned_speed = {pre: statistics.median([r.tokens_per_s for r in chosen if r.engine == pre + "ar-tuned"]
-                                              or [math.nan]) for pre in {_prefix(r.engine) for r in chosen}}
-        base_ppl = [r.ppl_fp32 for r in chosen if r.engine == "ar-base"]
-        for engine in dict.fromkeys(r.engine for r in chosen):
-            mine = [r for r in chosen if r.engine == engine]
+        base_speed = statistics.median([r.tokens_per_s for r in chosen if r.engine.model == BASE] or [math.nan])
+        tuned_speed = {model: statistics.median([r.tokens_per_s for r in chosen if r.engine.model == model
+                                                 and _is_tuned_ar(r.engine, padded=False)] or [math.nan])
+                       for model in models}
+        if len(models) == 1:  # one tuned model: the base row is compared with it too
+            tuned_speed[BASE] = next(iter(tuned_speed.values()))
+        base_ppl = [r.ppl_fp32 for r in chosen if r.engine.model == BASE]
+        for spec in {r.engine.label: r.engine for r in chosen}.values():
+            mine = [r for r in chosen if r.engine.label == spec.label]
             speed = statistics.median([r.tokens_per_s for r in mine])
             agree = [np.mean(np.asarray(r.tokens) == np.asarray(ref[r.prompt_id].tokens)) for r in mine]
             prefix = [next((i for i, (a, b) in enumerate(zip(r.tokens, ref[r.prompt_id].tokens, strict=True))
                             if a != b), len(r.tokens)) for r in mine]
             ppl = [r.ppl_fp32 for r in mine]
-            pre = _prefix(engine)
-            identical = ([r.tokens == tuned2[pre, r.prompt_id].tokens for r in mine if (pre, r.prompt_id) in tuned2]
-                         if engine[len(pre):].startswith("verified") else [])
+            identical = ([r.tokens == tuned2[spec.model, r.prompt_id].tokens for r in mine
+                          if (spec.model, r.prompt_id) in tuned2]
+                         if spec.strategy == "lexical" and spec.options.get("verified") else [])
             rows.append({
-                "engine": engine, "prompts": category, "n": len(mine), "tokens_per_s": round(speed, 1),
+                "engine": spec.label, "prompts": category, "n": len(mine), "tokens_per_s": round(speed, 1),
                 "x_ar_base": round(speed / base_speed, 3),
-                "x_ar_tuned": round(speed / tuned_speed.get(pre, math.nan), 3),
+                "x_ar_tuned": round(speed / tuned_speed.get(spec.model, math.nan), 3),
                 "tokens_per_step": round(float(np.mean([(len(r.tokens) - 1) / max(r.target_steps, 1)
                                                         for r in mine])), 3),
                 "agreement": round(float(np.mean(agree)), 3), "common_prefix": round(float(np.mean(prefix)), 1),
@@ -192,9 +184,7 @@ def run_lud_bench(tuned: str | Path | Sequence[str | Path], base: str | Path | N
     base model's exported folder (None: the default model at int8, as ``edgegen bench`` exports it). The fp32
     base for perplexity is exported once.
     """
-    from tqdm import tqdm
-
-    from edgegen.bench.report import machine_info
+    from edgegen.bench.machine import machine_info
 
     if new_tokens < 2:
         raise EdgegenError(f"--new-tokens must be >= 2, got {new_tokens}")
@@ -208,32 +198,15 @@ def run_lud_bench(tuned: str | Path | Sequence[str | Path], base: str | Path | N
     for _, folder in models:
         if ids != encode_prompts(folder, chosen):
             raise EdgegenError(f"the base model and {folder} tokenize the prompts differently")
-    engines = _engines(base, models, backend, thresholds, spans, verified)
-    runs: list[LudRun] = []
-    with tqdm(total=len(engines) * (warmup + len(chosen)), desc="lud bench", unit="run", file=sys.stderr,
-              leave=False) as bar:
-        for engine in engines:
-            for i in range(warmup):
-                measure(engine, ids[chosen[i % len(chosen)].id], new_tokens)
-                bar.update()
-        for prompt in chosen:  # engines take turns per prompt: load changes hit them alike
-            for engine in engines:
-                bar.set_postfix_str(f"{engine.name} {prompt.id}")
-                t = measure(engine, ids[prompt.id], new_tokens)
-                runs.append(LudRun(engine.name, prompt.id, prompt.category, t.tokens, t.tokens_per_s,
-                                   int(t.engine_metrics.get("target_steps", 0)),
-                                   int(t.engine_metrics.get("draft_proposed", 0))))
-                bar.update()
-    from edgegen import runtimes
-
-    manifest = read_manifest(fp32)
-    session = runtimes.open_session(fp32, manifest, "onnxruntime" if "onnx" in manifest.graphs else "openvino")
-    eos = set(manifest.eos_token_ids)
-    for r in runs:
-        r.ppl_fp32 = perplexity(session, ids[r.prompt_id], _until_eos(r.tokens, eos))
+    engines = [(spec, open_engine(spec)) for spec in lud_specs(base, models, backend, thresholds, spans, verified)]
+    timed = timed_runs(engines, chosen, ids, new_tokens, warmup, desc="lud bench")
+    del engines
+    session, eos = fp32_session(fp32)
+    runs = [LudRun(r.engine, r.prompt_id, r.category, r.timing.tokens, r.timing.tokens_per_s,
+                   int(r.timing.engine_metrics.get("target_steps", 0)),
+                   int(r.timing.engine_metrics.get("draft_proposed", 0)),
+                   perplexity(session, ids[r.prompt_id], until_eos(r.timing.tokens, eos))) for r in timed]
     rows = summarize(runs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"command": command, "tuned": {label: str(folder) for label, folder in models}, "base": str(base),
                 "fp32": str(fp32), "backend": backend,
                 "prompts": f"{len(chosen)} ({prompts})", "new_tokens": new_tokens, "thresholds": list(thresholds),
@@ -241,10 +214,9 @@ def run_lud_bench(tuned: str | Path | Sequence[str | Path], base: str | Path | N
                 "lud": {label: {k: read_manifest(folder).extras["lud"].get(k) for k in ("trainable", "lora",
                                                                                       "delta_sha256")}
                         for label, folder in models}}
-    (out / "lud.json").write_text(json.dumps({"settings": settings, "machine": machine_info(), "rows": rows,
-                                              "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
     table = markdown(rows)
-    (out / "lud.md").write_text(f"{command}\n\n{table}\n")
+    paths = write_report(Path(out), "lud", {"settings": settings, "machine": machine_info(), "rows": rows,
+                                            "runs": [asdict(r) for r in runs]}, f"{command}\n\n{table}\n")
     echo(table)
-    echo(f"wrote {out / 'lud.json'}, {out / 'lud.md'}")
+    echo("wrote " + ", ".join(str(p) for p in paths))
     return rows

@@ -1,9 +1,11 @@
-"""Benchmark engines and the one timing loop they all share.
+"""The bench core: prompts, the one clock (``measure``), the one take-turns loop and the model folders.
 
-Every engine (edgegen on each backend, every baseline) implements ``runtimes.baselines.TokenEngine``:
+Every engine (edgegen on each backend, every anchor) implements ``runtimes.baselines.TokenEngine``:
 ``generate(prompt_ids, new_tokens, on_token)`` reports each new token through ``on_token``. ``measure``
 wraps that callback in one clock, so TTFT and decode rate mean the same thing for every engine:
 TTFT = call start to first token; decode rate = (tokens - 1) / (first token to last token).
+``take_turns`` runs every engine on every prompt, engines alternating per prompt, under each background
+load asked for; the strategy benches (superposed, lud) supply only their engines and what one trial does.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
+from edgegen.bench.engines import EDGEGEN_BACKENDS, EngineSpec
+from edgegen.bench.load import background_load
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest, is_model_folder, read_manifest
-from edgegen.runtimes.baselines import TokenCallback, TokenEngine
+from edgegen.runtimes.baselines import TokenEngine
 
 PROMPT_SETS = ("code", "chat")
-EDGEGEN_BACKENDS = ("onnxruntime", "openvino")
+E = TypeVar("E")  # an opened engine
+T = TypeVar("T")  # what one trial of it returns
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,35 @@ class Timing:
 
 @dataclass
 class Run:
-    """One engine on one prompt at one precision (one repeat)."""
+    """One engine on one prompt (one repeat, under one background load)."""
 
-    engine: str
-    backend: str
-    weights: str
+    engine: EngineSpec
+    backend: str  # the backend it ran on (the headline engine's is the one load() picked)
     prompt_id: str
     category: str
     prompt_tokens: int
     repeat: int
     timing: Timing
+    load: str = "none"
+
+    @property
+    def label(self) -> str:
+        return self.engine.label
+
+    @property
+    def weights(self) -> str:
+        return self.engine.weights
+
+
+@dataclass
+class Turn(Generic[T]):
+    """One trial of the take-turns loop: which engine, prompt, repeat and load, and what the trial returned."""
+
+    engine: EngineSpec
+    prompt: Prompt
+    repeat: int
+    load: str
+    result: T
 
 
 def load_prompts(which: str = "all", limit: int | None = None) -> list[Prompt]:
@@ -92,52 +116,6 @@ def measure(engine: TokenEngine, prompt_ids: list[int], new_tokens: int) -> Timi
     if len(tokens) != new_tokens:
         raise EdgegenError(f"{engine.name} produced {len(tokens)} tokens, expected {new_tokens}")
     return Timing(tokens, stamps[0] - start, stamps[-1] - stamps[0], dict(metrics or {}))
-
-
-class EdgegenEngine:
-    """One edgegen strategy on one backend, greedy, exactly ``new_tokens`` tokens (EOS ignored).
-
-    It drives the same strategy, sampler and session that ``Generator.generate`` uses, but from
-    token ids and without stopping at EOS. ``consistent_rows`` (always on for speculative strategies)
-    makes single-token forwards use the multi-row kernels, so AR and speculative tokens can be compared.
-    """
-
-    def __init__(self, folder: Path, backend: str, device: str = "CPU", strategy: str = "ar",
-                 draft: Path | None = None, consistent_rows: bool = False, **options: Any) -> None:
-        import edgegen
-
-        self.backend = backend
-        self.strategy = strategy
-        self._options = options
-        consistent_rows = consistent_rows or strategy != "ar"
-        name = f"edgegen-{'ort' if backend == 'onnxruntime' else 'ov'}"
-        if strategy != "ar":
-            name += f"-{strategy}"
-        elif consistent_rows and backend == "onnxruntime":  # OpenVINO's rows agree anyway
-            name += "-2row"
-        self.name = name
-        self._gen = edgegen.load(folder, draft=draft if strategy == "speculative" else None, backend=backend,
-                                 device=device, consistent_rows=consistent_rows)
-
-    def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
-        from edgegen.sampling import Sampler, SamplingConfig
-        from edgegen.strategies import DecodeRequest, make_strategy
-
-        request = DecodeRequest(self._gen.session, list(prompt_ids), Sampler(SamplingConfig()), new_tokens)
-        steps = make_strategy(self.strategy, self._gen.drafter, **self._options).decode(request)
-        produced = 0
-        try:
-            for new in steps:
-                for token in new[: new_tokens - produced]:
-                    on_token(token)
-                produced += min(len(new), new_tokens - produced)
-                if produced >= new_tokens:
-                    break
-        finally:
-            steps.close()
-        c = request.counters
-        return {"prefill_ms": c.prefill_s * 1e3, "target_ms": c.target_s * 1e3, "target_steps": c.target_steps,
-                "draft_ms": c.draft_s * 1e3, "draft_proposed": c.draft_proposed, "draft_accepted": c.draft_accepted}
 
 
 def _folder_weights(manifest: Manifest) -> str:
@@ -187,67 +165,70 @@ def encode_prompts(folder: Path, prompts: Sequence[Prompt]) -> dict[str, list[in
     return {p.id: tokenizer.encode_prompt(p.prompt, p.chat) for p in prompts}
 
 
-def open_engines(folder: Path, baselines: bool, device: str = "CPU", note: Callable[[str], None] = print,
-                 strategy: str = "ar", draft: Path | None = None, **options: Any) -> list[TokenEngine]:
-    """edgegen on each backend whose graph the folder has, then the baselines (skips noted in one line).
+def take_turns(engines: Sequence[tuple[EngineSpec, E]], prompts: Sequence[Prompt], trial: Callable[[E, Prompt], T],
+               warmup: int = 1, repeats: int = 1, loads: Sequence[str] = ("none",), desc: str = "bench",
+               warmup_prompts: Sequence[Prompt] = ()) -> list[Turn[T]]:
+    """THE take-turns loop: under each background load, every engine's warm-up trials (on ``warmup_prompts``,
+    default the timed ones), then for every prompt and repeat one trial of each engine in turn, so a load
+    change on a shared machine hits them all alike."""
+    from tqdm import tqdm
 
-    For a speculative ``strategy`` the engines are, per backend: edgegen AR (the speed reference),
-    edgegen AR with consistent rows on ONNX Runtime (the token reference) and edgegen ``strategy``;
-    then each baseline's AR and, where it has one, its own ``strategy`` pipeline.
-    """
-    from edgegen.runtimes.baselines import open_baselines
+    warmup_prompts = list(warmup_prompts) or list(prompts)
+    turns: list[Turn[T]] = []
+    total = len(loads) * len(engines) * (warmup + len(prompts) * repeats)
+    with tqdm(total=total, desc=desc, unit="run", file=sys.stderr, leave=False) as bar:
+        for load in loads:
+            with background_load(load):
+                for spec, engine in engines:
+                    for i in range(warmup):
+                        bar.set_postfix_str(f"{spec.label} warm-up ({load})")
+                        trial(engine, warmup_prompts[i % len(warmup_prompts)])
+                        bar.update()
+                for prompt in prompts:
+                    for r in range(repeats):
+                        for spec, engine in engines:
+                            bar.set_postfix_str(f"{spec.label} {prompt.id} ({load})")
+                            turns.append(Turn(spec, prompt, r, load, trial(engine, prompt)))
+                            bar.update()
+    return turns
+
+
+def timed_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], prompts: Sequence[Prompt],
+               ids: Mapping[str, list[int]], new_tokens: int, warmup: int = 1, repeats: int = 1,
+               loads: Sequence[str] = ("none",), desc: str = "bench",
+               warmup_prompts: Sequence[Prompt] = ()) -> list[Run]:
+    """``measure`` every engine on every prompt (``take_turns``): one Run per timed generation."""
+    backend = {spec.label: engine.backend for spec, engine in engines}
+    turns = take_turns(engines, prompts, lambda engine, prompt: measure(engine, ids[prompt.id], new_tokens),
+                       warmup, repeats, loads, desc, warmup_prompts)
+    return [Run(t.engine, backend[t.engine.label], t.prompt.id, t.prompt.category, len(ids[t.prompt.id]), t.repeat,
+                t.result, t.load) for t in turns]
+
+
+def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path | None = None,
+                  note: Callable[[str], None] = print, **options: object) -> list[EngineSpec]:
+    """edgegen's engines on ``folder``: the headline (``edgegen.load()`` + the default strategy), then per backend
+    whose graph the folder has: AR (one-row steps, the speed reference) and, for a drafting ``strategy``,
+    AR with consistent rows on ONNX Runtime (its token reference) and the strategy itself."""
+    from edgegen import runtimes
+    from edgegen.bench.engines import DEFAULT_STRATEGY, edgegen_spec, supports_consistent_rows
 
     graphs = read_manifest(folder).graphs
-    variants: list[dict[str, Any]] = [{}]
-    if strategy != "ar":
-        variants = [{}, {"consistent_rows": True}, {"strategy": strategy, "draft": draft, **options}]
-    engines: list[TokenEngine] = []
+    specs = [edgegen_spec(folder, None, weights, DEFAULT_STRATEGY)]
+    padded = supports_consistent_rows()
     for backend in EDGEGEN_BACKENDS:
-        fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        fmt = runtimes.graph_format(backend)
         if fmt not in graphs:
             note(f"edgegen on {backend}: {folder} has no {fmt} graph, skipped")
             continue
-        for variant in variants:
-            if variant.get("consistent_rows") and backend != "onnxruntime":
-                continue
-            try:
-                engines.append(EdgegenEngine(folder, backend, device, **variant))
-            except (EdgegenError, ImportError) as e:
-                note(f"edgegen on {backend}: {e}, skipped")
-    if baselines:
-        opened, notes = open_baselines(folder, device, strategy, draft)
-        engines += opened
-        for line in notes:
-            note(line)
-    return engines
-
-
-def run_precision(weights: str, folder: Path, prompts: Sequence[Prompt], new_tokens: int, repeats: int,
-                  warmup: int, baselines: bool, note: Callable[[str], None] = print, strategy: str = "ar",
-                  draft: Path | None = None, **options: Any) -> list[Run]:
-    """Every engine on every prompt at one precision: warm-up runs first, then the timed runs."""
-    from tqdm import tqdm
-
-    ids = encode_prompts(folder, prompts)
-    engines = open_engines(folder, baselines, note=note, strategy=strategy, draft=draft, **options)
-    runs: list[Run] = []
-    total = len(engines) * (warmup + len(prompts) * repeats)
-    with tqdm(total=total, desc=f"bench {weights}", unit="run", file=sys.stderr, leave=False) as bar:
-        for engine in engines:
-            for i in range(warmup):
-                bar.set_postfix_str(f"{engine.name} warm-up")
-                measure(engine, ids[prompts[i % len(prompts)].id], new_tokens)
-                bar.update()
-        # Engines take turns on each prompt, so a load change on a shared machine hits them all alike.
-        for prompt in prompts:
-            for r in range(repeats):
-                for engine in engines:
-                    bar.set_postfix_str(f"{engine.name} {prompt.id}")
-                    timing = measure(engine, ids[prompt.id], new_tokens)
-                    runs.append(Run(engine.name, engine.backend, weights, prompt.id, prompt.category,
-                                    len(ids[prompt.id]), r, timing))
-                    bar.update()
-    return runs
+        specs.append(edgegen_spec(folder, backend, weights, **({"consistent_rows": False} if padded else {})))
+        if strategy == "ar":
+            continue
+        if padded and backend == "onnxruntime":  # OpenVINO's rows agree anyway
+            specs.append(edgegen_spec(folder, backend, weights, consistent_rows=True))
+        extra = {"draft": draft} if strategy == "speculative" else {}
+        specs.append(edgegen_spec(folder, backend, weights, strategy, **extra, **options))
+    return specs
 
 
 def median(values: Sequence[float]) -> float:

@@ -14,10 +14,8 @@ is measured around ``Generator.generate``. Quality, on the text up to the first 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,16 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edgegen.bench.runner import (
-    EDGEGEN_BACKENDS,
-    Prompt,
-    encode_prompts,
-    exported_folder,
-    folder_weights,
-    load_prompts,
-)
+from edgegen.bench.engines import EDGEGEN_BACKENDS, SHORT_BACKEND, EngineSpec
+from edgegen.bench.quality import fp32_session, perplexity, until_eos
+from edgegen.bench.report import write_report
+from edgegen.bench.runner import encode_prompts, exported_folder, folder_weights, load_prompts, take_turns
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 
@@ -59,25 +51,6 @@ class PromptResult:
     @property
     def speedup(self) -> float:
         return self.nucleus_s / self.superposed_s
-
-
-def until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
-    """The tokens up to and including the first EOS (what a user would be shown)."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return list(tokens[: i + 1])
-    return list(tokens)
-
-
-def perplexity(session: Any, prompt: Sequence[int], continuation: Sequence[int]) -> float:
-    """exp(mean negative log-likelihood) of ``continuation`` after ``prompt`` under ``session`` (one forward)."""
-    session.reset()
-    logits = session.forward(np.asarray([*prompt, *continuation], np.int64)).astype(np.float64)
-    rows = logits[len(prompt) - 1 : -1]  # row i predicts continuation[i]
-    top = rows.max(axis=1, keepdims=True)
-    log_z = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
-    nll = log_z - rows[np.arange(len(continuation)), np.asarray(continuation)]
-    return float(np.exp(nll.mean()))
 
 
 def _ngrams(tokens: Sequence[int], n: int) -> Counter:
@@ -171,35 +144,48 @@ def markdown_table(rows: Sequence[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
-def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = call()
-    return result, time.perf_counter() - start
+class _Generations:
+    """One engine of the superposed bench: a Generator and what one trial generates with it (all ``new_tokens``
+    long, EOS ignored): the k superposed drafts, k nucleus samples (seeds seed..seed+k-1), or one greedy run."""
+
+    def __init__(self, spec: EngineSpec, new_tokens: int) -> None:
+        import edgegen
+
+        self.spec = spec
+        self.gen = edgegen.load(spec.folder, backend=spec.backend, embeddings=spec.strategy == "superposed")
+        self._common = {"max_new_tokens": new_tokens, "ignore_eos": True}
+
+    def run(self, ids: list[int]) -> tuple[list[list[int]], float]:
+        """The outputs of one trial and the wall time of its generate calls together."""
+        options = dict(self.spec.options)
+        start = time.perf_counter()
+        if self.spec.strategy == "superposed":
+            drafts = [d.token_ids for d in self.gen.generate(ids, strategy="superposed", **options,
+                                                             **self._common).drafts]
+        else:
+            samples, seed = options.pop("samples", 1), options.pop("seed", None)
+            drafts = [self.gen.generate(ids, **({"seed": seed + i} if seed is not None else {}), **options,
+                                        **self._common).token_ids for i in range(samples)]
+        return drafts, time.perf_counter() - start
 
 
-def run_prompt(sup_gen: Any, gen: Any, prompt: Prompt, ids: list[int], new_tokens: int, k: int, seed: int,
-               options: dict[str, Any]) -> PromptResult:
-    """Time one superposed generation (on ``sup_gen``, loaded with embeddings), k nucleus generations and
-    one greedy generation (on ``gen``, the plain graph a user runs them on) of ``new_tokens`` each."""
-    common = {"max_new_tokens": new_tokens, "ignore_eos": True}
-    sup, sup_s = _timed(lambda: sup_gen.generate(ids, strategy="superposed", num_drafts=k, **options, **common))
-    nucleus, nucleus_s = [], 0.0
-    for i in range(k):
-        r, s = _timed(lambda i=i: gen.generate(ids, seed=seed + i, **NUCLEUS, **common))
-        nucleus.append(r.token_ids)
-        nucleus_s += s
-    greedy, greedy_s = _timed(lambda: gen.generate(ids, **common))
-    return PromptResult(gen.backend, prompt.id, prompt.category, sup_s, nucleus_s, greedy_s,
-                        [d.token_ids for d in sup.drafts], nucleus, greedy.token_ids)
+def superposed_specs(folder: Path, weights: str, backends: Sequence[str], k: int, seed: int,
+                     options: dict[str, Any]) -> list[EngineSpec]:
+    """Per backend: superposed (k drafts), nucleus (k samples) and greedy."""
+    specs = []
+    for backend in backends:
+        short = SHORT_BACKEND.get(backend, backend)
+        specs += [EngineSpec(f"superposed-{short}", "edgegen", backend, weights, folder, "superposed",
+                             {"num_drafts": k, **options}),
+                  EngineSpec(f"nucleus-{short}", "edgegen", backend, weights, folder, "ar",
+                             {**NUCLEUS, "samples": k, "seed": seed}),
+                  EngineSpec(f"greedy-{short}", "edgegen", backend, weights, folder, "ar")]
+    return specs
 
 
 def score(results: Sequence[PromptResult], ids: dict[str, list[int]], fp32_folder: Path, eos: set[int]) -> None:
-    """Fill each result's perplexities under the fp32 export (ONNX Runtime), text up to the first EOS."""
-    from edgegen import runtimes
-
-    manifest = read_manifest(fp32_folder)
-    backend = "onnxruntime" if "onnx" in manifest.graphs else "openvino"
-    session = runtimes.open_session(fp32_folder, manifest, backend)
+    """Fill each result's perplexities under the fp32 export, text up to the first EOS."""
+    session, _ = fp32_session(fp32_folder)
     for r in results:
         prompt = ids[r.prompt_id]
         for name, drafts in (("superposed", r.superposed), ("nucleus", r.nucleus), ("greedy", [r.greedy])):
@@ -211,16 +197,14 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
                          out: Path = Path("bench-out"), warmup: int = 1, seed: int = 0,
                          command: str = "edgegen bench --strategy superposed",
                          echo: Callable[[str], None] = print, backends: Sequence[str] = EDGEGEN_BACKENDS,
-                         **options: Any) -> list[dict[str, Any]]:
+                         loads: Sequence[str] = ("none",), **options: Any) -> list[dict[str, Any]]:
     """Run the superposed benchmark; write ``out``/superposed.json and superposed.md; return the summary rows.
 
     model/weights as ``run_bench`` (the first precision is timed); the fp32 export for perplexity goes
-    through the same export path. ``options`` go to the superposed strategy (alpha, ngram, ...).
+    through the same export path. ``options`` go to the superposed strategy (alpha, ngram, ...). The engines
+    (per backend: superposed, nucleus, greedy) take turns on every prompt (``runner.take_turns``).
     """
-    from tqdm import tqdm
-
-    import edgegen
-    from edgegen.bench.report import machine_info
+    from edgegen.bench.machine import machine_info
 
     if new_tokens < 2 or num_drafts < 2:
         raise EdgegenError("the superposed bench needs --new-tokens >= 2 and --num-drafts >= 2")
@@ -239,42 +223,52 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
 
         options = {**options, "ngram": str(default_store(folder))}
     ids = encode_prompts(folder, chosen)
-    results: list[PromptResult] = []
     notes: list[str] = []
-    for backend in backends:
+    engines: list[tuple[EngineSpec, _Generations]] = []
+    for spec in superposed_specs(folder, precision, backends, num_drafts, seed, options):
         try:
-            sup_gen = edgegen.load(folder, backend=backend, embeddings=True)
-            gen = edgegen.load(folder, backend=backend)
+            engines.append((spec, _Generations(spec, new_tokens)))
         except EdgegenError as e:
-            notes.append(f"{backend}: {e}, skipped")
+            notes.append(f"{spec.label}: {e}, skipped")
             echo(notes[-1])
+    turns = take_turns(engines, chosen, lambda engine, prompt: engine.run(ids[prompt.id]), warmup, loads=loads,
+                       desc="superposed bench")
+    del engines
+    by = {(t.load, t.engine.backend, _role(t.engine), t.prompt.id): t for t in turns}
+    results: list[PromptResult] = []
+    for (load, backend, role, pid), t in by.items():
+        others = [(load, backend, "nucleus", pid), (load, backend, "greedy", pid)]
+        if role != "superposed" or any(key not in by for key in others):
             continue
-        for i in range(warmup):
-            prompt = chosen[i % len(chosen)]
-            run_prompt(sup_gen, gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options)
-        for prompt in tqdm(chosen, desc=f"superposed bench {backend}", unit="prompt", file=sys.stderr, leave=False):
-            results.append(run_prompt(sup_gen, gen, prompt, ids[prompt.id], new_tokens, num_drafts, seed, options))
+        nucleus, greedy = by[load, backend, "nucleus", pid], by[load, backend, "greedy", pid]
+        results.append(PromptResult(backend if load == "none" else f"{backend} ({load})", pid, t.prompt.category,
+                                    t.result[1], nucleus.result[1], greedy.result[1], t.result[0],
+                                    nucleus.result[0], greedy.result[0][0]))
     if not results:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     score(results, ids, fp32_folder, eos)
     rows = summarize(results, eos)
     settings = {"command": command, "model": model or "default", "weights": precision, "folder": str(folder),
                 "fp32_folder": str(fp32_folder), "prompts": f"{len(chosen)} ({prompts})", "new_tokens": new_tokens,
-                "num_drafts": num_drafts, "nucleus": NUCLEUS, "warmup": warmup, "seed": seed,
+                "num_drafts": num_drafts, "nucleus": NUCLEUS, "warmup": warmup, "seed": seed, "loads": list(loads),
                 "strategy_options": {k: str(v) for k, v in options.items()}}
-    out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    (out / "superposed.json").write_text(json.dumps(
-        {"settings": settings, "machine": machine, "notes": notes, "summary": rows,
-         "prompts": [asdict(r) for r in results]}, indent=1) + "\n")
     table = markdown_table(rows, num_drafts)
-    (out / "superposed.md").write_text(
-        f"# edgegen bench: superposed decoding\n\n`{command}`\n\n{machine['cpu']}, {machine['usable_cores']} cores, "
-        f"{machine['date']}; timed at {precision}, perplexity under fp32; {new_tokens} new tokens (EOS ignored "
-        f"for timing, text up to the first EOS scored).\n\n{table}\n" + "".join(f"\n- {n}" for n in notes) + "\n")
+    text = (f"# edgegen bench: superposed decoding\n\n`{command}`\n\n{machine['cpu']}, {machine['usable_cores']} "
+            f"cores, {machine['date']}; timed at {precision}, perplexity under fp32; {new_tokens} new tokens (EOS "
+            f"ignored for timing, text up to the first EOS scored).\n\n{table}\n" + "".join(f"\n- {n}" for n in notes))
+    paths = write_report(Path(out), "superposed", {"settings": settings, "machine": machine, "notes": notes,
+                                                   "summary": rows, "prompts": [asdict(r) for r in results]}, text)
     echo(table)
-    echo(f"wrote {out / 'superposed.json'}, {out / 'superposed.md'}")
+    echo("wrote " + ", ".join(str(p) for p in paths))
     return rows
+
+
+def _role(spec: EngineSpec) -> str:
+    """superposed | nucleus | greedy, from the spec (not its label)."""
+    if spec.strategy == "superposed":
+        return "superposed"
+    return "nucleus" if spec.options.get("samples") else "greedy"
 
 
 def _prepare(model: str | None, weights: str, embeddings: bool) -> Path:
@@ -284,3 +278,6 @@ def _prepare(model: str | None, weights: str, embeddings: bool) -> Path:
 
     folder = prepare_folder(model, weights)
     return ensure_embeddings(folder) if embeddings else folder
+
+
+__all__ = ["distinct2", "perplexity", "run_superposed_bench", "self_bleu", "summarize", "until_eos"]
