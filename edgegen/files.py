@@ -177,7 +177,7 @@ def publish_folder(tmp: Path, out_dir: Path) -> None:
             os.replace(tmp, out_dir)
             return
         # Replace an older export: move it aside first so a failed rename can put it back.
-        old = owned_tempdir(out_dir, "old")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         old.rmdir()
         os.replace(out_dir, old)
         try:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import MANIFEST_NAME, EmbeddingsInfo, GraphInfo, Manifest, read_manifest
+from edgegen.manifest import EXPORT_LOG, MANIFEST_NAME, EmbeddingsInfo, GraphInfo, Manifest, read_manifest
 
 TABLE_FILE = "embeddings.npy"
 # A wrong cut or scale moves logits by whole units and changes most argmaxes; a float table against a
@@ -138,7 +138,7 @@ def add_embeddings(folder: Path, progress: bool = True) -> Path:
     are (hard links in the new folder, which then replaces the old one).
     """
     from edgegen.export.pipeline import atomic_folder
-    from edgegen.export.progress import Stages, quiet
+    from edgegen.export.progress import Stages, library_output
     from edgegen.export.quality import gate_token_ids
     from edgegen.export.source import materialize_hf, resolve_source
 
@@ -155,7 +155,7 @@ def add_embeddings(folder: Path, progress: bool = True) -> Path:
         f"build {'ONNX' if f == 'onnx' else 'OpenVINO'} embeddings graph" for f in manifest.graphs
     ] + ["save embedding table", "check embeddings graphs"]
     stages = Stages(progress, names)
-    with quiet(not progress), atomic_folder(folder) as tmp:
+    with atomic_folder(folder) as tmp, library_output(tmp / EXPORT_LOG):
         _link_tree(folder, tmp)
         (tmp / MANIFEST_NAME).unlink()  # written last: a folder with edgegen.json is complete
         for stale in (manifest.embeddings.graphs.values() if manifest.embeddings else ()):

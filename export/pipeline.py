@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.export.progress import Stages, quiet, warn
-from edgegen.manifest import GraphInfo, Manifest, is_model_folder
+from edgegen.export.progress import Stages, library_output, warn
+from edgegen.files import atomic_folder, check_output_dir
+from edgegen.manifest import EXPORT_LOG, GraphInfo, Manifest
 
 FORMATS = ("onnx", "openvino")
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
@@ -39,6 +37,7 @@ def export_model(
     progress: bool = True,
     execution_provider: str | None = None,
     embeddings: bool | None = None,
+    verbose: bool = False,
 ) -> Path:
     """Export `source` into the edgegen model folder `out_dir` and return its path.
 
@@ -49,6 +48,8 @@ def export_model(
     embeddings: also build each format's input-embedding graph and save the token-embedding table
     (superposed decoding; see manifest.EmbeddingsInfo). None takes the profile's value, else off.
     The folder appears complete or not at all: everything is built in a hidden sibling and renamed.
+    What the builders and quantizers print goes to ``export.log`` in the folder (to stderr when ``verbose``),
+    never to stdout; progress shows edgegen's own stage lines on stderr.
     """
     from edgegen.export.source import resolve_source
 
@@ -79,7 +80,7 @@ def export_model(
     check_output_dir(out_dir)
     stages = Stages(progress, ["convert GGUF"] * (src.kind == "gguf")
                     + _stage_names(formats, weights, quality_gate, embeddings))
-    with quiet(not progress), atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir) as tmp, library_output(tmp / EXPORT_LOG, verbose):
         manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages, embeddings)
         if prof is not None:
             manifest = replace(manifest, profile=prof.name, static_shapes=dict(prof.static_shapes))
@@ -187,7 +188,7 @@ def _run_gate(
     out: dict[str, GraphInfo] = {}
     for fmt, g in graphs.items():
         try:
-            ppl = quality.graph_perplexity(tmp, g, ids, manifest.num_kv_heads, manifest.head_dim)
+            ppl = quality.graph_perplexity(tmp, replace(manifest, graphs=graphs), fmt, ids)
         except Exception as e:  # a graph its own runtime cannot run must not be published
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgegenError(f"the exported {fmt} {g.weights} graph does not run: {msg}") from None
@@ -253,58 +254,3 @@ def _decide_add_bos(hf_dir: Path, src: Any, model_type: str) -> bool:
     if post.get("type") == "TemplateProcessing" and post.get("single", [{}])[0].get("SpecialToken"):
         return True
     return _ADD_BOS_BY_TYPE.get(model_type, False)
-
-
-# --- atomic output folder ---------------------------------------------------------------------------
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse to overwrite anything but an edgegen model folder (or an empty folder)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise EdgegenError(f"output path {out_dir} exists and is not a folder")
-    if any(out_dir.iterdir()) and not is_model_folder(out_dir):
-        raise EdgegenError(
-            f"output folder {out_dir} is not empty and not an edgegen model folder; refusing to replace it"
-        )
-
-
-@contextlib.contextmanager
-def atomic_folder(out_dir: Path, check: bool = True) -> Iterator[Path]:
-    """Yield a hidden sibling folder; on success it replaces `out_dir`, on any failure it is removed.
-
-    check: refuse to replace a non-empty folder that is not an edgegen model (off for work folders
-    such as a training corpus that the caller owns).
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        if check:
-            check_output_dir(out_dir)  # again: something may have appeared while we worked
-        _publish(tmp, out_dir)
-    except BaseException:  # KeyboardInterrupt included: never leave half an export behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    if not any(out_dir.iterdir()):
-        out_dir.rmdir()
-        os.replace(tmp, out_dir)
-        return
-    # Replace an older export: move it aside first so a failed rename can put it back.
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Quality gate: perplexity of each exported graph against the fp32 torch model.
 
-Every graph is scored by its own runtime (ONNX Runtime, OpenVINO) on the same fixed English paragraph,
-so the gate measures what a user will actually run, not a torch simulation of it.
+Every graph is scored by the session a user gets for it (edgegen.runtimes: ONNX Runtime, OpenVINO) on the same
+fixed English paragraph, so the gate measures what a user will actually run, not a torch simulation of it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.manifest import GraphInfo
+from edgegen.manifest import Manifest
 
 TEXT_ID = "edgegen-en-paragraph-v1"
 # Plain expository English (~200 tokens): no code, no names a small model could not know, so the
@@ -68,60 +68,13 @@ def torch_perplexity(hf_dir: Path, ids: Sequence[int]) -> float:
     return perplexity_from_logits(out.logits[0].float().numpy(), ids)
 
 
-def onnx_perplexity(model_folder: Path, graph: GraphInfo, ids: Sequence[int], kv_heads: int, head_dim: int) -> float:
-    """One prefill of the whole text through ONNX Runtime with an empty KV cache."""
-    import onnxruntime as ort
+def graph_perplexity(model_folder: Path, manifest: Manifest, fmt: str, ids: Sequence[int]) -> float:
+    """Perplexity of ``ids`` through the ``fmt`` graph of ``manifest``: one prefill on CPU through the session
+    a user gets (edgegen.runtimes), fresh cache."""
+    from edgegen.runtimes import backend_for, open_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_folder / graph.path), so, providers=["CPUExecutionProvider"])
-    n = len(ids)
-    feeds: dict[str, Any] = {
-        graph.inputs["input_ids"]: np.asarray([ids], dtype=np.int64),
-        graph.inputs["attention_mask"]: np.ones((1, n), dtype=np.int64),
-    }
-    kv = graph.kv
-    for inp in sess.get_inputs():
-        if inp.name in feeds:
-            continue
-        # Past KV inputs: [batch, kv_heads, past_len, head_dim]. An empty past (length 0) is a valid
-        # prefill for the GroupQueryAttention graph even though it is built for a shared buffer.
-        # The builder leaves head_dim symbolic ("kv_cache_dim"), so take the sizes from the config.
-        feeds[inp.name] = np.zeros((1, kv_heads, 0, head_dim), dtype=np.dtype(kv.dtype))
-    (logits,) = sess.run([graph.logits], feeds)
-    return perplexity_from_logits(logits[0], ids)
-
-
-def openvino_perplexity(model_folder: Path, graph: GraphInfo, ids: Sequence[int]) -> float:
-    """One prefill of the whole text through the stateful OpenVINO IR (fresh state)."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(str(model_folder / graph.path), "CPU")
-    req = compiled.create_infer_request()
-    req.reset_state()
-    n = len(ids)
-    names = {p.get_any_name() for p in compiled.inputs}
-    feeds: dict[str, Any] = {
-        graph.inputs["input_ids"]: np.asarray([ids], dtype=np.int64),
-        graph.inputs["attention_mask"]: np.ones((1, n), dtype=np.int64),
-    }
-    if "position_ids" in graph.inputs and graph.inputs["position_ids"] in names:
-        feeds[graph.inputs["position_ids"]] = np.arange(n, dtype=np.int64)[None]
-    if "beam_idx" in graph.inputs and graph.inputs["beam_idx"] in names:
-        feeds[graph.inputs["beam_idx"]] = np.zeros((1,), dtype=np.int32)
-    res = req.infer(feeds)
-    logits = res[compiled.output(graph.logits)]
-    return perplexity_from_logits(logits[0], ids)
-
-
-def graph_perplexity(model_folder: Path, graph: GraphInfo, ids: Sequence[int], kv_heads: int, head_dim: int) -> float:
-    """Perplexity of TEXT through one exported graph, run by its own runtime."""
-    if graph.format == "onnx":
-        return onnx_perplexity(model_folder, graph, ids, kv_heads, head_dim)
-    if graph.format == "openvino":
-        return openvino_perplexity(model_folder, graph, ids)
-    raise ValueError(f"no perplexity runner for format {graph.format!r}")
+    session = open_session(model_folder, manifest, backend_for(fmt), device="CPU")
+    return perplexity_from_logits(session.forward(np.asarray(ids, dtype=np.int64)), ids)
 
 
 def gate_result(weights: str, ppl: float, ppl_fp32: float) -> dict[str, Any]:

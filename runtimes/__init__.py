@@ -24,6 +24,14 @@ def graph_format(backend: str) -> str:
     return _entry(backend)[2]
 
 
+def backend_for(fmt: str) -> str:
+    """The backend that runs graphs of format ``fmt`` ("onnx" -> "onnxruntime")."""
+    for name, (_, _, graph_fmt) in BACKENDS.items():
+        if graph_fmt == fmt:
+            return name
+    raise EdgegenError(f"no backend runs {fmt} graphs (known formats: {', '.join(v[2] for v in BACKENDS.values())})")
+
+
 def _entry(backend: str) -> tuple[str, str, str]:
     if backend not in BACKENDS:
         raise EdgegenError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
@@ -65,4 +73,5 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-__all__ = ["BACKENDS", "Session", "available_devices", "graph_format", "open_session", "runtime_versions"]
+__all__ = ["BACKENDS", "Session", "available_devices", "backend_for", "graph_format", "open_session",
+           "runtime_versions"]

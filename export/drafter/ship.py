@@ -257,7 +257,8 @@ def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name
                    **export_options: Any) -> Path:
     """Export a rebuilt HF folder (drafter, LUD-tuned target) through the target pipeline into ``work``,
     record ``extras`` (and ``name``) in its manifest, then move it to ``out`` in one rename."""
-    from edgegen.export.pipeline import _publish, check_output_dir, export_model
+    from edgegen.export.pipeline import export_model
+    from edgegen.files import check_output_dir, publish_folder
     from edgegen.manifest import read_manifest
 
     staged = export_model(hf, work / "model", **export_options)
@@ -267,7 +268,7 @@ def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name
     tmp_json.write_text(manifest.to_json() + "\n")
     os.replace(tmp_json, staged / "edgegen.json")
     check_output_dir(out)
-    _publish(staged, out)
+    publish_folder(staged, out)
     return out
 
 
