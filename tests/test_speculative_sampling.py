@@ -19,8 +19,9 @@ from edgegen.sampling import Sampler, SamplingConfig, distribution
 from edgegen.strategies import verify as verify_module
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
+from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import LookupThenModel, ModelDrafter, PromptLookupDrafter
-from edgegen.strategies.speculative import DraftLength, Speculative
+from edgegen.strategies.speculative import Speculative
 
 VOCAB = 5
 PROMPT = [1, 3]
@@ -52,6 +53,9 @@ class TinyLM:
             out.append(self._logits(tuple(self.tokens)))
         logits = np.stack(out)
         return logits[-1:] if last_only else logits
+
+    def common_prefix(self, token_ids) -> int:
+        return 0  # keeps nothing: every prefill starts from an empty cache
 
     def trim(self, length: int) -> None:
         assert 0 <= length <= len(self.tokens)

@@ -18,4 +18,4 @@ class Autoregressive(Strategy):
             token = request.sampler.pick(logits, history)
             history.append(token)
             yield [token]
-            logits = step(request, [token])[-1]
+            logits = step(request, [token])[0][-1]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
 from edgegen.strategies.drafters import Drafter
@@ -98,25 +99,49 @@ class MultiDraftStrategy(Protocol):
 
 
 def prefill(request: DecodeRequest) -> np.ndarray:
-    """Reset the target, run the prompt and return the last position's logits (vocab,)."""
-    target = request.target
-    target.reset()
+    """Run the prompt on the target and return the last position's logits (vocab,).
+
+    The cache keeps what it already holds of the prompt (the previous chat turn, a repeated system
+    prompt) and only the rest is forwarded: at least the last token, whose logits start the decoding.
+    """
+    target, ids = request.target, request.prompt_ids
+    keep = min(target.common_prefix(ids), len(ids) - 1)
+    if keep:
+        target.trim(keep)
+    else:
+        target.reset()
     with request.counters.timing("prefill_s"):
-        logits = target.forward(np.asarray(request.prompt_ids, np.int64), last_only=True)
+        logits = target.forward(np.asarray(ids[keep:], np.int64), last_only=True)
     return logits[-1]
 
 
-def step(request: DecodeRequest, token_ids: list[int]) -> np.ndarray:
-    """One target forward after prefill, counted and timed; returns (len(token_ids), vocab) logits."""
-    with request.counters.timing("target_s"):
-        logits = request.target.forward(np.asarray(token_ids, np.int64))
-    request.counters.target_steps += 1
+def check_finite(logits: np.ndarray) -> np.ndarray:
+    """``logits`` unchanged if every value is finite; else the EdgegenError that stops generation.
+
+    NaN or inf logits come from corrupt weights (a flipped byte, a NaN quantization scale) or a model
+    quantized too coarsely; decoding on would silently emit token 0 every step.
+    """
+    if not np.isfinite(logits).all():
+        raise EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
+                           "quantized (re-export the model, or try a less aggressive quantization)")
     return logits
 
 
-def step_embeddings(request: DecodeRequest, embeddings: np.ndarray) -> np.ndarray:
-    """Like ``step`` for input embeddings (n, hidden) float32 instead of token ids; (n, vocab) logits."""
-    with request.counters.timing("target_s"):
-        logits = request.target.forward_embeddings(embeddings)  # type: ignore[attr-defined]
+def step(request: DecodeRequest, token_ids: list[int]) -> tuple[np.ndarray, float]:
+    """One target forward after prefill, counted and timed: its (len(token_ids), vocab) logits and seconds."""
+    start = time.perf_counter()
+    logits = request.target.forward(np.asarray(token_ids, np.int64))
+    return _counted(request, logits, time.perf_counter() - start)
+
+
+def step_embeddings(request: DecodeRequest, embeddings: np.ndarray) -> tuple[np.ndarray, float]:
+    """Like ``step`` for input embeddings (n, hidden) float32 instead of token ids: (n, vocab) logits, seconds."""
+    start = time.perf_counter()
+    logits = request.target.forward_embeddings(embeddings)  # type: ignore[attr-defined]
+    return _counted(request, logits, time.perf_counter() - start)
+
+
+def _counted(request: DecodeRequest, logits: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
+    request.counters.target_s += seconds
     request.counters.target_steps += 1
-    return logits
+    return check_finite(logits), seconds

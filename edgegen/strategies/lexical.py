@@ -13,7 +13,7 @@ greedy of the same model and sampling keeps AR's distribution; the gain is then 
 `threshold >= 1` accepts nothing past the first token and appends no placeholders: plain AR.
 
 `adaptive=True` picks each step's number of placeholders (0 included) like speculative decoding picks its
-draft length (speculative.DraftLength): from the decayed rate at which placeholder tokens join units and the
+draft length (draft_length.DraftLength): from the decayed rate at which placeholder tokens join units and the
 measured cost of a forward per row count. A placeholder row costs real time on a CPU (ONNX Runtime: a 1-row
 forward is its fast path), so placeholders are only appended while they pay for themselves.
 """
@@ -29,8 +29,9 @@ from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
 from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
-from edgegen.strategies.speculative import DraftLength
-from edgegen.strategies.verify import verify
+from edgegen.strategies.draft_length import DraftLength
+from edgegen.strategies.drafters import Draft
+from edgegen.strategies.speculative import verified_step
 
 
 def placeholder_ids(target: Session) -> tuple[list[int], float]:
@@ -94,45 +95,53 @@ class Lexical(Strategy):
         return unit
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
-        target, sampler, counters = request.target, request.sampler, request.counters
-        pids, threshold = self._settings(target)
+        pids, threshold = self._settings(request.target)
         history = list(request.prompt_ids)
-        logits = prefill(request)
-        token = sampler.pick(logits, history)
+        token = request.sampler.pick(prefill(request), history)
         history.append(token)
-        produced = 1
         yield [token]
-        pending, draft = [token], []  # real tokens not yet in the cache; the unit awaiting verification
         length = DraftLength(len(pids), len(pids), self.adaptive)
+        steps = self._verified_steps if self.verified else self._unverified_steps
+        yield from steps(request, history, pids, threshold, length)
+
+    def _placeholders(self, request: DecodeRequest, length: DraftLength, pids: list[int], threshold: float,
+                      fed: int) -> list[int]:
+        """The placeholders to append after ``fed`` real rows: as many as pay for themselves and fit the cache."""
+        if threshold >= 1.0:
+            return []
+        room = request.target.max_length - request.target.position - fed
+        return pids[: length.choose(max(0, min(len(pids), room)))]
+
+    def _verified_steps(self, request: DecodeRequest, history: list[int], pids: list[int], threshold: float,
+                        length: DraftLength) -> Iterator[list[int]]:
+        """Each step verifies the previous unit as a draft (speculative's verification) and proposes the next."""
+        unit: list[int] = []
         while True:
-            fed = len(pending) + len(draft)
-            base = target.position
-            m = 0 if threshold >= 1.0 else length.choose(max(0, min(len(pids), target.max_length - base - fed)))
-            started = counters.target_s
-            out = step(request, pending + draft + pids[:m])
-            forward_s = counters.target_s - started
-            if self.verified:
-                new = verify(out[len(pending) - 1:fed], draft, None, history, sampler)
-                counters.draft_proposed += len(draft)
-                counters.draft_accepted += len(new) - 1
-                complete = len(new) - 1 == len(draft)  # else the placeholders followed a rejected token
-            else:
-                new, complete = [sampler.pick(out[fed - 1], history)], True
-            history.extend(new)
-            produced += len(new)
-            room = request.max_new_tokens - produced if complete else 0
-            unit = self._unit(out[fed:fed + m], history, sampler, threshold, room)
-            if self.verified:
-                length.update(len(draft), len(new) - 1, fed + m, forward_s, 0.0)
-                target.trim(base + fed - len(draft) + len(new) - 1)  # pending + accepted draft stay cached
-                pending, draft = [new[-1]], unit
-                yield new
-            else:
-                length.update(m, len(unit), fed + m, forward_s, 0.0)
-                counters.draft_proposed += m
-                counters.draft_accepted += len(unit)
-                target.trim(base + fed)  # drop the placeholders
-                history.extend(unit)
-                produced += len(unit)
-                pending = new + unit
-                yield pending
+            extra = self._placeholders(request, length, pids, threshold, 1 + len(unit))
+            new, rows, forward_s = verified_step(request, history, Draft(unit), extra)
+            accepted = len(new) - 1
+            length.update(len(unit), accepted, 1 + len(unit) + len(extra), forward_s, 0.0)
+            # the placeholders followed the unit: after a rejection they predicted a continuation not taken
+            room = request.max_new_tokens - (len(history) - len(request.prompt_ids)) if accepted == len(unit) else 0
+            unit = self._unit(rows, history, request.sampler, threshold, room)
+            yield new
+
+    def _unverified_steps(self, request: DecodeRequest, history: list[int], pids: list[int], threshold: float,
+                          length: DraftLength) -> Iterator[list[int]]:
+        """Each step trusts the confident unit its placeholder rows predict."""
+        target, sampler, counters = request.target, request.sampler, request.counters
+        pending = history[-1:]  # real tokens not yet in the cache
+        while True:
+            base, fed = target.position, len(pending)
+            extra = self._placeholders(request, length, pids, threshold, fed)
+            out, forward_s = step(request, pending + extra)
+            history.append(sampler.pick(out[fed - 1], history))
+            room = request.max_new_tokens - (len(history) - len(request.prompt_ids))
+            unit = self._unit(out[fed:], history, sampler, threshold, room)
+            length.update(len(extra), len(unit), fed + len(extra), forward_s, 0.0)
+            counters.draft_proposed += len(extra)  # placeholders offered, and how many of them joined the unit
+            counters.draft_accepted += len(unit)
+            target.trim(base + fed)  # drop the placeholders
+            pending = history[-1:] + unit
+            history.extend(unit)
+            yield pending

@@ -82,7 +82,7 @@ class Superposed(Strategy):
     alpha: weight of the n-gram model in each token's score; default: the paper's 0.54 when ``ngram``
     is given, else 0 (the LM alone, no store needed). ngram: an n-gram store (an object with
     ``probabilities``) or its file; None with alpha > 0: the model's default store
-    (edgegen.ngram.default_store, counted from the Python standard library on first use).
+    (edgegen.artifacts.default_store, counted from the Python standard library on first use).
     lm_temperature: temperature of the shared LM distribution (the reference's temp 0.06).
     num_candidates: tokens of that distribution each draft may continue with (default 3 x num_drafts).
     """
@@ -150,7 +150,7 @@ class Superposed(Strategy):
             if settled or not len(parent) or t + 1 == request.max_new_tokens:
                 break
             x = superposition(scores) @ target.embed(token)  # (hidden,)
-            logits = step_embeddings(request, x[None, :])[-1]
+            logits = step_embeddings(request, x[None, :])[0][-1]
         alive = [RankedDraft(seqs[i, n0 : n0 + t + 1].tolist(), float(s) / (t + 1)) for i, s in enumerate(scores)]
         self.drafts = sorted(alive + finished, key=lambda d: -d.score)[:k]
         yield list(self.drafts[0].tokens)
@@ -161,7 +161,7 @@ class Superposed(Strategy):
         if request.model_folder is None:
             raise EdgegenError("strategy 'superposed' with alpha > 0 needs an n-gram store (ngram=PATH), "
                                "or alpha=0 for the LM alone")
-        from edgegen.ngram import default_store
+        from edgegen.artifacts import default_store
 
         self.store = _open_store(default_store(request.model_folder))
         return self.store

@@ -1,0 +1,72 @@
+"""How many tokens to draft next: the length with the most expected tokens per second (speculative, lexical)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DraftLength:
+    """Picks each step's draft length from the acceptance history and the measured costs.
+
+    Acceptance: the drafter's per-token acceptance rate a, from decayed counts of accepted tokens
+    and of rejections, with a prior of 1/2 that keeps it away from 0 and 1. Drafting n tokens then
+    yields 1 + a + ... + a^n tokens on average. Cost: the target forward of n + 1 rows, whose time
+    is measured online per row count (a line through the measured counts predicts the others), plus
+    the drafter's measured time per token. The length with the most expected tokens per second wins,
+    0 included: a drafter that keeps missing stops costing verification rows. The decay forgets old
+    evidence (also during plain steps, when a drifts back to the prior), so drafting is retried.
+    """
+
+    def __init__(self, initial: int = 4, maximum: int = 10, adaptive: bool = True, decay: float = 0.9,
+                 idle_decay: float = 0.98) -> None:
+        self.initial, self.maximum, self.adaptive = initial, maximum, adaptive
+        self.decay, self.idle_decay = decay, idle_decay  # per drafted step; per plain step (slow retries)
+        self._accepted, self._rejected = 0.0, 0.0  # decayed counts
+        self._forward_s: dict[int, float] = {}  # rows -> smoothed seconds of one target forward
+        self._line: tuple[float, float] | None = None  # (slope, intercept) through _forward_s; None: refit
+        self._draft_s = 0.0  # smoothed drafter seconds per drafted token
+        self.current = initial
+
+    @property
+    def acceptance(self) -> float:
+        # a prior of 1/2 worth half a step: a few misses suffice to stop drafting
+        return (self._accepted + 0.25) / (self._accepted + self._rejected + 0.5)
+
+    def forward_seconds(self, rows: int) -> float:
+        """Predicted seconds of a target forward over ``rows`` rows."""
+        if rows in self._forward_s:
+            return self._forward_s[rows]
+        counts = sorted(self._forward_s)
+        if len(counts) < 2:  # one measurement: assume each extra row costs a tenth of it
+            base = self._forward_s.get(counts[0], 1.0) if counts else 1.0
+            return base * (1 + 0.1 * (rows - (counts[0] if counts else 1)))
+        if self._line is None:  # refit once per recorded step, not once per candidate length
+            slope, intercept = np.polyfit(counts, [self._forward_s[c] for c in counts], 1)
+            self._line = (max(float(slope), 0.0), float(intercept))
+        return max(self._line[1] + self._line[0] * rows, 1e-6)
+
+    def choose(self, room: int) -> int:
+        """Draft length for the next step, at most ``room``."""
+        if not self.adaptive or not self._forward_s:
+            return min(self.current, room)
+        a = self.acceptance
+        best, best_rate = 0, 0.0
+        for n in range(min(self.maximum, room) + 1):
+            expected = (1 - a ** (n + 1)) / (1 - a)
+            rate = expected / (self.forward_seconds(n + 1) + n * self._draft_s)
+            if rate > best_rate:
+                best, best_rate = n, rate
+        self.current = best
+        return best
+
+    def update(self, proposed: int, accepted: int, rows: int, forward_s: float, draft_s: float) -> None:
+        """Record one step: ``accepted`` of ``proposed`` draft tokens, a target forward of ``rows`` rows."""
+        decay = self.decay if proposed else self.idle_decay
+        self._accepted = decay * self._accepted + accepted
+        self._rejected = decay * self._rejected + (accepted < proposed)
+        old = self._forward_s.get(rows)
+        self._forward_s[rows] = forward_s if old is None else 0.8 * old + 0.2 * forward_s
+        self._line = None
+        if proposed:
+            per_token = draft_s / proposed
+            self._draft_s = per_token if self._draft_s == 0.0 else 0.8 * self._draft_s + 0.2 * per_token
