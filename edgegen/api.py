@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from edgegen.errors import EdgegenError
 from edgegen.generator import AUTO, Generator, TextStream
-from edgegen.loading import DEVICE_PROFILES, NPUW_ENV, check_draft_compatible, load
+from edgegen.loading import DEVICE_PROFILES, check_draft_compatible, load
 from edgegen.results import DraftResult, GenerationResult, GenerationStats
 
-__all__ = ["AUTO", "DEVICE_PROFILES", "NPUW_ENV", "DraftResult", "EdgegenError", "GenerationResult",
+__all__ = ["AUTO", "DEVICE_PROFILES", "DraftResult", "EdgegenError", "GenerationResult",
            "GenerationStats", "Generator", "TextStream", "check_draft_compatible", "load"]

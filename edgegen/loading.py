@@ -22,13 +22,11 @@ from edgegen.tokenizer import TextTokenizer
 # device -> profile used when none is named
 DEVICE_PROFILES = {"CPU": "cpu", "GPU": "core-ultra-igpu", "NPU": "core-ultra-npu", "CUDA": "cuda-server",
                    "DML": "cpu"}
-NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU
 
 
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
-         threads: int | None = None, draft_confidence: float = 0.0, consistent_rows: bool | None = None,
-         embeddings: bool = False) -> Generator:
+         threads: int | None = None, draft_confidence: float = 0.0, embeddings: bool = False) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
@@ -39,9 +37,8 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     and vocabulary) for strategy="speculative", or "default" for the drafter shipped with the
     default model (which strategy="speculative" also opens on first use when none is given);
     draft_confidence in [0, 1] stops a draft early when the drafter's top probability falls below
-    it. consistent_rows (default on) makes every forward compute its rows with the same kernels, so
-    drafting strategies reproduce AR output token for token. embeddings: run the export's
-    input-embedding graph (superposed decoding needs it; the default model gets it on first use).
+    it. embeddings: run the export's input-embedding graph (superposed decoding needs it; the
+    default model gets it on first use).
     Every argument is checked first: a bad one is an EdgegenError.
     """
     model, draft = check_path("model", model), check_path("draft", draft)
@@ -52,7 +49,6 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     if not 0 <= draft_confidence <= 1:
         raise EdgegenError(f"draft_confidence must be in [0, 1], got {draft_confidence}")
     embeddings = check_bool("embeddings", embeddings)
-    consistent_rows = True if consistent_rows is None else check_bool("consistent_rows", consistent_rows)
     device = (check_optional_text("device", device) or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(DEVICE_PROFILES)})")
@@ -64,9 +60,7 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     manifest = read_manifest(folder)
 
     def open_session(name: str, with_embeddings: bool = embeddings) -> runtimes.Session:
-        options: dict[str, Any] = {"max_length": max_length, "threads": threads, "consistent_rows": consistent_rows}
-        if name == "openvino" and device == "NPU" and os.environ.get(NPUW_ENV):
-            options["npuw_devices"] = os.environ[NPUW_ENV]
+        options: dict[str, Any] = {"max_length": max_length, "threads": threads}
         where, info = folder, manifest
         if with_embeddings and not embeddings:  # asked later (superposed on a plain Generator)
             where = ensure_embeddings(folder)  # a cached auto-export gains the graphs once; others: clear error
@@ -99,14 +93,22 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
 
 def _check_present(device: str, backend: str | None) -> None:
     """Refuse a device no installed runtime has here, before any export (which can take minutes)."""
-    if device == "NPU" and os.environ.get(NPUW_ENV):
-        return  # NPUW places the NPU graph on the devices it names: the NPU path without an NPU
     found = runtimes.available_devices()
     names = [backend] if backend else list(found)
     have = {d.split(".")[0] for name in names for d in found.get(name, [])}  # OpenVINO: "GPU.0", "GPU.1"
-    if device not in have:
-        raise EdgegenError(f"device '{device}' is not present: {' and '.join(names)} can run on "
-                           f"{', '.join(sorted(have)) or 'nothing here'}")
+    if device in have or (device == "NPU" and _npuw_emulated()):
+        return
+    raise EdgegenError(f"device '{device}' is not present: {' and '.join(names)} can run on "
+                       f"{', '.join(sorted(have)) or 'nothing here'}")
+
+
+def _npuw_emulated() -> bool:
+    """OpenVINO's NPUW places the NPU graph on the devices its variable names: the NPU path without an NPU."""
+    try:
+        from edgegen.runtimes.openvino_session import NPUW_ENV
+    except ImportError:
+        return False
+    return bool(os.environ.get(NPUW_ENV))
 
 
 def check_draft_compatible(folder: Path, manifest: Manifest, draft_folder: Path, draft: Manifest) -> None:

@@ -15,7 +15,7 @@ SOURCE = '''def mean(values):
 
 
 def main() -> None:
-    gen = edgegen.load(consistent_rows=True)  # identical rows either way: what makes identity possible
+    gen = edgegen.load()  # every forward computes its rows alike: what makes identity possible
     prompt = f"Rename the variable `total` to `acc` in this function and return the code only:\n\n{SOURCE}"
     for strategy in ("ar", "prompt-lookup"):
         result = gen.generate(prompt, max_new_tokens=96, strategy=strategy)

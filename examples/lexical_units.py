@@ -13,7 +13,7 @@ PROMPT = "Write a Python function that checks whether a string is a palindrome."
 
 
 def main() -> None:
-    gen = edgegen.load("default-lud")  # consistent rows (the default): the verified mode can equal AR exactly
+    gen = edgegen.load("default-lud")  # rows computed alike in every forward: the verified mode can equal AR
     runs = [("ar", {}), ("lexical", {}), ("lexical verified", {"threshold": 0.5, "verified": True})]
     texts = {}
     for label, options in runs:

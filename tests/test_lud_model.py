@@ -54,10 +54,10 @@ def test_stale_default_lud_export_is_rebuilt(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_default_lud_identities(cache_root: Path, int8_model: Path) -> None:
-    lud = edgegen.load("default-lud", backend="onnxruntime", consistent_rows=True)
+    lud = edgegen.load("default-lud", backend="onnxruntime")
     assert lud.manifest.extras["lud"]["placeholder_ids"] == [13, 14, 15, 16]
     same_rows = lud.manifest.extras["lud"].get("trainable", "placeholders") == "placeholders"
-    base = edgegen.load(int8_model, backend="onnxruntime", consistent_rows=True)
+    base = edgegen.load(int8_model, backend="onnxruntime")
     gained = 0
     for prompt, chat in PROMPTS:
         ar = lud.generate(prompt, max_new_tokens=48, chat=chat)

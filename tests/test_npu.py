@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import edgegen
-from edgegen.api import NPUW_ENV
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
+from edgegen.runtimes.openvino_session import NPUW_ENV
 
 
 @pytest.fixture(scope="module")

@@ -243,13 +243,14 @@ def test_bad_load_arguments_fail_before_any_work(kwargs: dict[str, object], need
 def test_absent_device_is_refused_before_any_export(monkeypatch: pytest.MonkeyPatch) -> None:
     import edgegen.loading
     from edgegen import runtimes
+    from edgegen.runtimes.openvino_session import NPUW_ENV
 
     def no_export(*args: object, **kw: object) -> None:
         raise AssertionError("resolve_model ran for a device that is not present")
 
     monkeypatch.setattr(edgegen.loading, "resolve_model", no_export)
     monkeypatch.setattr(runtimes, "available_devices", lambda: {"onnxruntime": ["CPU"], "openvino": ["CPU", "GPU.0"]})
-    monkeypatch.delenv(edgegen.loading.NPUW_ENV, raising=False)
+    monkeypatch.delenv(NPUW_ENV, raising=False)
     for device, backend in (("GPU", "onnxruntime"), ("NPU", None), ("CUDA", None), ("DML", "openvino")):
         with pytest.raises(EdgegenError, match=f"device '{device}' is not present"):
             edgegen.load(device=device, backend=backend)
