@@ -137,10 +137,10 @@ def add_embeddings(folder: Path, progress: bool = True) -> Path:
     The model is rebuilt from the source recorded in its manifest; the existing graphs are kept as they
     are (hard links in the new folder, which then replaces the old one).
     """
-    from edgegen.export.pipeline import atomic_folder
     from edgegen.export.progress import Stages, library_output
     from edgegen.export.quality import gate_token_ids
     from edgegen.export.source import materialize_hf, resolve_source
+    from edgegen.files import atomic_folder
 
     folder = Path(folder)
     manifest = read_manifest(folder)

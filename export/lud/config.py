@@ -12,6 +12,7 @@ from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
 CONFIG_NAME = "lud_config.json"
 TRAINABLE = ("placeholders", "lora")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_PREFIX = "lora::"  # checkpoint tensor names of the adapters: LORA_PREFIX + the model's parameter name
 
 
 @dataclass

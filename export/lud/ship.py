@@ -44,7 +44,7 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
     import torch
     from safetensors.torch import load_file, save_file
 
-    from edgegen.export.lud.train import LORA_PREFIX
+    from edgegen.export.lud.config import LORA_PREFIX
 
     if dtype not in LORA_PACK_DTYPES:
         raise EdgegenError(f"unsupported LUD pack dtype '{dtype}': {', '.join(LORA_PACK_DTYPES)}")

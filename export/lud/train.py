@@ -43,11 +43,10 @@ from edgegen.export.drafter.train import (
     eval_batches_seqs,
     lr_at,
 )
-from edgegen.export.lud.config import LudConfig
+from edgegen.export.lud.config import LORA_PREFIX, LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
 
 PACKED_NAME = "lud.safetensors"
-LORA_PREFIX = "lora::"  # checkpoint tensor names of the adapters: LORA_PREFIX + the model's parameter name
 MODEL_DIR = "model"
 EVAL_THRESHOLDS = (0.5, 0.7, 0.9)
 
