@@ -178,6 +178,21 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
 
 
 @cli.command()
+@click.argument("model", type=click.Path())
+def verify(model: str) -> None:
+    """Check every file of an exported MODEL folder against the sha256 its export recorded."""
+    from edgegen.manifest import verify_model
+
+    manifest, problems = verify_model(model)
+    if problems:
+        raise EdgegenError(f"{model} is damaged: " + "; ".join(problems) + " (re-export it)")
+    if not manifest.files:
+        click.echo(f"{model}: no hashes recorded (exported before edgegen recorded them); re-export to add them")
+    else:
+        click.echo(f"{model}: ok, {len(manifest.files)} files match the sha256 their export recorded")
+
+
+@cli.command()
 def devices() -> None:
     """List runtimes, execution providers, devices present and the profile that applies."""
     from edgegen import runtimes

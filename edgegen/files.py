@@ -42,9 +42,11 @@ def _os_error(action: str, path: Path, e: OSError) -> EdgegenError:
 
 
 def check_writable(out: Path) -> None:
-    """Fail early (before a long build) when ``out`` cannot be created: a file where a folder should be,
-    or a read-only parent."""
+    """Fail early (before a long build) when the folder ``out`` cannot be created: a file where a folder should
+    be, or a read-only parent."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgegenError(f"output path {out} exists and is not a folder")
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is None:
         return
@@ -60,8 +62,6 @@ def check_output_dir(out_dir: Path) -> None:
     check_writable(out_dir)
     if not out_dir.exists():
         return
-    if not out_dir.is_dir():
-        raise EdgegenError(f"output path {out_dir} exists and is not a folder")
     if any(out_dir.iterdir()) and not is_model_folder(out_dir):
         raise EdgegenError(
             f"output folder {out_dir} is not empty and not an edgegen model folder; refusing to replace it"
@@ -153,6 +153,8 @@ def atomic_folder(out_dir: Path, check: bool = True) -> Iterator[Path]:
     out_dir = Path(out_dir)
     if check:
         check_output_dir(out_dir)
+    else:
+        check_writable(out_dir)
     remove_stale_temps(out_dir)
     tmp = owned_tempdir(out_dir)
     try:

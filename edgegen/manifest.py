@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.integrity import check_sizes, inside, record_files
+from edgegen.integrity import check_sizes, inside, record_files, verify_files
 
 MANIFEST_NAME = "edgegen.json"
 SCHEMA_VERSION = 1
@@ -238,8 +238,11 @@ def is_model_folder(folder: Path) -> bool:
     return (Path(folder) / MANIFEST_NAME).is_file()
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    """Read ``folder/edgegen.json``; any problem is one clear EdgegenError."""
+def read_manifest(folder: str | Path, check_files: bool = True) -> Manifest:
+    """Read ``folder/edgegen.json``; any problem is one clear EdgegenError.
+
+    Every value is type- and range-checked, every named path must stay inside ``folder``, and (check_files)
+    every recorded file must have the size its export wrote."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.exists():
@@ -255,5 +258,16 @@ def read_manifest(folder: str | Path) -> Manifest:
     for what, rel in manifest.named_files():
         if not inside(folder, rel, what).is_file() and what != "chat_template":
             raise EdgegenError(f"model folder {folder} is incomplete: {rel} is missing")
-    check_sizes(folder, manifest.files)
+    if check_files:
+        check_sizes(folder, manifest.files)
     return manifest
+
+
+def verify_model(folder: str | Path) -> tuple[Manifest, list[str]]:
+    """Compare every file of an exported folder with the size and sha256 its export recorded (reads every byte).
+
+    Returns the manifest and one line per problem (none: intact). A manifest from before edgegen recorded
+    hashes has ``files`` empty: the caller says the hashes are absent."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, check_files=False)
+    return manifest, verify_files(folder, manifest.files)
