@@ -115,11 +115,11 @@ def _decode_speed(session_factory) -> float:
 
 def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) -> str:
     """The faster backend for ``device`` among the exported graphs, measured once and remembered."""
-    from edgegen.runtimes import BACKENDS, available_devices
+    from edgegen.runtimes import BACKENDS, available_devices, graph_format
 
     present = available_devices()
-    candidates = [name for name, (_, _, fmt) in BACKENDS.items()
-                  if fmt in manifest.graphs and device.upper() in present.get(name, [])]
+    candidates = [name for name in BACKENDS
+                  if graph_format(name) in manifest.graphs and device.upper() in present.get(name, [])]
     if not candidates:
         raise EdgegenError(f"no exported graph of {folder} runs on device '{device}' "
                            f"(devices present: {present})")

@@ -286,38 +286,37 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
     bar = tqdm(total=total_bytes, unit="B" if files else " docs", unit_scale=bool(files), disable=not progress,
                desc=f"n-gram store ({'..'.join(map(str, (orders[0], orders[-1])))})")
     try:
-        def documents() -> Iterator[Iterator[tuple[str, int]]]:
-            for item in items:
-                if isinstance(item, Path):
-                    yield from (_file_pieces(f) for f in corpus_files([item]))  # already expanded unless streaming
-                else:
-                    yield iter([(str(item), 0)])
-                    if not files:
-                        bar.update(1)
+        with bar:  # closed before the merge shows its own bar
+            def documents() -> Iterator[Iterator[tuple[str, int]]]:
+                for item in items:
+                    if isinstance(item, Path):
+                        yield from (_file_pieces(f) for f in corpus_files([item]))  # already expanded unless streaming
+                    else:
+                        yield iter([(str(item), 0)])
+                        if not files:
+                            bar.update(1)
 
-        for doc in documents():
-            first = True
-            for text, consumed in doc:
+            for doc in documents():
+                first = True
+                for text, consumed in doc:
+                    if max_tokens is not None and added >= max_tokens:
+                        break
+                    ids = tokenizer.encode(text) if text else []
+                    if not first and bos is not None and ids and ids[0] == bos:
+                        ids = ids[1:]  # BOS starts a document, not each 1 MiB block of it
+                    if max_tokens is not None:
+                        ids = ids[:max_tokens - added]
+                    if ids:
+                        counter.add(np.asarray(ids, np.int64), new_document=first)
+                        added += len(ids)
+                        first = False
+                    if files:
+                        bar.update(consumed)
+                    bar.set_postfix_str(f"{added:,} tokens", refresh=False)
                 if max_tokens is not None and added >= max_tokens:
                     break
-                ids = tokenizer.encode(text) if text else []
-                if not first and bos is not None and ids and ids[0] == bos:
-                    ids = ids[1:]  # BOS starts a document, not each 1 MiB block of it
-                if max_tokens is not None:
-                    ids = ids[:max_tokens - added]
-                if ids:
-                    counter.add(np.asarray(ids, np.int64), new_document=first)
-                    added += len(ids)
-                    first = False
-                if files:
-                    bar.update(consumed)
-                bar.set_postfix_str(f"{added:,} tokens", refresh=False)
-            if max_tokens is not None and added >= max_tokens:
-                break
-        bar.close()
         keys, counts, sizes = counter.finish(min_count, progress)
     finally:
-        bar.close()
         counter.cleanup()
     if counter.tokens == 0:
         raise EdgegenError("the corpus is empty: it has no tokens")

@@ -1,12 +1,15 @@
-"""ONNX export through onnxruntime-genai's model builder (GroupQueryAttention + MatMulNBits graphs)."""
+"""ONNX export through onnxruntime-genai's model builder (GroupQueryAttention + MatMulNBits graphs),
+then edgegen's graph edits (export/graph_edits.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.export.graph_edits import edit_onnx
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
 ONNX_SUBDIR = "onnx"
@@ -78,7 +81,7 @@ def build_onnx(
         # onnxruntime-genai baseline, which runs the normal graph.
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             (out / name).unlink(missing_ok=True)
-    return describe_onnx(
+    info = describe_onnx(
         model_folder,
         weights=weights,
         sym=sym,
@@ -86,6 +89,10 @@ def build_onnx(
         execution_provider=execution_provider,
         subdir=subdir,
     )
+    # edgegen runs an edited copy (row-consistent attention, last-row logits); the builder's graph stays as
+    # built for onnxruntime-genai, the bench anchor.
+    edited, edits = edit_onnx(model_folder / info.path, info.logits)
+    return replace(info, path=str(edited.relative_to(model_folder)), edits=edits)
 
 
 def describe_onnx(

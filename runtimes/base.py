@@ -6,6 +6,7 @@ see this surface, so they never know which runtime (or device) they run on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,15 @@ class Session(Protocol):
         """Drop cache entries at positions >= length (0 <= length <= position)."""
         ...
 
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading ``token_ids`` the cache already holds and can keep through ``trim``.
+
+        The session remembers the ids it was fed (forward, trim and reset keep them in step), so a
+        prefill can keep the common prefix (the previous chat turn) and forward only the rest. 0 where
+        the cache cannot be trimmed (the NPU's static graph).
+        """
+        ...
+
     def reset(self) -> None:
         """Empty the cache (a new sequence)."""
         ...
@@ -67,10 +77,25 @@ class Session(Protocol):
 
 
 class CachePosition:
-    """The bookkeeping both backends share: one integer position and a length limit."""
+    """The bookkeeping both backends share: one integer position, a length limit and the cached token ids."""
 
     _position: int = 0
     _limit: int = 0
+    _ids: list[int]  # the token id at each cache position; -1 for rows fed as embeddings (never matched)
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        held = self._ids
+        n = min(len(held), len(token_ids))
+        same = np.flatnonzero(np.asarray(held[:n]) != np.asarray(token_ids[:n], np.int64))
+        return int(same[0]) if len(same) else n
+
+    def _held(self, length: int, fed: Sequence[int] = ()) -> None:
+        """Keep the first ``length`` remembered ids and append ``fed`` (called as the cache changes)."""
+        if length == 0:
+            self._ids = []
+        else:
+            del self._ids[length:]
+        self._ids.extend(fed)
 
     @property
     def position(self) -> int:
@@ -124,10 +149,11 @@ class EmbeddingTable:
 
 
 class EmbeddingInputs:
-    """The input-embedding surface shared by both backends.
+    """The forward surface shared by both backends (token ids, or input embeddings).
 
     A backend implements ``_forward(x, last_only)``, x being int64 ids [1, n] or float32 embeddings
-    [1, n, hidden], and calls ``_open_embeddings`` when opened with embeddings=True. Only then does the
+    [1, n, hidden], and calls ``_open_embeddings`` when opened with embeddings=True. ``forward`` keeps
+    the remembered ids (CachePosition) in step with the cache. Only with embeddings=True does the
     session have ``embed`` and ``forward_embeddings`` (instance attributes), so ``hasattr`` tells a
     strategy whether its session takes embeddings.
     """
@@ -142,11 +168,18 @@ class EmbeddingInputs:
         self.embed = self._table.embed
         self.forward_embeddings = self._forward_embeddings
 
-    def _input(self, token_ids: np.ndarray) -> np.ndarray:
-        """What ``forward(token_ids)`` feeds the graph: the ids, or their embeddings on an embeddings graph."""
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        """Session.forward: the ids (or their embeddings on an embeddings graph), remembered once run."""
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
-        return ids if self._table is None else self._table.embed(ids)[None]
+        start = self._position
+        logits = self._forward(ids if self._table is None else self._table.embed(ids)[None], last_only)
+        self._held(start, ids[0].tolist())
+        return logits
 
     def _forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
         assert self._table is not None
-        return self._forward(self._table.batch(embeddings), last_only)
+        x = self._table.batch(embeddings)
+        start = self._position
+        logits = self._forward(x, last_only)
+        self._held(start, [-1] * x.shape[1])
+        return logits

@@ -4,6 +4,10 @@ The graph reads ``past`` and writes ``present`` into the same [1, kv_heads, capa
 buffer (IO binding), so no step copies the cache through Python; the attention mask's length tells
 the kernel how many slots are valid. Rollback is therefore free: shrink the length and the next
 forward overwrites the dropped slots.
+
+Every forward computes its rows as a multi-row forward would (token identity between AR and
+verification; see export.graph_edits). Exports with the ``row_pad`` edit do it inside the graph, where
+only attention sees a second row; older exports get a filler row on one-token calls (~20% per step).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import onnxruntime as ort
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs
+
+ROW_PAD, LOGITS_TO_KEEP = "row_pad", "logits_to_keep"  # GraphInfo.edits (export.graph_edits)
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {
@@ -43,7 +49,7 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
     backend = "onnxruntime"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, consistent_rows: bool = False, embeddings: bool = False) -> None:
+                 threads: int | None = None, embeddings: bool = False) -> None:
         graph = manifest.embeddings_graph("onnx") if embeddings else manifest.graph("onnx")
         if graph.kv.stateful or not graph.kv.shared_buffer:
             raise EdgegenError(f"{folder}: the ONNX backend needs a shared-buffer KV graph; re-export the model")
@@ -77,12 +83,19 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             self._embeds_dtype = np.float16 if kind == "tensor(float16)" else np.float32
         self._buffer_device = _BUFFER_DEVICE.get(provider, "cpu")
         self._kv_dtype = np.dtype(graph.kv.dtype)
-        self._limit = min(max_length or manifest.context_length, manifest.context_length)
+        self._row_pad = ROW_PAD in graph.edits
+        self._keep_input = LOGITS_TO_KEEP in graph.edits
+        # The in-graph pad writes one slot past the last token, and gives it a rotary position: one spare.
+        self._spare = 1 if self._row_pad else 0
+        self._limit = min(max_length or manifest.context_length, manifest.context_length - self._spare)
         self._binding = self._session.io_binding()
-        self._consistent_rows = consistent_rows
+        self._keep = {k: np.array([k], np.int64) for k in (0, 1)}  # logits_to_keep: all rows, the last one
+        self._ones = np.ones((1, 0), np.int64)  # the attention mask, grown as needed and sliced per step
         self._position = 0
         # GPU caches cannot grow cheaply: allocate the whole length once.
-        self._allocate(self._limit if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, self._limit))
+        full = self._limit + self._spare
+        self._allocate(full if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, full))
+        self.reset()
 
     def _allocate(self, capacity: int) -> None:
         """(Re)allocate the KV buffers at ``capacity`` slots, keeping the first ``position`` entries."""
@@ -114,36 +127,34 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
         self._binding.bind_ortvalue_input(past, value)
         self._binding.bind_ortvalue_output(present, value)
 
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        return self._forward(self._input(token_ids), last_only)
-
     def _forward(self, x: np.ndarray, last_only: bool) -> np.ndarray:
         """x: int64 ids [1, n], or float32 embeddings [1, n, hidden] on an embeddings graph."""
-        if self._consistent_rows and x.shape[1] == 1 and self._position + 2 <= self._limit:
-            # MatMulNBits takes another kernel for one row (int8: logits differ by ~0.6) while any
-            # two or more rows are computed bitwise alike. Running every call with >= 2 rows makes a
-            # token's logits independent of how many tokens its call carried, so speculative
-            # verification reproduces AR decoding exactly. The filler row is rolled back; it costs
-            # ~25% per single-token step, so it is on only where speculation is used.
-            logits = self._run(np.concatenate([x, x], axis=1))
+        if not self._row_pad and x.shape[1] == 1 and self._position + 2 <= self._limit:
+            # An export without the in-graph pad: run the token twice, keep the first row, drop the copy.
+            logits = self._run(np.concatenate([x, x], axis=1), last_only=False)
             self._position -= 1
             return logits[:1]
-        logits = self._run(x)
-        return logits[-1:] if last_only else logits
+        return self._run(x, last_only)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, last_only: bool) -> np.ndarray:
         n = x.shape[1]
         end = self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
-        if end > self._capacity:
-            self._allocate(min(self._limit, max(end, 2 * self._capacity)))
+        if end + self._spare > self._capacity:
+            self._allocate(min(self._limit + self._spare, max(end + self._spare, 2 * self._capacity)))
         if x.dtype != np.int64 and x.dtype != self._embeds_dtype:
             x = x.astype(self._embeds_dtype)
+        if self._ones.shape[1] < end:
+            self._ones = np.ones((1, max(end, 2 * self._ones.shape[1])), np.int64)
         self._binding.bind_cpu_input(self._input_name, x)
-        self._binding.bind_cpu_input(self._graph.inputs["attention_mask"], np.ones((1, end), np.int64))
+        self._binding.bind_cpu_input(self._graph.inputs["attention_mask"], self._ones[:, :end])
+        rows = n
+        if self._keep_input:
+            rows = 1 if last_only else n
+            self._binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep[1 if last_only else 0])
         if self._buffer_device == "cpu":
-            logits = np.empty((1, n, self.manifest.vocab_size), np.float32)
+            logits = np.empty((1, rows, self.manifest.vocab_size), np.float32)
             self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
             self._session.run_with_iobinding(self._binding)
         else:
@@ -151,11 +162,13 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             self._session.run_with_iobinding(self._binding)
             logits = self._binding.get_outputs()[0].numpy()
         self._position = end
-        return logits[0]
+        return logits[0, -1:] if last_only else logits[0]
 
     def trim(self, length: int) -> None:
         self._check_trim(length)
+        self._held(length)
         self._position = length  # the dropped slots are overwritten by the next forward
 
     def reset(self) -> None:
+        self._held(0)
         self._position = 0

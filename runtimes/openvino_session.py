@@ -13,6 +13,8 @@ before the live tokens would no longer fit a sliding attention window that count
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
+NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU (tests, CI)
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 def core() -> ov.Core:
@@ -56,9 +60,10 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, npuw_devices: str | None = None, consistent_rows: bool = False,
-                 embeddings: bool = False) -> None:
+                 threads: int | None = None, npuw_devices: str | None = None, embeddings: bool = False) -> None:
         device = device.upper()
+        if device == "NPU" and npuw_devices is None:
+            npuw_devices = os.environ.get(NPUW_ENV) or None
         if embeddings and device == "NPU":
             raise EdgegenError("the NPU static graph has no input-embedding path: run superposed decoding on "
                                "CPU or GPU")
@@ -70,7 +75,6 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         if device not in present and not (device == "NPU" and npuw_devices):
             raise EdgegenError(f"device '{device}' is not present: OpenVINO has {', '.join(present)}")
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        del consistent_rows  # OpenVINO's tokens already agree between one- and multi-row calls (tested)
         self._static = device == "NPU"
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
         if self._static:
@@ -86,7 +90,11 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self.device = device
         self._graph = graph
         try:
-            compiled = core().compile_model(str(folder / graph.path), device, config)
+            model = core().read_model(str(folder / graph.path))
+            # The NPU's static graph computes logits for its one new row anyway; elsewhere a prefill
+            # needs only the last position's logits.
+            self._keep = not self._static and _add_logits_to_keep(model)
+            compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
@@ -95,11 +103,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             self._open_embeddings(folder, manifest)
         self._input_name = graph.inputs["inputs_embeds" if embeddings else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
+        self._keep_rows = {k: np.array([k], np.int64) for k in (0, 1)}
         self._window = _sliding_window(folder / graph.path)
         self.reset()
-
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        return self._forward(self._input(token_ids), last_only)
 
     def _forward(self, x: np.ndarray, last_only: bool) -> np.ndarray:
         """x: int64 ids [1, n], or float32 embeddings [1, n, hidden] on an embeddings graph."""
@@ -122,11 +128,16 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             names["position_ids"]: np.arange(start, end, dtype=np.int64).reshape(1, -1),
             names["beam_idx"]: self._beam_idx,
         }
+        if self._keep:
+            inputs[LOGITS_TO_KEEP] = self._keep_rows[1 if last_only else 0]
         self._request.infer(inputs)
         self._slots, self._position = slots, end
         logits = self._request.get_tensor(self._graph.logits).data[0]
         # Copy: the request reuses its output memory on the next call.
         return np.array(logits[-1:] if last_only else logits, np.float32)
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        return 0 if self._static else super().common_prefix(token_ids)  # NPUW: no rollback, one prefill
 
     def trim(self, length: int) -> None:
         if not self._check_trim(length):
@@ -135,6 +146,7 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             raise EdgegenError("the NPU static graph cannot roll back its cache")
         live = np.flatnonzero(self._slots)
         self._slots[live[length:]] = 0
+        self._held(length)
         self._position = length
         if len(self._slots) - length >= _DEAD_SLOTS:
             self._compact()
@@ -149,8 +161,35 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
 
     def reset(self) -> None:
         self._request.reset_state()
+        self._held(0)
         self._slots = np.ones(0, np.int64)  # the attention mask over the state's slots: 0 where trimmed
         self._position = 0
+
+
+def _add_logits_to_keep(model: ov.Model) -> bool:
+    """Give the LM head only the last ``logits_to_keep`` rows of the final hidden state (0 keeps all).
+
+    The same cut openvino-genai makes before compiling: a prefill then computes one row of logits, not
+    one per prompt position. A new int64 [1] input ``logits_to_keep``; False where no LM head MatMul is found.
+    """
+    from openvino import opset13 as ops
+
+    if LOGITS_TO_KEEP in {n for p in model.inputs for n in p.get_names()}:
+        return True
+    node = next((r.input_value(0).get_node() for r in model.get_results() if "logits" in r.output(0).get_names()
+                 or "logits" in r.input_value(0).get_names()), None)
+    while node is not None and node.get_type_name() != "MatMul":  # past a Convert or a softcap
+        node = node.input_value(0).get_node() if node.get_input_size() else None
+    if node is None:
+        return False
+    keep = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name=LOGITS_TO_KEEP)
+    keep.output(0).set_names({LOGITS_TO_KEEP})
+    hidden = node.input_value(0)
+    rows = ops.slice(hidden, ops.negative(keep), np.array([2**63 - 1]), np.array([1]), np.array([1]))
+    node.input(0).replace_source_output(rows.output(0))
+    model.add_parameters([keep])
+    model.validate_nodes_and_infer_types()
+    return True
 
 
 def _sliding_window(graph_path: Path) -> int | None:
