@@ -22,7 +22,8 @@ from edgegen.manifest import Manifest
 _INSTALL = "constrained decoding needs llguidance: pip install 'edgegen[serve]'"
 
 
-def _llguidance() -> Any:
+def require_llguidance() -> Any:
+    """The llguidance module, or a one-line EdgegenError naming the extra to install."""
     try:
         import llguidance
         import llguidance.numpy
@@ -42,7 +43,7 @@ def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
     kind = response_format.get("type")
     if kind in (None, "text"):
         return None
-    matcher = _llguidance().LLMatcher
+    matcher = require_llguidance().LLMatcher
     if kind == "json_object":
         return matcher.grammar_from_json_schema({"type": "object"})
     if kind == "json_schema":
@@ -61,7 +62,7 @@ def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
 
 def grammar_from_json_schema(schema: dict[str, Any]) -> str:
     """An llguidance grammar for JSON following ``schema``, written compactly (no free whitespace)."""
-    matcher = _llguidance().LLMatcher
+    matcher = require_llguidance().LLMatcher
     try:
         # Flexible whitespace lets a small model pad forever with newlines; compact JSON cannot.
         return matcher.grammar_from_json_schema(schema, overrides={"whitespace_flexible": False})
@@ -73,7 +74,7 @@ class GrammarConstraint:
     """One sequence's position in a grammar (an llguidance LLMatcher): the sampling Constraint."""
 
     def __init__(self, tokenizer: Any, grammar: str, vocab_size: int) -> None:
-        llg = _llguidance()
+        llg = require_llguidance()
         self._matcher = llg.LLMatcher(tokenizer, grammar, log_level=0)
         if self._matcher.is_error():
             raise EdgegenError(f"bad grammar: {self._matcher.get_error()}")
@@ -107,7 +108,7 @@ class Grammars:
     """Builds GrammarConstraints for one model's tokenizer (the llguidance tokenizer is built once, ~1 s)."""
 
     def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: list[int]) -> None:
-        llg = _llguidance()
+        llg = require_llguidance()
         if not eos_token_ids:
             raise EdgegenError("constrained decoding needs a model with an end-of-sequence token")
         self._tokenizer = llg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_token_ids))
