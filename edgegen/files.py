@@ -128,6 +128,18 @@ def owned_tempdir(target: Path, kind: str = "tmp") -> Path:
 
 
 @contextlib.contextmanager
+def scratch_folder(target: Path) -> Iterator[Path]:
+    """An owned temp folder next to ``target`` for work files, removed at the end (a killed build's is removed
+    by the next build of the same target)."""
+    remove_stale_temps(target)
+    tmp = owned_tempdir(target)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def exclusive(target: Path) -> Iterator[None]:
     """Hold the build lock of ``target`` (``.NAME.lock`` next to it), waiting for another process's build."""
     target = Path(target)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.files import publish_file
+from edgegen.files import publish_file, scratch_folder
 from edgegen.ngram import (
     CHAIN_SEED,
     DEFAULT_ORDERS,
@@ -259,7 +259,6 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
     crosses two. ``min_count`` drops windows seen fewer times (the store gets much smaller; the counts
     that remain are exact). ``max_tokens`` stops after that many corpus tokens (deterministic cap).
     """
-    from tqdm import tqdm
 
     out = Path(out)
     if isinstance(corpus, str | Path):
@@ -278,61 +277,70 @@ def build_store(corpus: Iterable[str | Path], tokenizer: TextTokenizer, *, out: 
     _check_out(out)
 
     identity = tokenizer_identity(tokenizer)
-    bos = tokenizer.manifest.bos_token_id if tokenizer.manifest.add_bos else None
     t0 = time.perf_counter()
-    counter = _Counter(window_lengths(orders), chunk_tokens, memory_mb << 20, out.parent)
+    with scratch_folder(out) as work:  # spill files, then the new store until it replaces out
+        counter = _Counter(window_lengths(orders), chunk_tokens, memory_mb << 20, work)
+        try:
+            _count(items, files, tokenizer, counter, max_tokens, progress,
+                   f"n-gram store ({'..'.join(map(str, (orders[0], orders[-1])))})")
+            keys, counts, sizes = counter.finish(min_count, progress)
+        finally:
+            counter.cleanup()
+        if counter.tokens == 0:
+            raise EdgegenError("the corpus is empty: it has no tokens")
+
+        import edgegen
+
+        header = {
+            "format": FORMAT, "version": FORMAT_VERSION, "hash": HASH_NAME, "tokenizer": identity,
+            "orders": list(orders), "min_count": min_count, "max_tokens": max_tokens,
+            "corpus": description or _describe(corpus if streaming else list(items)), "documents": counter.documents,
+            "token_count": counter.tokens, "tables": {str(m): n for m, n in sizes.items()},
+            "build_seconds": round(time.perf_counter() - t0, 2), "edgegen_version": edgegen.__version__,
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8), "keys": keys, "counts": counts}
+        _atomic_write(out, arrays, work)
+    return out
+
+
+def _count(items: Iterable[str | Path], files: list[Path], tokenizer: TextTokenizer, counter: _Counter,
+           max_tokens: int | None, progress: bool, desc: str) -> None:
+    """Tokenize the corpus (each file or text one document) into ``counter``, up to ``max_tokens``."""
+    from tqdm import tqdm
+
+    bos = tokenizer.manifest.bos_token_id if tokenizer.manifest.add_bos else None
     added = 0
     total_bytes = sum(f.stat().st_size for f in files) if files else None
-    bar = tqdm(total=total_bytes, unit="B" if files else " docs", unit_scale=bool(files), disable=not progress,
-               desc=f"n-gram store ({'..'.join(map(str, (orders[0], orders[-1])))})")
-    try:
-        with bar:  # closed before the merge shows its own bar
-            def documents() -> Iterator[Iterator[tuple[str, int]]]:
-                for item in items:
-                    if isinstance(item, Path):
-                        yield from (_file_pieces(f) for f in corpus_files([item]))  # already expanded unless streaming
-                    else:
-                        yield iter([(str(item), 0)])
-                        if not files:
-                            bar.update(1)
+    with tqdm(total=total_bytes, unit="B" if files else " docs", unit_scale=bool(files), disable=not progress,
+              desc=desc) as bar:
+        def documents() -> Iterator[Iterator[tuple[str, int]]]:
+            for item in items:
+                if isinstance(item, Path):
+                    yield from (_file_pieces(f) for f in corpus_files([item]))  # already expanded unless streaming
+                else:
+                    yield iter([(str(item), 0)])
+                    if not files:
+                        bar.update(1)
 
-            for doc in documents():
-                first = True
-                for text, consumed in doc:
-                    if max_tokens is not None and added >= max_tokens:
-                        break
-                    ids = tokenizer.encode(text) if text else []
-                    if not first and bos is not None and ids and ids[0] == bos:
-                        ids = ids[1:]  # BOS starts a document, not each 1 MiB block of it
-                    if max_tokens is not None:
-                        ids = ids[:max_tokens - added]
-                    if ids:
-                        counter.add(np.asarray(ids, np.int64), new_document=first)
-                        added += len(ids)
-                        first = False
-                    if files:
-                        bar.update(consumed)
-                    bar.set_postfix_str(f"{added:,} tokens", refresh=False)
+        for doc in documents():
+            first = True
+            for text, consumed in doc:
                 if max_tokens is not None and added >= max_tokens:
                     break
-        keys, counts, sizes = counter.finish(min_count, progress)
-    finally:
-        counter.cleanup()
-    if counter.tokens == 0:
-        raise EdgegenError("the corpus is empty: it has no tokens")
-
-    import edgegen
-
-    header = {
-        "format": FORMAT, "version": FORMAT_VERSION, "hash": HASH_NAME, "tokenizer": identity,
-        "orders": list(orders), "min_count": min_count, "max_tokens": max_tokens,
-        "corpus": description or _describe(corpus if streaming else list(items)), "documents": counter.documents,
-        "token_count": counter.tokens, "tables": {str(m): n for m, n in sizes.items()},
-        "build_seconds": round(time.perf_counter() - t0, 2), "edgegen_version": edgegen.__version__,
-    }
-    arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8), "keys": keys, "counts": counts}
-    _atomic_write(out, arrays)
-    return out
+                ids = tokenizer.encode(text) if text else []
+                if not first and bos is not None and ids and ids[0] == bos:
+                    ids = ids[1:]  # BOS starts a document, not each 1 MiB block of it
+                if max_tokens is not None:
+                    ids = ids[:max_tokens - added]
+                if ids:
+                    counter.add(np.asarray(ids, np.int64), new_document=first)
+                    added += len(ids)
+                    first = False
+                if files:
+                    bar.update(consumed)
+                bar.set_postfix_str(f"{added:,} tokens", refresh=False)
+            if max_tokens is not None and added >= max_tokens:
+                break
 
 
 def _describe(items: Iterable[str | Path]) -> str:
@@ -345,12 +353,12 @@ def _describe(items: Iterable[str | Path]) -> str:
     return "; ".join(parts + ([f"{texts} texts"] if texts else []))
 
 
-def _atomic_write(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write to a temporary file in the same folder, fsync, then os.replace: readers see the old
+def _atomic_write(out: Path, arrays: Mapping[str, np.ndarray], work: Path) -> None:
+    """Write into ``work`` (a scratch folder next to ``out``), fsync, then os.replace: readers see the old
     store or the whole new one, and a failure leaves no partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = work / out.name
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write_aligned_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())

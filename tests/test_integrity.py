@@ -314,3 +314,14 @@ def test_library_output_goes_to_the_log_not_stdout(tmp_path: Path) -> None:
     for line in ("python print", "native stdout", "native stderr", "a library warning", "a library log line"):
         assert line in log and line not in proc.stderr
     assert "(1/1) build ..." in proc.stderr and "edgegen's own warning" in proc.stderr
+
+
+def test_a_killed_ngram_build_is_cleaned_by_the_next(tmp_path: Path) -> None:
+    from edgegen.models import load_tokenizer
+    from edgegen.ngram_build import build_store
+
+    tok = load_tokenizer(make_model(tmp_path / "m"))
+    out = tmp_path / "stores" / "s.npz"
+    dead = _temp_folder(out, "dead", f"{_dead_pid()} {os.uname().nodename}")
+    build_store(["a b a b"], tok, out=out, orders="2..3", progress=False, memory_mb=0)
+    assert not dead.exists() and sorted(p.name for p in out.parent.iterdir()) == ["s.npz"]
