@@ -7,10 +7,9 @@ token, so adaptive acceptance, rejections in verified mode and the cache rollbac
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from fakes import TinyLexLM
 
 from edgegen.errors import EdgegenError
 from edgegen.sampling import Sampler, SamplingConfig
@@ -19,70 +18,9 @@ from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
 from edgegen.strategies.lexical import Lexical, repeats
 
-REAL = 6  # real tokens 0..5
-PIDS = [6, 7, 8]
-VOCAB = 9
+PIDS = list(TinyLexLM.PIDS)
+VOCAB = TinyLexLM.VOCAB
 PROMPTS = [[1, 3], [2], [4, 4, 0, 5], [0, 1, 2, 3]]
-
-
-class TinyLexLM:
-    """A Session whose placeholder rows look ahead; ``wrong`` is the share of confident wrong guesses."""
-
-    backend, device = "numpy", "CPU"
-
-    def __init__(self, wrong: float = 0.0, lud: dict | None = None) -> None:
-        self.wrong = wrong
-        self.tokens: list[int] = []
-        self.max_length = 96
-        extras = {"lud": {"placeholder_ids": PIDS, "span": 3, "default_threshold": 0.6}} if lud is None else lud
-        self.manifest = SimpleNamespace(name="tiny-lud", extras=extras)
-
-    @property
-    def position(self) -> int:
-        return len(self.tokens)
-
-    @staticmethod
-    def _real(prefix: tuple[int, ...]) -> np.ndarray:
-        rng = np.random.default_rng([7, *prefix])
-        out = np.full(VOCAB, -30.0, np.float32)
-        out[:REAL] = rng.normal(size=REAL) * 3.0
-        return out
-
-    def _greedy(self, prefix: tuple[int, ...], n: int) -> list[int]:
-        seq = list(prefix)
-        for _ in range(n):
-            seq.append(int(np.argmax(self._real(tuple(seq)))))
-        return seq[len(prefix):]
-
-    def _row(self, seq: list[int]) -> np.ndarray:
-        if seq[-1] not in PIDS:
-            return self._real(tuple(seq))
-        k = next(i for i, t in enumerate(seq) if t in PIDS)  # the real prefix ends before the first placeholder
-        assert seq[k:] == PIDS[: len(seq) - k], "placeholders must follow the real tokens in order"
-        j = len(seq) - k  # P_j predicts the token j+1 steps after the real prefix
-        rng = np.random.default_rng([11, *seq])
-        guess = self._greedy(tuple(seq[:k]), j + 1)[-1]
-        if rng.random() < self.wrong:
-            guess = (guess + 1) % REAL
-        out = np.full(VOCAB, -30.0, np.float32)
-        out[:REAL] = rng.normal(size=REAL) * 0.3
-        out[guess] = rng.uniform(-1.0, 4.0)  # confidence from low to high
-        return out
-
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        rows = []
-        for t in np.asarray(token_ids).tolist():
-            self.tokens.append(int(t))
-            rows.append(self._row(self.tokens))
-        logits = np.stack(rows)
-        return logits[-1:] if last_only else logits
-
-    def trim(self, length: int) -> None:
-        assert 0 <= length <= len(self.tokens)
-        del self.tokens[length:]
-
-    def reset(self) -> None:
-        self.tokens = []
 
 
 def _run(strategy, target: TinyLexLM, prompt: list[int], n: int = 24, config: SamplingConfig | None = None):
@@ -160,12 +98,12 @@ def test_repetition_control_ends_a_unit() -> None:
         out[np.arange(len(tokens)), tokens] = 5.0
         return out
 
-    assert strategy._unit(rows(2, 2), [1, 3], sampler, 0.0, 5) == [2]  # 2, 2: the second ends it
-    assert strategy._unit(rows(2), [1, 2], sampler, 0.0, 5) == []  # repeats the last token
-    assert strategy._unit(rows(5, 6, 5), [4, 5, 6], sampler, 0.0, 5) == [5]  # then 6 would say "5 6" twice
-    assert strategy._unit(rows(4, 5, 4, 5), [1, 2, 3], sampler, 0.0, 5) == [4, 5, 4]  # not 3 4 5 4 5: 4 5 4 5
-    assert strategy._unit(rows(5, 6, 7, 8), [1, 2, 3], sampler, 0.0, 5) == [5, 6, 7, 8]  # no repeat: all kept
-    assert Lexical(threshold=0.0, repetition_control=False)._unit(rows(2, 2), [1, 2], sampler, 0.0, 5) == [2, 2]
+    assert strategy.unit(rows(2, 2), [1, 3], sampler, 0.0, 5) == [2]  # 2, 2: the second ends it
+    assert strategy.unit(rows(2), [1, 2], sampler, 0.0, 5) == []  # repeats the last token
+    assert strategy.unit(rows(5, 6, 5), [4, 5, 6], sampler, 0.0, 5) == [5]  # then 6 would say "5 6" twice
+    assert strategy.unit(rows(4, 5, 4, 5), [1, 2, 3], sampler, 0.0, 5) == [4, 5, 4]  # not 3 4 5 4 5: 4 5 4 5
+    assert strategy.unit(rows(5, 6, 7, 8), [1, 2, 3], sampler, 0.0, 5) == [5, 6, 7, 8]  # no repeat: all kept
+    assert Lexical(threshold=0.0, repetition_control=False).unit(rows(2, 2), [1, 2], sampler, 0.0, 5) == [2, 2]
     assert repeats([9, *range(8)] + list(range(8))) and not repeats(list(range(9)) * 2)  # blocks of 1..8 only
 
 

@@ -4,6 +4,7 @@ placeholder blocks, a small run of the recipe (loss falls, ordinary rows untouch
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from edgegen.export.lud.units import block_mask, block_positions, build_blocks, 
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
+from fakes import TorchSession  # noqa: E402
 
 from edgegen.export.drafter import ckpt as ck  # noqa: E402
 from edgegen.export.drafter.config import STDLIB  # noqa: E402
@@ -261,37 +264,6 @@ def test_lora_merge_by_arithmetic_equals_peft(lora_run: dict, tmp_path: Path, dt
         assert not torch.allclose(base(input_ids=ids).logits, got, atol=1e-3)  # the adapters did change it
 
 
-class TorchSession:
-    """A Session over an HF model (full recompute per call: exact, tiny models only)."""
-
-    backend, device = "torch", "CPU"
-
-    def __init__(self, model, pids: list[int]) -> None:
-        from types import SimpleNamespace
-
-        self.model, self.tokens, self.max_length = model, [], 200
-        self.manifest = SimpleNamespace(name="tiny-lud-lora",
-                                        extras={"lud": {"placeholder_ids": pids, "span": len(pids),
-                                                        "default_threshold": 0.5}})
-
-    @property
-    def position(self) -> int:
-        return len(self.tokens)
-
-    def forward(self, token_ids, last_only: bool = False):
-        new = [int(t) for t in np.asarray(token_ids).tolist()]
-        self.tokens.extend(new)
-        with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([self.tokens])).logits[0, -len(new):].numpy()
-        return logits[-1:] if last_only else logits
-
-    def trim(self, length: int) -> None:
-        del self.tokens[length:]
-
-    def reset(self) -> None:
-        self.tokens = []
-
-
 def test_lora_verified_mode_is_tuned_ar(lora_run: dict, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -303,9 +275,12 @@ def test_lora_verified_mode_is_tuned_ar(lora_run: dict, tmp_path: Path) -> None:
     merged = AutoModelForCausalLM.from_pretrained(
         str(merge_lud(pack_lud(lora_run["lora"], tmp_path / "l.safetensors"), lora_run["target"], tmp_path / "m")))
     merged.eval()
+    pids = [290, 291, 292]
+    manifest = SimpleNamespace(name="tiny-lud-lora",
+                               extras={"lud": {"placeholder_ids": pids, "span": len(pids), "default_threshold": 0.5}})
 
     def decode(strategy, prompt: list[int], n: int = 20):
-        request = DecodeRequest(TorchSession(merged, [290, 291, 292]), prompt, Sampler(SamplingConfig()), n)
+        request = DecodeRequest(TorchSession(merged, manifest), prompt, Sampler(SamplingConfig()), n)
         out: list[int] = []
         steps = strategy.decode(request)
         for new in steps:

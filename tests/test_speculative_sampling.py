@@ -14,6 +14,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from fakes import TinyLM
 
 from edgegen.sampling import Sampler, SamplingConfig, distribution
 from edgegen.strategies import verify as verify_module
@@ -28,50 +29,13 @@ PROMPT = [1, 3]
 NEW = 3
 
 
-class TinyLM:
-    """A Session whose logits are a fixed random function of the whole prefix."""
-
-    backend, device = "numpy", "CPU"
-
-    def __init__(self, seed: int, sharpness: float, vocab: int = VOCAB) -> None:
-        self._seed, self._sharpness, self._vocab = seed, sharpness, vocab
-        self.tokens: list[int] = []
-        self.max_length = 64
-
-    @property
-    def position(self) -> int:
-        return len(self.tokens)
-
-    def _logits(self, prefix: tuple[int, ...]) -> np.ndarray:
-        rng = np.random.default_rng([self._seed, *prefix])
-        return (rng.normal(size=self._vocab) * self._sharpness).astype(np.float32)
-
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        out = []
-        for t in np.asarray(token_ids).tolist():
-            self.tokens.append(int(t))
-            out.append(self._logits(tuple(self.tokens)))
-        logits = np.stack(out)
-        return logits[-1:] if last_only else logits
-
-    def common_prefix(self, token_ids) -> int:
-        return 0  # keeps nothing: every prefill starts from an empty cache
-
-    def trim(self, length: int) -> None:
-        assert 0 <= length <= len(self.tokens)
-        del self.tokens[length:]
-
-    def reset(self) -> None:
-        self.tokens = []
-
-
 def exact_ar_distribution(config: SamplingConfig) -> dict[tuple[int, ...], float]:
     target = TinyLM(seed=1, sharpness=1.5)
     probs = {}
     for seq in itertools.product(range(VOCAB), repeat=NEW):
         p, context = 1.0, list(PROMPT)
         for t in seq:
-            p *= distribution(target._logits(tuple(context)), context, config)[t]
+            p *= distribution(target.logits_after(context), context, config)[t]
             context.append(t)
         probs[seq] = p
     return probs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fakes import EmbeddingLM
 
 from edgegen.errors import EdgegenError
 from edgegen.sampling import Sampler, SamplingConfig
@@ -17,52 +18,8 @@ from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
 from edgegen.strategies.superposed import Superposed, candidates, interpolate, superposition
 
-VOCAB, HIDDEN, EOS = 40, 16, 0
+VOCAB, EOS = EmbeddingLM.VOCAB, EmbeddingLM.EOS
 PROMPT = [5, 9, 3]
-
-
-class EmbeddingLM:
-    """A Session with embeddings: state_t = tanh(A state_{t-1} + x_t), logits_t = W state_t."""
-
-    backend, device = "numpy", "CPU"
-
-    def __init__(self, seed: int = 0, sharpness: float = 2.0, eos_bias: float = -4.0) -> None:
-        rng = np.random.default_rng(seed)
-        self.table = rng.normal(size=(VOCAB, HIDDEN)).astype(np.float32)
-        self.a = (rng.normal(size=(HIDDEN, HIDDEN)) * 0.9 / np.sqrt(HIDDEN)).astype(np.float32)
-        self.w = (rng.normal(size=(HIDDEN, VOCAB)) * sharpness).astype(np.float32)
-        self.bias = np.zeros(VOCAB, np.float32)
-        self.bias[EOS] = eos_bias
-        self.states: list[np.ndarray] = []  # one per cached position
-        self.max_length = 512
-        self.forwards = 0
-
-    @property
-    def position(self) -> int:
-        return len(self.states)
-
-    def embed(self, token_ids: np.ndarray) -> np.ndarray:
-        return self.table[np.asarray(token_ids, np.int64)]
-
-    def forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
-        self.forwards += 1
-        h = self.states[-1] if self.states else np.zeros(HIDDEN, np.float32)
-        out = []
-        for x in np.asarray(embeddings, np.float32):
-            h = np.tanh(self.a @ h + x)
-            self.states.append(h)
-            out.append(h @ self.w + self.bias)
-        logits = np.stack(out).astype(np.float32)
-        return logits[-1:] if last_only else logits
-
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        return self.forward_embeddings(self.embed(token_ids), last_only)
-
-    def trim(self, length: int) -> None:
-        del self.states[length:]
-
-    def reset(self) -> None:
-        self.states = []
 
 
 class BigramStore:

@@ -73,7 +73,7 @@ class Lexical(Strategy):
                                "was trained with")
         return ids[:span], default if self.threshold is None else self.threshold
 
-    def _unit(self, rows: np.ndarray, context: list[int], sampler: Sampler, threshold: float,
+    def unit(self, rows: np.ndarray, context: list[int], sampler: Sampler, threshold: float,
               room: int) -> list[int]:
         """Adaptive span acceptance over the placeholder rows: the leading confident, non-repeating tokens.
 
@@ -123,7 +123,7 @@ class Lexical(Strategy):
             length.update(len(unit), accepted, 1 + len(unit) + len(extra), forward_s, 0.0)
             # the placeholders followed the unit: after a rejection they predicted a continuation not taken
             room = request.max_new_tokens - (len(history) - len(request.prompt_ids)) if accepted == len(unit) else 0
-            unit = self._unit(rows, history, request.sampler, threshold, room)
+            unit = self.unit(rows, history, request.sampler, threshold, room)
             yield new
 
     def _unverified_steps(self, request: DecodeRequest, history: list[int], pids: list[int], threshold: float,
@@ -137,7 +137,7 @@ class Lexical(Strategy):
             out, forward_s = step(request, pending + extra)
             history.append(sampler.pick(out[fed - 1], history))
             room = request.max_new_tokens - (len(history) - len(request.prompt_ids))
-            unit = self._unit(out[fed:], history, sampler, threshold, room)
+            unit = self.unit(out[fed:], history, sampler, threshold, room)
             length.update(len(extra), len(unit), fed + len(extra), forward_s, 0.0)
             counters.draft_proposed += len(extra)  # placeholders offered, and how many of them joined the unit
             counters.draft_accepted += len(unit)

@@ -1,0 +1,188 @@
+"""In-process Sessions for strategy tests: tiny deterministic models with a real KV-cache contract.
+
+Every fake keeps its cache as a list (one entry per position), so ``position``, ``trim``, ``reset`` and
+``common_prefix`` (nothing reused: each prefill starts from an empty cache) are shared; a fake only says
+what its logits are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+
+class ListSession:
+    """The Session bookkeeping the fakes share; ``_row(cache)`` gives the logits after the cache's last entry."""
+
+    backend, device = "numpy", "CPU"
+
+    def __init__(self, max_length: int) -> None:
+        self.cache: list[Any] = []  # token ids (or states), one per cached position
+        self.max_length = max_length
+
+    @property
+    def position(self) -> int:
+        return len(self.cache)
+
+    def _row(self, cache: list[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _append(self, entries: Sequence[Any]) -> np.ndarray:
+        """Cache ``entries`` one by one: the logits after each, (len(entries), vocab)."""
+        rows = []
+        for entry in entries:
+            self.cache.append(entry)
+            rows.append(self._row(self.cache))
+        return np.stack(rows)
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        logits = self._append([int(t) for t in np.asarray(token_ids).tolist()])
+        return logits[-1:] if last_only else logits
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        return 0  # keeps nothing: every prefill starts from an empty cache
+
+    def trim(self, length: int) -> None:
+        if not 0 <= length <= len(self.cache):
+            raise ValueError(f"cannot trim a cache of {len(self.cache)} tokens to {length}")
+        del self.cache[length:]
+
+    def reset(self) -> None:
+        self.cache = []
+
+
+class TinyLM(ListSession):
+    """Logits that are a fixed random function of the whole prefix."""
+
+    def __init__(self, seed: int, sharpness: float, vocab: int = 5, max_length: int = 64) -> None:
+        super().__init__(max_length)
+        self.seed, self.sharpness, self.vocab = seed, sharpness, vocab
+
+    def logits_after(self, prefix: Sequence[int]) -> np.ndarray:
+        """The model's next-token logits after ``prefix`` (vocab,)."""
+        rng = np.random.default_rng([self.seed, *prefix])
+        return (rng.normal(size=self.vocab) * self.sharpness).astype(np.float32)
+
+    def _row(self, cache: list[Any]) -> np.ndarray:
+        return self.logits_after(cache)
+
+
+class TinyLexLM(ListSession):
+    """A LUD-tuned model: real tokens 0..real-1, placeholders whose rows look ahead.
+
+    Real rows are a fixed random function of the real prefix; the row of placeholder P_j predicts the
+    AR-greedy token j+1 steps ahead, with a random confidence, and (by a hash of the prefix, with
+    probability ``wrong``) a confident wrong token instead.
+    """
+
+    REAL = 6  # real tokens 0..5
+    PIDS = (6, 7, 8)
+    VOCAB = 9
+
+    def __init__(self, wrong: float = 0.0, lud: dict | None = None, max_length: int = 96) -> None:
+        super().__init__(max_length)
+        self.wrong = wrong
+        extras = {"lud": {"placeholder_ids": list(self.PIDS), "span": 3, "default_threshold": 0.6}} if lud is None \
+            else lud
+        self.manifest = SimpleNamespace(name="tiny-lud", extras=extras)
+
+    def _real(self, prefix: tuple[int, ...]) -> np.ndarray:
+        rng = np.random.default_rng([7, *prefix])
+        out = np.full(self.VOCAB, -30.0, np.float32)
+        out[: self.REAL] = rng.normal(size=self.REAL) * 3.0
+        return out
+
+    def _greedy(self, prefix: tuple[int, ...], n: int) -> list[int]:
+        seq = list(prefix)
+        for _ in range(n):
+            seq.append(int(np.argmax(self._real(tuple(seq)))))
+        return seq[len(prefix):]
+
+    def _row(self, cache: list[Any]) -> np.ndarray:
+        if cache[-1] not in self.PIDS:
+            return self._real(tuple(cache))
+        k = next(i for i, t in enumerate(cache) if t in self.PIDS)  # the real prefix ends before the first placeholder
+        assert cache[k:] == list(self.PIDS[: len(cache) - k]), "placeholders must follow the real tokens in order"
+        j = len(cache) - k  # P_j predicts the token j+1 steps after the real prefix
+        rng = np.random.default_rng([11, *cache])
+        guess = self._greedy(tuple(cache[:k]), j + 1)[-1]
+        if rng.random() < self.wrong:
+            guess = (guess + 1) % self.REAL
+        out = np.full(self.VOCAB, -30.0, np.float32)
+        out[: self.REAL] = rng.normal(size=self.REAL) * 0.3
+        out[guess] = rng.uniform(-1.0, 4.0)  # confidence from low to high
+        return out
+
+
+class EmbeddingLM(ListSession):
+    """A Session with input embeddings: state_t = tanh(A state_{t-1} + x_t), logits_t = W state_t + bias.
+
+    Its cache holds the states. ``forwards`` counts calls (superposed decoding: one per step).
+    """
+
+    VOCAB, HIDDEN, EOS = 40, 16, 0
+
+    def __init__(self, seed: int = 0, sharpness: float = 2.0, eos_bias: float = -4.0) -> None:
+        super().__init__(max_length=512)
+        rng = np.random.default_rng(seed)
+        self.table = rng.normal(size=(self.VOCAB, self.HIDDEN)).astype(np.float32)
+        self.a = (rng.normal(size=(self.HIDDEN, self.HIDDEN)) * 0.9 / np.sqrt(self.HIDDEN)).astype(np.float32)
+        self.w = (rng.normal(size=(self.HIDDEN, self.VOCAB)) * sharpness).astype(np.float32)
+        self.bias = np.zeros(self.VOCAB, np.float32)
+        self.bias[self.EOS] = eos_bias
+        self.forwards = 0
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        return self.table[np.asarray(token_ids, np.int64)]
+
+    def _append(self, entries: Sequence[Any]) -> np.ndarray:
+        rows = []
+        for x in entries:
+            h = np.tanh(self.a @ (self.cache[-1] if self.cache else np.zeros(self.HIDDEN, np.float32)) + x)
+            self.cache.append(h)
+            rows.append(h @ self.w + self.bias)
+        return np.stack(rows).astype(np.float32)
+
+    def forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
+        self.forwards += 1
+        logits = self._append(list(np.asarray(embeddings, np.float32)))
+        return logits[-1:] if last_only else logits
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        return self.forward_embeddings(self.embed(token_ids), last_only)
+
+
+class TorchSession(ListSession):
+    """A Session over a Hugging Face causal LM, recomputing the whole cache per call (exact; tiny models only)."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, manifest: Any = None, max_length: int = 200) -> None:
+        super().__init__(max_length)
+        self.model, self.manifest = model, manifest
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+        import torch
+
+        new = [int(t) for t in np.asarray(token_ids).tolist()]
+        self.cache.extend(new)
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([self.cache])).logits[0, -len(new):].numpy()
+        return logits[-1:] if last_only else logits
+
+
+class BrokenLM(ListSession):
+    """Logits that turn to ``value`` (NaN or inf) from position ``broken_at`` on: a corrupt model."""
+
+    def __init__(self, value: float, broken_at: int, vocab: int = 5) -> None:
+        super().__init__(max_length=64)
+        self.value, self.broken_at, self.vocab = value, broken_at, vocab
+
+    def _row(self, cache: list[Any]) -> np.ndarray:
+        row = np.linspace(0.0, 1.0, self.vocab, dtype=np.float32)
+        if len(cache) > self.broken_at:
+            row[len(cache) % self.vocab] = self.value
+        return row
