@@ -96,6 +96,8 @@ class EdgegenEngine:
         load_args = {key: options.pop(key) for key in ("consistent_rows", "draft") if key in options}
         if spec.strategy != "speculative":
             load_args.pop("draft", None)
+        if not supports_consistent_rows():  # gone from load(): every step computes its rows alike
+            load_args.pop("consistent_rows", None)
         self._gen = edgegen.load(spec.folder, backend=spec.backend, device=device, **load_args)
         self.backend = self._gen.backend
         self._options = options

@@ -8,7 +8,8 @@ take-turns loop and clock as ``edgegen bench``), taking turns on every prompt:
 - ``lexical-t<threshold>-m<span>``: unverified LUD, for each threshold and span asked for (the number of
   placeholders adapts per step, up to the span); ``-fixed``: the first pair with all m placeholders every step;
 - ``verified-t<threshold>-m<span>``: the verified mode at the first threshold and span (identical tokens to AR
-  of the tuned model with consistent rows, which ``ar-tuned-2row`` provides as the token reference).
+  of the tuned model; where ``edgegen.load`` still offers padded single-row steps (``consistent_rows``),
+  ``ar-tuned-2row`` runs them and is the token reference, else ``ar-tuned`` is).
 
 Several tuned models can be compared in one run (``--model`` repeated, e.g. the placeholder-only and the LoRA
 recipe): their engines are then named ``<label>:<engine>`` (label: ``LABEL=PATH``, else the model's
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine
+from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine, supports_consistent_rows
 from edgegen.bench.quality import fp32_session, perplexity, until_eos
 from edgegen.bench.report import write_report
 from edgegen.bench.runner import Prompt, encode_prompts, load_prompts, prepare_folder, timed_runs
@@ -69,7 +70,8 @@ def fp32_base() -> Path:
 
 def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thresholds: Sequence[float],
               spans: Sequence[int], verified: bool) -> list[EngineSpec]:
-    """ar-base, then per tuned model: ar-tuned, ar-tuned-2row (verified runs), lexical per threshold and span,
+    """ar-base, then per tuned model: ar-tuned, ar-tuned-2row (verified runs, padded steps where load() offers
+    them), lexical per threshold and span,
     the first pair with a fixed span, and verified at the first pair."""
     weights = "/".join(sorted({g.weights for g in read_manifest(base).graphs.values()}))
 
@@ -77,10 +79,12 @@ def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thres
         pre = f"{model}:" if len(tuned) > 1 and model != BASE else ""
         return edgegen_spec(folder, backend, weights, strategy, label=pre + label, model=model, **options)
 
-    specs = [spec("ar-base", base, BASE, consistent_rows=False)]
+    padded = supports_consistent_rows()  # else every step computes its rows alike: AR is the token reference
+    one_row = {"consistent_rows": False} if padded else {}
+    specs = [spec("ar-base", base, BASE, **one_row)]
     for model, folder in tuned:
-        specs.append(spec("ar-tuned", folder, model, consistent_rows=False))
-        if verified:
+        specs.append(spec("ar-tuned", folder, model, **one_row))
+        if verified and padded:
             specs.append(spec("ar-tuned-2row", folder, model, consistent_rows=True))
         for t in thresholds:
             for m in spans:
@@ -101,7 +105,9 @@ def _is_tuned_ar(spec: EngineSpec, padded: bool) -> bool:
 def summarize(runs: Sequence[LudRun]) -> list[dict[str, Any]]:
     """One row per (engine, prompt set, and "all"): medians of speed, means of the rest."""
     ref = {r.prompt_id: r for r in runs if r.engine.model == BASE}
-    tuned2 = {(r.engine.model, r.prompt_id): r for r in runs if _is_tuned_ar(r.engine, padded=True)}
+    # the verified mode's token reference: the tuned model's padded AR where the run has one, else its AR
+    tuned2 = {(r.engine.model, r.prompt_id): r for r in runs if _is_tuned_ar(r.engine, padded=False)}
+    tuned2 |= {(r.engine.model, r.prompt_id): r for r in runs if _is_tuned_ar(r.engine, padded=True)}
     models = {r.engine.model for r in runs} - {BASE}
     rows = []
     for category in ["code", "chat", "all"]:

@@ -2,8 +2,10 @@
 
 Engines share the bench process while they take turns, so its RSS cannot say which engine holds what.
 ``peak_rss_mb`` re-opens one engine from its ``EngineSpec`` in a fresh (spawned) child process, runs one
-generation and reports the child's peak resident set (``ru_maxrss``). Every figure includes the
-interpreter, NumPy and the engine's runtime libraries; the differences between engines are theirs.
+generation and reports the child's peak resident set: VmHWM of /proc/self/status on Linux (ru_maxrss is
+inherited across exec, so a child spawned by a big parent would report the parent's peak), ru_maxrss
+elsewhere. Every figure includes the interpreter, NumPy and the engine's runtime libraries; the
+differences between engines are theirs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import resource
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from edgegen.bench.engines import EngineSpec, open_engine
 
@@ -21,6 +24,12 @@ def _child_peak_rss_mb(spec: EngineSpec, prompt_ids: list[int], new_tokens: int)
     from edgegen.bench.runner import measure
 
     measure(open_engine(spec), prompt_ids, new_tokens)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

@@ -293,7 +293,7 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
         f"Machine: {machine_line(machine)}", "",
     ]
     if any(r.peak_rss_mb is not None for r in rows):
-        parts += ["peak RSS MB: the peak resident set (ru_maxrss) of a fresh child process that imports the bench, "
+        parts += ["peak RSS MB: the peak resident set (VmHWM) of a fresh child process that imports the bench, "
                   "opens only that engine and runs one generation of the longest prompt; it includes Python, "
                   "NumPy and the engine's runtime libraries, so the differences between rows are what the "
                   "engines themselves hold.", ""]
