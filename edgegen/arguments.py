@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edgegen.errors import EdgegenError
+from edgegen.sampling import SamplingConfig
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -93,6 +94,16 @@ def check_stop(stop: object) -> list[str]:
     if any(s == "" for s in out):
         raise EdgegenError("stop strings must not be empty (an empty one would stop before the first token)")
     return out
+
+
+def check_generation(max_new_tokens: object, temperature: object, top_k: object, top_p: object,
+                     repetition_penalty: object, seed: object, stop: object) -> tuple[int, SamplingConfig, list[str]]:
+    """A generation's length, sampling settings and stop strings, checked (the API and the CLI, before loading)."""
+    config = SamplingConfig(temperature=check_float("temperature", temperature), top_k=check_int("top_k", top_k),
+                            top_p=check_float("top_p", top_p),
+                            repetition_penalty=check_float("repetition_penalty", repetition_penalty),
+                            seed=check_optional_int("seed", seed, minimum=0))
+    return check_int("max_new_tokens", max_new_tokens, minimum=1), config, check_stop(stop)
 
 
 def check_messages(messages: Sequence[object]) -> list[dict[str, Any]]:

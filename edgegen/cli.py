@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 
+from edgegen.cli_common import command_line, given
+from edgegen.draft_cli import draft
 from edgegen.errors import EdgegenError
 from edgegen.lud_cli import lud
+from edgegen.ngram_cli import ngram
 from edgegen.serve.command import serve
 
 _WEIGHTS = ["fp32", "fp16", "int8", "int4"]
@@ -84,21 +87,22 @@ def run(prompt: str, model: str | None, backend: str | None, device: str | None,
         num_drafts: int | None, alpha: float | None, ngram: str | None, threshold: float | None, span: int | None,
         verified: bool, raw: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
-    from edgegen.strategies import MULTI_DRAFT_STRATEGIES
+    from edgegen.arguments import check_generation, prompt_kind
+    from edgegen.strategies import Strategy, strategy_type
 
-    if strategy == "lexical" and model is None:
-        model = "default-lud"  # the shipped LUD-tuned SmolLM2: the base model has no trained placeholders
-    gen = _load(model, backend, device, profile, draft, embeddings=strategy in MULTI_DRAFT_STRATEGIES)
+    prompt_kind(prompt)  # bad input fails before a model loads (or exports)
+    check_generation(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    needs = Strategy if strategy == "auto" else strategy_type(strategy)  # its needs (auto: the defaults, none)
+    gen = _load(model if model is not None else needs.default_model, backend, device, profile, draft,
+                embeddings=needs.needs_embeddings)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
-                  top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-    for key, value in (("num_draft_tokens", num_draft_tokens), ("num_drafts", num_drafts), ("alpha", alpha),
-                       ("ngram", ngram), ("threshold", threshold), ("span", span), ("verified", verified or None)):
-        if value is not None:
-            kwargs[key] = value
+                  top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
+                  **given(num_draft_tokens=num_draft_tokens, num_drafts=num_drafts, alpha=alpha, ngram=ngram,
+                          threshold=threshold, span=span, verified=verified or None))
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
         return
-    if strategy in MULTI_DRAFT_STRATEGIES:
+    if needs.multi_draft:
         result = gen.generate(prompt, **kwargs)
         for i, d in enumerate(result.drafts, 1):
             click.echo(f"--- draft {i} (score {d.score:.3f}, {len(d.token_ids)} tokens, {d.finish_reason})")
@@ -120,15 +124,23 @@ def chat(model: str | None, backend: str | None, device: str | None, profile: st
          temperature: float, top_k: int, top_p: float, repetition_penalty: float, seed: int | None,
          stop: tuple[str, ...], system: str | None) -> None:
     """Interactive chat that keeps the conversation (/reset clears it, /exit or Ctrl-D leaves)."""
+    from edgegen.arguments import check_generation, check_text
+
+    check_generation(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    if system is not None:
+        check_text("--system", system)
     gen = _load(model, backend, device, profile)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     click.echo(f"chatting with {gen.manifest.name} on {gen.backend} ({'/reset, /exit'})", err=True)
     while True:
         try:
-            line = input("you> ").strip()
+            line = check_text("your message", input("you> ")).strip()
         except EOFError:
             click.echo()
             return
+        except (UnicodeDecodeError, EdgegenError):
+            click.echo("error: that line is not valid UTF-8 text; type it again", err=True)
+            continue
         if line in ("/exit", "/quit"):
             return
         if line == "/reset":
@@ -169,12 +181,9 @@ def export(model: str, fmt: str | None, weights: str | None, sym: bool | None, g
     if profile:
         load_profile(profile)  # unknown profile: clear error before importing the exporters
     formats = None if fmt is None else (("onnx", "openvino") if fmt == "both" else (fmt,))
-    kwargs: dict[str, Any] = {"profile": profile or "cpu", "quality_gate": not no_quality_gate}
-    for key, value in (("formats", formats), ("weights", weights), ("sym", sym), ("group_size", group_size),
-                       ("embeddings", embeddings)):
-        if value is not None:
-            kwargs[key] = value
-    path = run_export(None if model == "default" else model, Path(out), **kwargs)
+    path = run_export(None if model == "default" else model, Path(out), profile=profile or "cpu",
+                      quality_gate=not no_quality_gate,
+                      **given(formats=formats, weights=weights, sym=sym, group_size=group_size, embeddings=embeddings))
     click.echo(f"exported to {path}")
 
 
@@ -232,9 +241,20 @@ def devices() -> None:
 @click.option("--alpha", type=float, default=None,
               help="N-gram weight (--strategy superposed; default 0.54 with --ngram, else 0).")
 @click.option("--ngram", default=None, type=click.Path(dir_okay=False), help="N-gram store (--strategy superposed).")
+@click.option("--load", "loads", type=click.Choice(["none", "busy"]), multiple=True,
+              help="Background load to measure under (repeatable; default none): busy = a spinning process pinned "
+                   "to one core, started and stopped by the bench. --load none --load busy runs both.")
+@click.option("--no-rss", is_flag=True, help="Skip the peak-RSS measurement (one child process per engine).")
+@click.option("--prompt-tokens", type=int, multiple=True,
+              help="Also measure TTFT at prompts of this many tokens (repeatable, e.g. 128 and 1000).")
+@click.option("--chat-turns", type=int, default=0, help="Also run a chat of N turns: TTFT per turn, edgegen's API "
+              "against openvino-genai's chat mode.")
+@click.option("--chat-new-tokens", type=int, default=64, show_default=True, help="Longest answer per chat turn.")
 def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, repeats: int, warmup: int,
           limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
-          num_draft_tokens: int | None, num_drafts: int, alpha: float | None, ngram: str | None) -> None:
+          num_draft_tokens: int | None, num_drafts: int, alpha: float | None, ngram: str | None,
+          loads: tuple[str, ...], no_rss: bool, prompt_tokens: tuple[int, ...], chat_turns: int,
+          chat_new_tokens: int) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
     from pathlib import Path
 
@@ -243,129 +263,31 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
     if strategy == "superposed":
         from edgegen.bench.superposed import run_superposed_bench
 
-        extra = {key: value for key, value in (("alpha", alpha), ("ngram", ngram)) if value is not None}
         run_superposed_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens,
                              num_drafts=num_drafts, limit=limit, out=Path(out), warmup=warmup,
-                             command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo, **extra)
+                             command=command_line(), echo=click.echo, loads=loads or ("none",),
+                             **given(alpha=alpha, ngram=ngram))
         return
     if strategy == "lexical":
         from edgegen.bench.lud import run_lud_bench
+        from edgegen.strategies import strategy_type
 
+        tuned = strategy_type(strategy).default_model if model == "default" else model  # the model it needs
         for backend in ("onnxruntime", "openvino"):
-            run_lud_bench("default-lud" if model == "default" else model, prompts=prompts, limit=limit,
+            run_lud_bench(tuned, prompts=prompts, limit=limit,
                           new_tokens=new_tokens, warmup=warmup, backend=backend, out=Path(out) / f"lexical-{backend}",
-                          command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
+                          command=command_line(), echo=click.echo)
         return
-    options = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
+    options = given(num_draft_tokens=num_draft_tokens)
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
-              command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo, strategy=strategy, draft=draft,
-              **options)
+              command=command_line(), echo=click.echo, strategy=strategy, draft=draft,
+              loads=loads or ("none",), peak_rss=not no_rss, prompt_tokens=prompt_tokens, chat_turns=chat_turns,
+              chat_new_tokens=chat_new_tokens, **options)
 
 
-@cli.group()
-def draft() -> None:
-    """Train, pack and export FastDraft drafters (a small model that drafts for a target)."""
-
-
-@draft.command("train")
-@click.option("--target", default="default", show_default=True,
-              help="'default', an exported edgegen folder, an HF folder or a .gguf.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Training folder (checkpoints, logs).")
-@click.option("--layers", type=int, default=2, show_default=True, help="Drafter depth.")
-@click.option("--tokens", type=int, default=None, help="Training tokens over all stages (default 1M).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps over all stages (instead of --tokens).")
-@click.option("--stage", type=click.Choice(["pretrain", "distill", "all"]), default="all", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
-@click.option("--init", "init", type=click.Choice(["first", "spread"]), default="first", show_default=True,
-              help="Target layers that seed the drafter: the first N or evenly spaced (first..last).")
-@click.option("--pretrain-frac", type=float, default=0.5, show_default=True, help="Budget share of stage 1 (all).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--gen-prompts", type=int, default=240, show_default=True, help="Stage-2 prompts (x3 temperatures).")
-@click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
-@click.option("--no-export", is_flag=True, help="Do not export the drafter at the end.")
-@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def draft_train(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, resume: bool,
-                seed: int, threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float,
-                gen_prompts: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> None:
-    """Train a drafter for --target with the FastDraft recipe (resumable)."""
-    from edgegen.export.drafter import TrainConfig, train_drafter
-
-    cfg = TrainConfig(target=target, out=out, layers=layers, tokens=tokens, steps=steps, stage=stage, seed=seed,
-                      threads=threads, init=init, pretrain_frac=pretrain_frac, batch_size=batch_size,
-                      seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, ckpt_minutes=ckpt_minutes,
-                      export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
-    cfg.validate()
-    summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
-    click.echo(f"trained drafter in {summary['out']} ({summary['tokens_seen']} tokens, "
-               f"{summary['train_tokens_per_s']} tokens/s)")
-
-
-@draft.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="Training folder, ckpt-* folder or packed drafter (.safetensors).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
-@click.option("--target", default=None, help="Target it was trained for (default: the recorded one).")
-@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
-def draft_export(checkpoint: str, out: str, target: str | None, no_quality_gate: bool) -> None:
-    """Export a drafter to ONNX + OpenVINO (int8, symmetric) with its target facts in edgegen.json."""
-    from edgegen.export.drafter import export_drafter
-
-    path = export_drafter(checkpoint, out, target=target, quality_gate=not no_quality_gate)
-    click.echo(f"exported drafter to {path}")
-
-
-@draft.command("pack")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Packed file (.safetensors).")
-@click.option("--dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
-              help="Stored precision (int8: blocks of 32 with fp16 scales, half the size; what ships).")
-@click.option("--head-vocab", type=int, default=None,
-              help="Keep only this many (most frequent) tokens in the drafter's head: a cheaper drafter.")
-def draft_pack(checkpoint: str, out: str, dtype: str, head_vocab: int | None) -> None:
-    """Store only the drafter's own weights and recipe: the target provides the rest."""
-    from edgegen.export.drafter import pack_drafter
-
-    path = pack_drafter(checkpoint, out, dtype=dtype, head_vocab=head_vocab)
-    click.echo(f"packed drafter: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-
-
-@cli.group()
-def ngram() -> None:
-    """Build n-gram stores: Superposed Decoding's draft filter (docs/superposed.md)."""
-
-
-@ngram.command("build")
-@click.option("--corpus", multiple=True, required=True, help="Text file or folder (repeatable).")
-@click.option("--tokenizer", "model", required=True, help="Exported model folder whose tokenizer counts, or 'default'.")
-@click.option("--orders", default="2..6", show_default=True, help="N-gram orders: a range (2..6) or a list (2,3,5).")
-@click.option("--out", required=True, help="Store file to write (.npz).")
-@click.option("--min-count", type=int, default=1, show_default=True, help="Drop n-grams seen fewer times.")
-@click.option("--max-tokens", type=int, default=None, help="Stop after this many corpus tokens.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def ngram_build(corpus: tuple[str, ...], model: str, orders: str, out: str, min_count: int, max_tokens: int | None,
-                quiet: bool) -> None:
-    """Count the n-grams of a corpus (token ids of MODEL's tokenizer) into one memory-mappable file."""
-    from pathlib import Path
-
-    from edgegen.models import load_tokenizer
-    from edgegen.ngram import NgramStore, parse_orders
-    from edgegen.ngram_build import build_store, corpus_files
-
-    parsed = parse_orders(orders)
-    corpus_files([Path(c) for c in corpus])  # a missing path fails before the tokenizer loads
-    path = build_store([Path(c) for c in corpus], load_tokenizer(model), out=Path(out), orders=parsed,
-                       min_count=min_count, max_tokens=max_tokens, progress=not quiet)
-    store = NgramStore.open(path)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {store.token_count:,} tokens, "
-               f"orders {','.join(map(str, store.orders))}, min count {min_count})")
-
-
+cli.add_command(draft)
+cli.add_command(ngram)
 cli.add_command(lud)
 cli.add_command(serve)
 

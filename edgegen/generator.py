@@ -13,16 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgegen import runtimes
-from edgegen.arguments import (
-    check_bool,
-    check_float,
-    check_int,
-    check_messages,
-    check_optional_int,
-    check_stop,
-    check_text,
-    prompt_kind,
-)
+from edgegen.arguments import check_bool, check_generation, check_messages, check_text, prompt_kind
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
 from edgegen.profiles import DeviceProfile
@@ -160,12 +151,8 @@ class Generator:
         A multi-draft strategy (superposed) ranks its drafts only at the end: it yields the best
         draft's text in one piece once generation is over, and ``result.drafts`` holds all of them.
         """
-        config = SamplingConfig(temperature=check_float("temperature", temperature), top_k=check_int("top_k", top_k),
-                                top_p=check_float("top_p", top_p),
-                                repetition_penalty=check_float("repetition_penalty", repetition_penalty),
-                                seed=check_optional_int("seed", seed, minimum=0))
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
-        stops = check_stop(stop)
+        max_new_tokens, config, stops = check_generation(max_new_tokens, temperature, top_k, top_p,
+                                                         repetition_penalty, seed, stop)
         eos = frozenset() if check_bool("ignore_eos", ignore_eos) else frozenset(self.manifest.eos_token_ids)
         prompt_ids = self._prompt_ids(prompt, check_bool("chat", chat))
         name = self._strategy_name(check_text("strategy", strategy), config.temperature, constraint)

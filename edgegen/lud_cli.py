@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from edgegen.cli_common import command_line
 
 
 @click.group()
@@ -116,4 +117,4 @@ def lud_bench(models: tuple[str, ...], base: str | None, prompts: str, limit: in
 
     run_lud_bench(models, base, prompts=prompts, limit=limit, new_tokens=new_tokens, thresholds=thresholds or (0.7,),
                   spans=spans or (3,), verified=not no_verified, backend=backend, out=Path(out),
-                  command="edgegen " + " ".join(sys.argv[1:]), echo=click.echo)
+                  command=command_line(), echo=click.echo)

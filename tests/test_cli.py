@@ -122,3 +122,24 @@ def test_chat_keeps_history(int8_model: Path) -> None:
     assert len(two_turns) == 2 and len(one_turn) == 1 and all(two_turns + one_turn)
     # greedy decoding: the same question answers differently only because the first turn is in the history
     assert two_turns[1] != one_turn[0]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--seed", "-1"], "seed must be >= 0"),
+    (["--stop", ""], "must not be empty"),
+    (["--temperature", "nan"], "temperature must be finite"),
+    (["--strategy", "telepathy"], "unknown strategy"),
+    (["--device", "GPU"], "device 'GPU' is not present"),
+])
+def test_bad_run_input_fails_before_any_model_work(args: list[str], needle: str, tmp_path: Path) -> None:
+    # An empty cache: a default-model run would export first; the checks must come before that.
+    cache = tmp_path / "cache"
+    assert_one_line_error(edgegen("run", *args, "hello", env={"EDGEGEN_CACHE": str(cache)}), needle)
+    assert not cache.exists()
+
+
+def test_non_utf8_argv_is_one_clear_line(tmp_path: Path) -> None:
+    code = "import sys; from edgegen.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "run", b"caf\xe9 au lait"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "EDGEGEN_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, "prompt is not valid text")
