@@ -18,19 +18,25 @@ from edgegen.runtimes.baselines import TokenEngine
 STRIDE = 97  # tokens between the start offsets of two prompts of one length
 
 
-def fixed_length_prompts(folder: Path, lengths: Sequence[int], count: int) -> tuple[list[Prompt], dict[str, list[int]]]:
-    """``count`` + 1 (the first for warm-up) prompts of each length in ``lengths``, as token ids."""
-    texts = [Prompt(p.id, p.prompt, False, p.category) for p in load_prompts("all")]
-    stream = [t for ids in encode_prompts(folder, texts).values() for t in ids]
+def fixed_length_prompts(stream: Sequence[int], lengths: Sequence[int],
+                         count: int) -> tuple[list[Prompt], dict[str, list[int]]]:
+    """``count`` + 1 prompts (the first for warm-up) of each length in ``lengths``, cut from the token ``stream``
+    (repeated as often as a length needs) at start offsets ``STRIDE`` apart."""
     prompts, ids = [], {}
     for n in lengths:
         for i in range(count + 1):
             start = (i * STRIDE) % len(stream)
-            tokens = (stream * (n // len(stream) + 2))[start:start + n]
+            repeated = list(stream) * ((start + n) // len(stream) + 1)
             pid = f"len{n}-{i}"
             prompts.append(Prompt(pid, "", False, f"{n} tokens"))
-            ids[pid] = tokens
+            ids[pid] = repeated[start:start + n]
     return prompts, ids
+
+
+def packaged_text_ids(folder: Path) -> list[int]:
+    """The packaged prompts' text, raw (no chat template), as one stream of ``folder``'s token ids."""
+    texts = [Prompt(p.id, p.prompt, False, p.category) for p in load_prompts("all")]
+    return [t for ids in encode_prompts(folder, texts).values() for t in ids]
 
 
 def ttft_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], folder: Path, lengths: Sequence[int],
@@ -39,7 +45,7 @@ def ttft_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], folder: Path, l
     from edgegen.bench.runner import timed_runs
 
     runs: list[Run] = []
-    prompts, ids = fixed_length_prompts(folder, lengths, count)
+    prompts, ids = fixed_length_prompts(packaged_text_ids(folder), lengths, count)
     for n in lengths:
         mine = [p for p in prompts if p.category == f"{n} tokens"]
         # the warm-up prompt is never timed; the timed prompts are all distinct
