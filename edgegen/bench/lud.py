@@ -35,7 +35,7 @@ import numpy as np
 from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine, supports_consistent_rows
 from edgegen.bench.quality import fp32_session, perplexity, until_eos
 from edgegen.bench.report import write_report
-from edgegen.bench.runner import Prompt, encode_prompts, load_prompts, prepare_folder, timed_runs
+from edgegen.bench.runner import Prompt, encode_prompts, folder_weights, load_prompts, prepare_folder, timed_runs
 from edgegen.errors import EdgegenError
 from edgegen.manifest import is_model_folder, read_manifest
 
@@ -73,7 +73,7 @@ def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thres
     """ar-base, then per tuned model: ar-tuned, ar-tuned-2row (verified runs, padded steps where load() offers
     them), lexical per threshold and span,
     the first pair with a fixed span, and verified at the first pair."""
-    weights = "/".join(sorted({g.weights for g in read_manifest(base).graphs.values()}))
+    weights = folder_weights(base)
 
     def spec(label: str, folder: Path, model: str, strategy: str = "ar", **options: Any) -> EngineSpec:
         pre = f"{model}:" if len(tuned) > 1 and model != BASE else ""

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from edgegen.bench.engines import EDGEGEN_BACKENDS, EngineSpec
 from edgegen.bench.load import background_load
 from edgegen.errors import EdgegenError
-from edgegen.manifest import Manifest, is_model_folder, read_manifest
+from edgegen.manifest import is_model_folder, read_manifest
 from edgegen.runtimes.baselines import TokenEngine
 
 PROMPT_SETS = ("code", "chat")
@@ -118,11 +118,6 @@ def measure(engine: TokenEngine, prompt_ids: list[int], new_tokens: int) -> Timi
     return Timing(tokens, stamps[0] - start, stamps[-1] - stamps[0], dict(metrics or {}))
 
 
-def _folder_weights(manifest: Manifest) -> str:
-    found = sorted({g.weights for g in manifest.graphs.values()})
-    return "/".join(found)
-
-
 def exported_folder(model: str | None) -> Path | None:
     """``model`` as an exported folder (has edgegen.json) to use as is, else None (it must be exported)."""
     if model in (None, "default"):
@@ -133,7 +128,7 @@ def exported_folder(model: str | None) -> Path | None:
 
 def folder_weights(folder: Path) -> str:
     """The precision of an exported folder's graphs (e.g. "int8"; "fp32/int8" if they differ)."""
-    return _folder_weights(read_manifest(folder))
+    return "/".join(sorted({g.weights for g in read_manifest(folder).graphs.values()}))
 
 
 def prepare_folder(model: str | None, weights: str) -> Path:
