@@ -123,7 +123,7 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
     """
     if not np.isfinite(logits).all():
         raise EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
-                           "quantized (re-export the model, or try a less aggressive quantization)")
+                           "quantized (`edgegen verify MODEL` checks its files; re-export it, or quantize it less)")
     return logits
 
 
