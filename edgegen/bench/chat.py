@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.bench.engines import EngineSpec, edgegen_spec
+from edgegen.bench.report import tables_per_load
 from edgegen.bench.runner import Prompt, load_prompts, median, take_turns
 
 FOLLOW_UPS = ("Can you say that again in one short sentence?", "Thanks. What is one common mistake people make there?",
@@ -133,10 +134,8 @@ def _chat_engines(folder: Path, weights: str, max_new_tokens: int,
 
 def chat_table(turns: Sequence[ChatTurn]) -> str:
     """turn | prompt tokens | TTFT ms per engine | x openvino-genai; per load when there are several."""
-    loads = list(dict.fromkeys(t.load for t in turns))
-    if len(loads) > 1:
-        return "\n\n".join(f"Background load: {load}\n\n" + chat_table([t for t in turns if t.load == load])
-                           for load in loads)
+    if len({t.load for t in turns}) > 1:
+        return tables_per_load(turns, chat_table)
     engines = list(dict.fromkeys(t.engine for t in turns))
     by = {(t.engine, t.turn): t for t in turns}
     head = "| turn | prompt tokens | " + " | ".join(f"{e} TTFT ms" for e in engines) + " |"

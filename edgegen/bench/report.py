@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,14 +148,18 @@ def _rss(row: Row) -> str:
     return f"{row.peak_rss_mb:.0f}" if row.peak_rss_mb is not None else "—"
 
 
+def tables_per_load(items: Sequence[Any], table: Callable[[list[Any]], str]) -> str:
+    """``table`` of ``items`` (anything with a ``load``), one headed table per background load."""
+    loads = list(dict.fromkeys(i.load for i in items))
+    return "\n\n".join(f"Background load: {load}\n\n" + table([i for i in items if i.load == load]) for load in loads)
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     """engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical (and peak RSS MB when
     measured); with drafting engines also acceptance, tokens per target step and the ratios to edgegen AR
     and the anchor's own pipeline for the same strategy. One table per background load when there are several."""
-    loads = list(dict.fromkeys(r.load for r in rows))
-    if len(loads) > 1:
-        return "\n\n".join(f"Background load: {load}\n\n" + markdown_table([r for r in rows if r.load == load])
-                            for load in loads)
+    if len({r.load for r in rows}) > 1:
+        return tables_per_load(rows, markdown_table)
     rss = any(r.peak_rss_mb is not None for r in rows)
     rss_head, rss_rule = (" peak RSS MB |", "---:|") if rss else ("", "")
     if not any(r.spec.drafts for r in rows):
