@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.export.pipeline import atomic_folder
-from edgegen.files import publish_file
+from edgegen.files import owned_tempdir, publish_file
 
 PACK_FORMAT = "edgegen-drafter/1"
 PACK_DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -234,7 +233,7 @@ def export_drafter(checkpoint: str | Path, out_dir: str | Path, *, target: str |
     out = Path(out_dir).expanduser().resolve()
     check_output_dir(out)
     src = Path(checkpoint).expanduser()
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.drafter-", dir=_mkparent(out)))
+    work = owned_tempdir(out, "drafter")  # a killed export's is removed by the next (edgegen.files)
     try:
         packed = src if src.is_file() else pack_drafter(src, work / "drafter.safetensors")
         tensors, info = read_packed(packed)
@@ -270,11 +269,6 @@ def export_rebuilt(hf: Path, work: Path, out: Path, extras: dict[str, Any], name
     check_output_dir(out)
     publish_folder(staged, out)
     return out
-
-
-def _mkparent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
 
 
 def check_drafter_compat(drafter: Any, target: Any) -> None:

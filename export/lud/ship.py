@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.files import publish_file
+from edgegen.files import owned_tempdir, publish_file
 
 PACK_FORMAT = "edgegen-lud/1"  # placeholder rows only
 PACK_FORMAT_LORA = "edgegen-lud/2"  # + LoRA adapters: tensors "lora/<module path>/A" (r, in) and ".../B" (out, r)
@@ -174,7 +173,7 @@ def export_lud(checkpoint: str | Path, out_dir: str | Path, *, target: str | Non
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     src = Path(checkpoint).expanduser()
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.lud-", dir=out.parent))
+    work = owned_tempdir(out, "lud")  # a killed export's is removed by the next (edgegen.files)
     try:
         packed = src if src.is_file() else pack_lud(src, work / "lud.safetensors")
         _, info = read_packed_lud(packed)
@@ -195,7 +194,7 @@ def delta_sha256(packed: str | Path) -> str:
 def export_default_lud(delta: str | Path, out_dir: str | Path, *, progress: bool = True) -> Path:
     """Rebuild the LUD-tuned default model from ``delta`` (the one shipped in edgegen/data; edgegen.artifacts
     caches the result) and export it to `out_dir`."""
-    work = Path(tempfile.mkdtemp(prefix=".lud-default-"))
+    work = owned_tempdir(Path(out_dir).expanduser().resolve(), "lud-default")
     try:
         return export_lud(delta, out_dir, target="default", cache_dir=work, progress=progress)
     finally:
