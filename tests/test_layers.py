@@ -140,3 +140,20 @@ def test_backend_libraries_only_in_runtimes() -> None:
             if isinstance(node, ast.Attribute) and node.attr in SESSION_CALLS:
                 offenders.append(f"{rel}:{node.lineno} calls {node.attr}")
     assert offenders == []
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    """runtimes/ builds on the manifest alone; export/ never reaches up into model resolution, strategies,
+    the API or the CLI (what would make `import edgegen.export` pull the whole runtime in)."""
+    modules = _modules()
+    leaves = {"edgegen.errors", "edgegen.manifest", "edgegen.integrity"}
+    higher = ("edgegen.api", "edgegen.strategies", "edgegen.cli", "edgegen.models", "edgegen.artifacts",
+              "edgegen.bench", "edgegen.loading", "edgegen.generator", "edgegen.serve")
+    wrong = []
+    for name, path in modules.items():
+        imported = _imports(name, path, modules)
+        if name.startswith("edgegen.runtimes"):
+            wrong += [f"{name} -> {t}" for t in imported if t not in leaves and not t.startswith("edgegen.runtimes")]
+        if name.startswith("edgegen.export"):
+            wrong += [f"{name} -> {t}" for t in imported if t.startswith(higher)]
+    assert wrong == []
