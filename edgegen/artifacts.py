@@ -73,11 +73,12 @@ def with_export_extras(what: str, build: Callable[[], Path]) -> Path:
 
 def build_once(out: Path, what: str, build: Callable[[], Path], progress: bool = True,
                complete: Callable[[Path], bool] = is_model_folder) -> Path:
-    """``out`` when it is complete, else build it (one process at a time; the others wait and reuse it)."""
+    """``out`` when it is complete, else build it (one process at a time; the others wait and reuse it).
+    Either way, temp folders that killed builds of ``out`` left are removed (a directory listing: cheap)."""
+    remove_stale_temps(out)
     if complete(out):
         return out
     with exclusive(out):
-        remove_stale_temps(out)
         if complete(out):  # built by the process we waited for
             return out
         if progress:

@@ -325,3 +325,16 @@ def test_a_killed_ngram_build_is_cleaned_by_the_next(tmp_path: Path) -> None:
     dead = _temp_folder(out, "dead", f"{_dead_pid()} {os.uname().nodename}")
     build_store(["a b a b"], tok, out=out, orders="2..3", progress=False, memory_mb=0)
     assert not dead.exists() and sorted(p.name for p in out.parent.iterdir()) == ["s.npz"]
+
+
+def test_a_run_on_a_cached_model_removes_a_killed_reexports_temp_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen.artifacts import DEFAULT_MODEL_NAME
+    from edgegen.models import resolve_model
+    from edgegen.profiles import load_profile
+
+    monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path))
+    out = make_model(tmp_path / "models" / DEFAULT_MODEL_NAME / "cpu")
+    dead = _temp_folder(out, "dead", f"{_dead_pid()} {os.uname().nodename}")
+    assert resolve_model(None, load_profile("cpu")) == out
+    assert not dead.exists()
