@@ -20,8 +20,6 @@ from edgegen.strategies.superposed import Superposed
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Autoregressive, PromptLookup, Speculative, Superposed, Lexical)
 }
-# Deprecated: read strategy_type(name).multi_draft. Kept until the CLI no longer imports it.
-MULTI_DRAFT_STRATEGIES = frozenset(name for name, cls in STRATEGIES.items() if cls.multi_draft)
 
 
 def strategy_type(name: str) -> type[Strategy]:
@@ -40,6 +38,6 @@ def make_strategy(name: str, drafter: Drafter | None = None, **options: Any) -> 
         raise EdgegenError(f"bad options for strategy '{name}': {e}") from None
 
 
-__all__ = ["MULTI_DRAFT_STRATEGIES", "STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter",
+__all__ = ["STRATEGIES", "DecodeCounters", "DecodeRequest", "Draft", "Drafter",
            "ModelDrafter", "MultiDraftStrategy", "PromptLookupDrafter", "RankedDraft", "Strategy", "Superposed",
            "make_strategy", "strategy_type"]
