@@ -30,7 +30,8 @@ class FakeSession:
     backend = "fake"
     device = "CPU"
 
-    def __init__(self, vocab: int, max_length: int = 512, delay_s: float = 0.0005) -> None:
+    def __init__(self, manifest: object, vocab: int, max_length: int = 512, delay_s: float = 0.0005) -> None:
+        self.manifest = manifest
         self.vocab, self._max, self._delay = vocab, max_length, delay_s
         self.cache: list[int] = []
 
@@ -80,5 +81,5 @@ def fake_generator(folder: Path, delay_s: float = 0.0005) -> Generator:
     manifest = SimpleNamespace(name="fake", tokenizer="tokenizer.json", chat_template="chat_template.jinja",
                                bos_token_id=None, add_bos=False, eos_token_ids=[EOS], vocab_size=tok.get_vocab_size(),
                                static_shapes={}, extras={})
-    session = FakeSession(tok.get_vocab_size(), delay_s=delay_s)
+    session = FakeSession(manifest, tok.get_vocab_size(), delay_s=delay_s)
     return Generator(folder, manifest, session, load_profile("cpu"))  # type: ignore[arg-type]
