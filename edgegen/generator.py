@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import weakref
@@ -18,7 +17,7 @@ from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
 from edgegen.profiles import DeviceProfile
 from edgegen.results import DraftResult, GenerationResult, GenerationStats
-from edgegen.sampling import Sampler, SamplingConfig
+from edgegen.sampling import Sampler
 from edgegen.stopping import TextOutput
 from edgegen.strategies import DecodeCounters, DecodeRequest, Drafter, RankedDraft, Strategy, make_strategy
 from edgegen.tokenizer import Message, TextTokenizer
@@ -162,7 +161,7 @@ class Generator:
         if len(prompt_ids) + max_new_tokens > limit:
             raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                                f"the {limit} tokens this {session.device} session holds")
-        request = DecodeRequest(session, prompt_ids, _sampler(config, constraint), max_new_tokens,
+        request = DecodeRequest(session, prompt_ids, Sampler(config, constraint), max_new_tokens,
                                 eos_token_ids=eos, model_folder=self.folder)
         slot = _ResultSlot()
         return TextStream(self._owned(self._run(decoder, request, stops, slot)), slot)
@@ -281,12 +280,3 @@ class Generator:
             draft_accepted=c.draft_accepted,
             acceptance_rate=c.draft_accepted / c.draft_proposed if c.draft_proposed else 0.0,
             strategy=decoder.name, backend=self.session.backend, device=str(self.session.device))
-
-
-def _sampler(config: SamplingConfig, constraint: object | None) -> Sampler:
-    """The call's Sampler; a constraint goes to it (a Sampler without constraint support refuses one)."""
-    if constraint is None:
-        return Sampler(config)
-    if "constraint" not in inspect.signature(Sampler).parameters:
-        raise EdgegenError("this edgegen's Sampler does not support constrained decoding")
-    return Sampler(config, constraint=constraint)  # type: ignore[call-arg]

@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_generator import fake_generator
 
@@ -203,13 +204,29 @@ def test_numpy_token_ids_are_a_prompt(fake: Generator) -> None:
     assert fake.generate(np.array(ids), max_new_tokens=4).token_ids == fake.generate(ids, max_new_tokens=4).token_ids
 
 
-class _OnlyToken:
-    """A constraint object; the Sampler's side (issue 13) decides what it means."""
+class _Among:
+    """A constraint (sampling.Constraint) that allows a fixed set of tokens and records what it was told."""
+
+    def __init__(self, vocab: int, tokens: list[int]) -> None:
+        self.mask = np.zeros(vocab, bool)
+        self.mask[tokens] = True
+        self.seen: list[int] = []
+
+    def allowed(self) -> np.ndarray:
+        return self.mask
+
+    def advance(self, token: int) -> None:
+        self.seen.append(token)
 
 
-def test_a_constraint_runs_with_ar_only(fake: Generator) -> None:
-    with pytest.raises(EdgegenError, match="strategy 'ar' only"):
-        fake.generate("Hello", max_new_tokens=4, strategy="prompt-lookup", constraint=_OnlyToken())
+def test_a_constraint_reaches_the_sampler_and_runs_with_ar_only(fake: Generator) -> None:
+    allowed = [40, 41, 42]
+    constraint = _Among(fake.manifest.vocab_size, allowed)
+    r = fake.generate("Hello", max_new_tokens=6, constraint=constraint)  # auto: ar
+    assert r.stats.strategy == "ar" and r.token_ids == constraint.seen and set(r.token_ids) <= set(allowed)
+    for strategy in ("prompt-lookup", "speculative", "superposed"):
+        with pytest.raises(EdgegenError, match="strategy 'ar' only"):
+            fake.generate("Hello", max_new_tokens=4, strategy=strategy, constraint=constraint)
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
