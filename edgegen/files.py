@@ -103,7 +103,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     target = Path(target)
     removed = []
     try:
-        siblings = list(target.parent.glob(f".{target.name}.*-*"))
+        siblings = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
     except OSError:
         return removed
     for p in siblings:
