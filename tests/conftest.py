@@ -39,12 +39,6 @@ def _persistent(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _exported(out: Path) -> bool:
-    from edgegen.manifest import is_model_folder
-
-    return is_model_folder(out)
-
-
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = _persistent("edgegen-cache", tmp_path_factory)
@@ -76,21 +70,22 @@ def hf_model(hf_dir: Path):
 @pytest.fixture(scope="session")
 def int8_model(cache_root: Path) -> Path:
     """The default model exported the way `edgegen run` does it on first use (cpu profile, int8)."""
+    from edgegen.artifacts import build_once
     from edgegen.export import export_model
 
     out = cache_root / "models" / DEFAULT_MODEL_NAME / "cpu"
-    if _exported(out):
-        return out
-    return export_model(None, out, profile="cpu", progress=False)
+    # build_once: test runs sharing EDGEGEN_TEST_CACHE wait for one export instead of racing two
+    return build_once(out, "the int8 test model", lambda: export_model(None, out, profile="cpu", progress=False),
+                      progress=False)
 
 
 @pytest.fixture(scope="session")
 def fp32_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32 graphs of both formats, with their input-embedding graphs (about 30 s more than without)."""
+    from edgegen.artifacts import build_once
     from edgegen.export import export_model
 
     out = _persistent("fp32", tmp_path_factory) / "model"
-    if _exported(out):
-        return out
-    return export_model(hf_dir, out, formats=("onnx", "openvino"), weights="fp32", quality_gate=False,
-                        progress=False, embeddings=True)
+    return build_once(out, "the fp32 test model", lambda: export_model(
+        hf_dir, out, formats=("onnx", "openvino"), weights="fp32", quality_gate=False, progress=False,
+        embeddings=True), progress=False)
