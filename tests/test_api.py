@@ -75,3 +75,19 @@ def test_int8_export_passes_its_quality_gate(int8_model: Path) -> None:
         gate = graph.quality
         assert graph.weights == "int8" and graph.sym
         assert not gate["flagged"] and gate["ratio"] <= 1.02, (fmt, gate)
+
+
+def test_importing_the_package_loads_nothing_heavy() -> None:
+    # runtimes/ and export/ import edgegen.errors: that must not pull in the API, runtimes or libraries.
+    import subprocess
+    import sys
+
+    heavy = ("edgegen.api", "edgegen.generator", "edgegen.runtimes", "edgegen.strategies", "jinja2", "tokenizers",
+             "onnxruntime", "openvino", "numpy")
+    code = ("import sys, edgegen, edgegen.errors; from edgegen import EdgegenError; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    code = "import edgegen; print(edgegen.load.__module__, edgegen.Generator.__name__, 'load' in dir(edgegen))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["edgegen.loading", "Generator", "True"], out.stderr
