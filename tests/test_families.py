@@ -1,0 +1,122 @@
+"""Every supported family: a tiny random-weight model built in-process, exported to both formats at fp32.
+
+Greedy output equals transformers' for 40 new tokens on both backends (past the tiny sliding windows
+of Mistral, Gemma 2 and Gemma 3: 16 positions), and every strategy's greedy output equals AR's.
+The families and what is checked come from export/families.py (FAMILIES), the table `edgegen models`
+prints. Exports are shared per family (module scope); the tests using them are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import edgegen
+from edgegen.errors import EdgegenError
+from edgegen.export.families import FAMILIES, Family, family_of
+
+NEW_TOKENS = 40
+WINDOW = 16  # the sliding window of the tiny configs that have one (families.py)
+PROMPTS = ["def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+           "The cat sat on the mat. The cat sat on the"]
+STRATEGIES = [("prompt-lookup", {}), ("speculative", {}), ("superposed", {"num_drafts": 1, "alpha": 0.0})]
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+def _train_tokenizer(folder: Path) -> int:
+    """A small byte-level BPE (512 pieces) trained on standard-library source; returns its vocabulary size."""
+    import inspect
+    import json as json_module
+    import textwrap
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [inspect.getsource(m) for m in (json_module, textwrap, inspect)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "add_bos_token": False}))
+    return tok.get_vocab_size()
+
+
+def _tiny_model(family: Family, folder: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = _train_tokenizer(folder)
+    config = AutoConfig.for_model(
+        family.model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0, **family.tiny)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # random init gives near-flat logits; sharper ones make greedy parity a real check
+        model.get_input_embeddings().weight.mul_(4.0)
+    model.save_pretrained(str(folder))
+    return model
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f.model_type for f in FAMILIES])
+def family_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from edgegen.export import export_model
+
+    family: Family = request.param
+    hf = tmp_path_factory.mktemp(f"tiny-{family.model_type}")
+    model = _tiny_model(family, hf)
+    out = export_model(hf, tmp_path_factory.mktemp(f"export-{family.model_type}") / "model",
+                       formats=family.formats, weights="fp32", quality_gate=False, progress=False, embeddings=True)
+    return family, model, out
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    """transformers' greedy tokens, one full forward per token (no cache: the plainest reference)."""
+    import torch
+
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(ids):]
+
+
+@pytest.mark.slow  # exports (conftest marks only its own fixtures)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_equals_transformers_and_strategies_equal_ar(family_export, backend: str) -> None:
+    family, model, folder = family_export
+    gen = edgegen.load(folder, backend=backend, draft=folder, embeddings=True)  # the model drafts for itself
+    for prompt in PROMPTS:
+        ar = gen.generate(prompt, max_new_tokens=NEW_TOKENS, chat=False, strategy="ar", ignore_eos=True)
+        assert len(ar.prompt_token_ids) + NEW_TOKENS > WINDOW  # decoding runs past the sliding window
+        expected = _hf_greedy(model, ar.prompt_token_ids, NEW_TOKENS)
+        assert ar.token_ids == expected, f"{family.model_type} on {backend} diverged from transformers on {prompt!r}"
+        for strategy, options in STRATEGIES:
+            out = gen.generate(prompt, max_new_tokens=NEW_TOKENS, chat=False, strategy=strategy, ignore_eos=True,
+                               **options)
+            assert out.token_ids == ar.token_ids, f"{strategy} differs from AR: {family.model_type} on {backend}"
+
+
+def test_unsupported_architecture_is_refused_before_any_work(tmp_path: Path) -> None:
+    from edgegen.export import export_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(EdgegenError) as e:
+        export_model(tmp_path, tmp_path / "out", progress=False)
+    message = str(e.value)
+    assert "\n" not in message and "'mamba'" in message and "gemma3_text" in message and "llama" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_family_of_reads_a_multimodal_wrapper() -> None:
+    assert family_of({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}).model_type == "gemma3_text"
+    with pytest.raises(EdgegenError, match="unsupported model architecture 'gpt2'"):
+        family_of({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
