@@ -5,6 +5,8 @@ refused by a target with another vocabulary."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -142,6 +144,31 @@ def test_checkpoint_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not stale.exists()
     ck.save_checkpoint(tmp_path, 3, w, {"step": 3}, {"step": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000003"]
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a crafted checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_crafted_pickle_checkpoint_is_refused(tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "code-ran"
+    ckpt = ck.save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1}, {"step": 1})
+    crafted = {"step": 1, "optimizer": _RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(crafted, ckpt / "state.pt")
+    else:
+        (ckpt / "state.pt").write_bytes(pickle.dumps(crafted))
+    with pytest.raises(EdgegenError, match="refusing to resume .*start the run again") as e:
+        ck.load_checkpoint(ck.latest_checkpoint(tmp_path))
+    assert "\n" not in str(e.value)
+    assert not marker.exists()  # the command never ran
 
 
 def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:

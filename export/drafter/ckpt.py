@@ -84,14 +84,35 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a complete checkpoint folder, else the latest checkpoint of the run folder ``path``."""
+    path = Path(path).expanduser()
+    if (path / "meta.json").is_file() and (path / "trainable.safetensors").is_file():
+        return path
+    if path.is_dir() and (found := latest_checkpoint(path)) is not None:
+        return found
+    raise EdgegenError(f"{path} is not a {what} checkpoint or training folder (no complete ckpt-* inside)")
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(tensors, state, meta)"""
+    """(tensors, state, meta) of the checkpoint folder ``path``.
+
+    The state is read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+    crafted ``state.pt`` cannot run code; one holding anything else is refused with an EdgegenError.
+    """
+    import pickle
+
     import torch
     from safetensors.torch import load_file
 
     path = Path(path)
     tensors = load_file(str(path / "trainable.safetensors"))
-    state = torch.load(path / "state.pt", weights_only=False)
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+    except pickle.UnpicklingError:
+        raise EdgegenError(f"refusing to resume from {path}: its state.pt holds objects other than tensors and "
+                           "plain values (a checkpoint from an older edgegen, or a crafted file); start the run "
+                           "again without --resume, in a new --out folder") from None
     meta = json.loads((path / "meta.json").read_text())
     return tensors, state, meta
 

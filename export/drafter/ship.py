@@ -30,19 +30,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.ji
                     "generation_config.json")
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    from edgegen.export.drafter.ckpt import latest_checkpoint
-
-    path = Path(path).expanduser()
-    if (path / "meta.json").is_file() and (path / "trainable.safetensors").is_file():
-        return path
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is not None:
-            return found
-    raise EdgegenError(f"{path} is not a drafter checkpoint or training folder (no complete ckpt-* inside)")
-
-
 def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16",
                  head_vocab: int | None = None) -> Path:
     """Store the trained (non-shared) weights of `checkpoint` (a ckpt-* folder or a training folder: its
@@ -57,7 +44,9 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
 
     if dtype not in PACK_DTYPES:
         raise EdgegenError(f"unsupported pack dtype '{dtype}': {', '.join(PACK_DTYPES)}")
-    ckpt = _checkpoint_dir(Path(checkpoint))
+    from edgegen.export.drafter.ckpt import checkpoint_dir
+
+    ckpt = checkpoint_dir(Path(checkpoint), "drafter")
     meta = json.loads((ckpt / "meta.json").read_text())
     tensors = _encode(load_file(str(ckpt / "trainable.safetensors")), dtype)
     if head_vocab is not None:
@@ -153,21 +142,10 @@ def _decode(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_packed(packed: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """(tensors, info) of a packed drafter."""
+    from edgegen.export.finetune import read_pack
 
-    packed = Path(packed).expanduser()
-    if not packed.is_file():
-        raise EdgegenError(f"packed drafter not found: {packed}")
-    try:
-        with safe_open(str(packed), framework="pt") as f:
-            meta = f.metadata() or {}
-        info = json.loads(meta["edgegen_drafter"])
-    except (KeyError, json.JSONDecodeError, OSError, Exception) as e:  # safetensors raises its own error types
-        raise EdgegenError(f"{packed} is not a packed edgegen drafter: {e}") from None
-    if info.get("format") != PACK_FORMAT:
-        raise EdgegenError(f"{packed} has drafter format {info.get('format')!r}; this edgegen reads {PACK_FORMAT}")
-    return load_file(str(packed)), info
+    return read_pack(packed, "edgegen_drafter", (PACK_FORMAT,), "packed drafter")
 
 
 def check_target_facts(info: dict[str, Any], target_hf_dir: Path) -> None:

@@ -26,28 +26,18 @@ EXTRAS_KEY = "lud"
 DEFAULT_THRESHOLD = 0.7  # confidence a placeholder's prediction needs to join the unit (docs/lud.md)
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    from edgegen.export.drafter.ckpt import latest_checkpoint
-
-    path = Path(path).expanduser()
-    if (path / "meta.json").is_file() and (path / "trainable.safetensors").is_file():
-        return path
-    if path.is_dir() and (found := latest_checkpoint(path)) is not None:
-        return found
-    raise EdgegenError(f"{path} is not a LUD checkpoint or training folder (no complete ckpt-* inside)")
-
-
 def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16") -> Path:
     """Store the placeholder rows (fp32) and any LoRA adapters (`dtype`) of `checkpoint` (a ckpt-* folder, or a
     training folder: its latest) in `out_file` with the recipe and the target facts as metadata; atomic."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    from edgegen.export.drafter.ckpt import checkpoint_dir
     from edgegen.export.lud.config import LORA_PREFIX
 
     if dtype not in LORA_PACK_DTYPES:
         raise EdgegenError(f"unsupported LUD pack dtype '{dtype}': {', '.join(LORA_PACK_DTYPES)}")
-    ckpt = _checkpoint_dir(Path(checkpoint))
+    ckpt = checkpoint_dir(Path(checkpoint), "LUD")
     meta = json.loads((ckpt / "meta.json").read_text())
     if "placeholder_ids" not in meta:
         raise EdgegenError(f"{ckpt} is not a LUD checkpoint (no placeholder ids in its meta.json)")
@@ -74,21 +64,9 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
 
 
 def _read(packed: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from safetensors import safe_open
+    from edgegen.export.finetune import read_pack
 
-    packed = Path(packed).expanduser()
-    if not packed.is_file():
-        raise EdgegenError(f"packed LUD delta not found: {packed}")
-    try:
-        with safe_open(str(packed), framework="pt") as f:
-            info = json.loads((f.metadata() or {})["edgegen_lud"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is not a mapping)
-    except Exception as e:  # safetensors raises its own error types
-        raise EdgegenError(f"{packed} is not a packed LUD delta: {e}") from None
-    if info.get("format") not in PACK_FORMATS:
-        raise EdgegenError(f"{packed} has LUD format {info.get('format')!r}; this edgegen reads "
-                           f"{', '.join(PACK_FORMATS)}")
-    return tensors, info
+    return read_pack(packed, "edgegen_lud", PACK_FORMATS, "packed LUD delta")
 
 
 def read_packed_lud(packed: str | Path) -> tuple[Any, dict[str, Any]]:

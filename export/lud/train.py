@@ -31,23 +31,11 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.export.drafter import ckpt as ck
-from edgegen.export.drafter.train import (
-    ChunkData,
-    SeqData,
-    _eos_pad,
-    _log,
-    _rng_state,
-    _set_rng_state,
-    eval_batches_chunks,
-    eval_batches_seqs,
-    lr_at,
-)
+from edgegen.export.finetune import FineTune, lr_at
 from edgegen.export.lud.config import LORA_PREFIX, LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
 
 PACKED_NAME = "lud.safetensors"
-MODEL_DIR = "model"
 EVAL_THRESHOLDS = (0.5, 0.7, 0.9)
 
 
@@ -268,43 +256,16 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
 
     step_hook(global_step) runs after every optimizer step (tests use it to interrupt a run)."""
     import torch
-    from tqdm import tqdm
 
-    cfg = ck.open_run(cfg, resume, keep=("threads", "progress", "export", "quality_gate"))
-    out = Path(cfg.out)
+    from edgegen.export.lud.ship import export_lud, pack_lud
 
-    from edgegen.export.drafter.corpus import build_corpus, load_split
-    from edgegen.export.drafter.gendata import build_generations, build_prompts, load_generations
-    from edgegen.export.drafter.model import load_teacher
-    from edgegen.export.drafter.target import resolve_target
-
-    target = resolve_target(cfg.target, out)
-    echo(f"target {target.name}: {target.hf_dir} (vocab {target.vocab_size})")
-    model = load_teacher(target.hf_dir)
+    run = FineTune(cfg, resume=resume, keep=("threads", "progress", "export", "quality_gate"), echo=echo,
+                   generations=lambda c: c.gen_share > 0)
+    cfg, state, model, target = run.cfg, run.state, run.teacher, run.target  # the model is trained in place
     pids = resolve_placeholder_ids(target.hf_dir / "tokenizer.json", target.vocab_size, cfg.span, cfg.placeholder_ids)
-    eos_ids, pad_id = _eos_pad(target.hf_dir, model)
-    corpus = build_corpus(out, target.hf_dir / "tokenizer.json", eos_ids[0], code_globs=cfg.code_globs,
-                          text_globs=cfg.text_globs, tokens=cfg.corpus_tokens, code_share=cfg.code_share,
-                          val_tokens=cfg.val_tokens, max_file_chars=cfg.max_file_chars, seed=cfg.seed, echo=echo)
-    chunks = ChunkData(load_split(out, "train"), cfg.seq_len, cfg.batch_size, cfg.seed)
-    eval_sets: dict[str, list[Any]] = {}
-    for split in ("val_code", "val_text"):
-        toks = load_split(out, split)
-        if len(toks) > cfg.seq_len:
-            eval_sets[split] = eval_batches_chunks(toks, cfg.seq_len, cfg.batch_size, cfg.eval_tokens)
-    gens: SeqData | None = None
-    gen_stats: dict[str, Any] = {}
-    if cfg.gen_share > 0:
-        prompts = build_prompts(target.hf_dir / "tokenizer.json", target.hf_dir, corpus["files"]["train_code"],
-                                cfg.gen_prompts, cfg.seed,
-                                max_prompt_tokens=max(16, cfg.seq_len - cfg.gen_max_new_tokens))
-        gen_dir = build_generations(out, model, prompts, cfg.gen_temperatures, cfg.gen_max_new_tokens, cfg.gen_batch,
-                                    eos_ids, pad_id, cfg.seed, progress=cfg.progress)
-        gen_train, gen_val, gen_stats = load_generations(gen_dir, cfg.gen_val_every)
-        echo(f"target generations: {gen_stats}")
-        gens = SeqData(gen_train, cfg.seq_len, cfg.batch_size, cfg.seed, pad_id)
-        if gen_val:
-            eval_sets["val_gen"] = eval_batches_seqs(gen_val, cfg.seq_len, cfg.batch_size, cfg.eval_tokens, pad_id)
+    chunks = run.chunks()
+    gens = run.generations() if cfg.gen_share > 0 else None
+    state["blocks_seen"] = 0
 
     P = init_placeholders(model, cfg.span, cfg.seed)
     lora_params: dict[str, Any] = {}
@@ -317,122 +278,84 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
     trained = [P, *lora_params.values()]
     opt = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.95))
     steps = cfg.total_steps()
-    state: dict[str, Any] = {"global_step": 0, "tokens_seen": 0, "blocks_seen": 0, "train_seconds": 0.0, "evals": []}
-    latest = ck.latest_checkpoint(out) if resume else None
-    if latest is not None:
-        tensors, saved_state, meta = ck.load_checkpoint(latest)
+
+    def check(name: str, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
         if meta.get("target", {}).get("target_tokenizer_sha256") != target.tokenizer_sha256 or \
                 meta.get("placeholder_ids") != pids:
-            raise EdgegenError(f"checkpoint {latest.name} was trained for another target or placeholder ids")
+            raise EdgegenError(f"checkpoint {name} was trained for another target or placeholder ids")
         if set(tensors) != {"placeholder_embeds", *(LORA_PREFIX + n for n in lora_params)}:
-            raise EdgegenError(f"checkpoint {latest.name} holds other trained weights than this run's recipe")
+            raise EdgegenError(f"checkpoint {name} holds other trained weights than this run's recipe")
+
+    tensors = run.restore(opt, check)
+    if tensors is not None:
         with torch.no_grad():
             P.copy_(tensors["placeholder_embeds"])
             for n, p in lora_params.items():
                 p.copy_(tensors[LORA_PREFIX + n])
-        opt.load_state_dict(saved_state["optimizer"])
-        _set_rng_state(saved_state["rng"])
-        state = {k: v for k, v in saved_state.items() if k not in ("optimizer", "rng")}
-        echo(f"resumed from {latest.name}: step {state['global_step']}/{steps}, {state['tokens_seen']} tokens seen")
+        state = run.state
+        echo(f"resumed from {run.resumed_from}: step {state['global_step']}/{steps}, "
+             f"{state['tokens_seen']} tokens seen")
     echo(f"LUD: {cfg.span} placeholders (ids {pids}), unit threshold {cfg.unit_threshold}, "
          f"{sum(p.numel() for p in trained)} trainable parameters ({cfg.trainable}); {steps} steps x "
          f"{cfg.tokens_per_step} tokens; {cfg.threads} thread(s)")
 
-    def meta_now() -> dict[str, Any]:
-        return {"recipe": recipe_summary(cfg, corpus, gen_stats, steps), "target": target.facts(),
-                "target_spec": target.spec, "placeholder_ids": pids, "global_step": state["global_step"],
-                "tokens_seen": state["tokens_seen"], "evals": state["evals"], "trainable": cfg.trainable,
-                **({"lora": lora_meta(cfg, model, lora_params)} if lora_params else {})}
+    def recipe() -> dict[str, Any]:
+        return recipe_summary(cfg, run.corpus, run.gen_stats, steps)
 
     def save() -> None:
-        ck.save_checkpoint(out, state["global_step"],
-                           {"placeholder_embeds": P, **{LORA_PREFIX + n: p for n, p in lora_params.items()}},
-                           {**state, "optimizer": opt.state_dict(), "rng": _rng_state()}, meta_now())
+        meta = {"recipe": recipe(), "target": target.facts(), "target_spec": target.spec, "placeholder_ids": pids,
+                **{k: state[k] for k in ("global_step", "tokens_seen", "evals")}, "trainable": cfg.trainable,
+                **({"lora": lora_meta(cfg, model, lora_params)} if lora_params else {})}
+        run.save(opt, {"placeholder_embeds": P, **{LORA_PREFIX + n: p for n, p in lora_params.items()}}, meta)
 
     def run_eval(label: str) -> None:
-        t0 = time.perf_counter()
-        res = {name: evaluate(model, P, pids, batches, cfg, base_off) for name, batches in eval_sets.items()}
-        rec = {"event": "eval", "label": label, "global_step": state["global_step"],
-               "tokens_seen": state["tokens_seen"], "sets": res}
-        state["evals"].append(rec)
-        _log(out, rec)
-        echo(f"eval [{label}] " + "  ".join(
-            f"{k}: ce {v['ce']:.3f} kl {v['kl_ordinary']} acc {v.get('acc_inside')} "
-            f"t0.7 acc'd {v.get('t0.7', {}).get('accepted')} prec {v.get('t0.7', {}).get('precision')}"
-            for k, v in res.items())
-             + f" ({time.perf_counter() - t0:.0f} s)")
+        run.evaluate(label, lambda batches: evaluate(model, P, pids, batches, cfg, base_off),
+                     lambda k, v: f"{k}: ce {v['ce']:.3f} kl {v['kl_ordinary']} acc {v.get('acc_inside')} "
+                                  f"t0.7 acc'd {v.get('t0.7', {}).get('accepted')} "
+                                  f"prec {v.get('t0.7', {}).get('precision')}")
 
-    if latest is None:
+    if tensors is None:
         run_eval("init")
         save()
-    last_ckpt = time.perf_counter()
-    bar = tqdm(total=steps, initial=state["global_step"], desc="lud", unit="step", disable=not cfg.progress,
-               dynamic_ncols=True, mininterval=5.0)
-    window_tokens, window_t0 = 0, time.perf_counter()
-    while state["global_step"] < steps:
-        step = state["global_step"]
-        frac = lr_at(cfg, step, steps) / cfg.lr  # type: ignore[arg-type]  # duck-typed: lr, warmup, min_lr_frac
-        for g, peak in zip(opt.param_groups, (cfg.lr, cfg.lora_lr), strict=False):
-            g["lr"] = peak * frac
-        t0 = time.perf_counter()
-        step_rng = np.random.default_rng([cfg.seed, 3, step])  # the data position is the step: resume is exact
-        use_gen = gens is not None and step_rng.random() < cfg.gen_share
-        batch = (gens if use_gen else chunks).batch_at(step)  # type: ignore[union-attr]
-        res = lud_batch(model, P, pids, batch, cfg, step_rng, base_off)
-        logs: dict[str, float] = {}
-        if res is not None:
-            opt.zero_grad(set_to_none=True)
-            res["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            opt.step()
-            st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,))
-            logs = {"loss": float(res["loss"].detach()), "ce": float(res["ce"]), "guard": float(res["guard"]),
-                    "kl": float(res["kl"]), "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
-            state["blocks_seen"] += res["blocks"]
-        dt = time.perf_counter() - t0
-        ntok = int(batch[0].numel())
-        state["global_step"] += 1
-        state["tokens_seen"] += ntok
-        state["train_seconds"] += dt
-        window_tokens += ntok
-        tok_s = window_tokens / max(time.perf_counter() - window_t0, 1e-9)
-        bar.update(1)
-        if logs:
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", kl=f"{logs['kl']:.4f}", acc1=f"{logs['acc1']:.2f}",
-                            tok_s=f"{tok_s:.0f}")
-        if state["global_step"] % 10 == 0 or state["global_step"] == steps:
-            _log(out, {"event": "train", "source": "gen" if use_gen else "corpus", "global_step": state["global_step"],
-                       "tokens_seen": state["tokens_seen"], "lr": opt.param_groups[0]["lr"], "tok_s": round(tok_s, 1),
-                       **{k: round(v, 5) for k, v in logs.items()}})
-        if cfg.eval_every and state["global_step"] % cfg.eval_every == 0 and state["global_step"] < steps:
-            run_eval(f"step {state['global_step']}")
-        due = (cfg.ckpt_every and state["global_step"] % cfg.ckpt_every == 0) or \
-            (time.perf_counter() - last_ckpt) > cfg.ckpt_minutes * 60
-        if due and state["global_step"] < steps:
-            save()
-            last_ckpt = time.perf_counter()
-        if step_hook is not None:
-            step_hook(state["global_step"])
-    bar.close()
+    with run.progress("lud", steps, state["global_step"]) as progress:
+        while state["global_step"] < steps:
+            step = state["global_step"]
+            frac = lr_at(cfg, step, steps) / cfg.lr
+            for g, peak in zip(opt.param_groups, (cfg.lr, cfg.lora_lr), strict=False):
+                g["lr"] = peak * frac
+            t0 = time.perf_counter()
+            step_rng = np.random.default_rng([cfg.seed, 3, step])  # the data position is the step: resume is exact
+            use_gen = gens is not None and step_rng.random() < cfg.gen_share
+            batch = (gens if use_gen else chunks).batch_at(step)  # type: ignore[union-attr]
+            res = lud_batch(model, P, pids, batch, cfg, step_rng, base_off)
+            logs: dict[str, float] = {}
+            if res is not None:
+                opt.zero_grad(set_to_none=True)
+                res["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
+                opt.step()
+                st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,))
+                logs = {"loss": float(res["loss"].detach()), "ce": float(res["ce"]), "guard": float(res["guard"]),
+                        "kl": float(res["kl"]), "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
+                state["blocks_seen"] += res["blocks"]
+            ntok = int(batch[0].numel())
+            run.count(ntok, time.perf_counter() - t0)
+            tok_s = progress.advance(ntok)
+            if logs:
+                progress.bar.set_postfix(loss=f"{logs['loss']:.3f}", kl=f"{logs['kl']:.4f}",
+                                         acc1=f"{logs['acc1']:.2f}", tok_s=f"{tok_s:.0f}")
+            if state["global_step"] % 10 == 0 or state["global_step"] == steps:
+                run.log_train(logs, opt.param_groups[0]["lr"], tok_s, source="gen" if use_gen else "corpus")
+            if cfg.eval_every and state["global_step"] % cfg.eval_every == 0 and state["global_step"] < steps:
+                run_eval(f"step {state['global_step']}")
+            if state["global_step"] < steps and run.checkpoint_due():
+                save()
+            if step_hook is not None:
+                step_hook(state["global_step"])
     if not state["evals"] or state["evals"][-1]["global_step"] != state["global_step"]:
         run_eval("final")
     save()
-
-    summary = {"out": str(out), "target": target.facts(), "placeholder_ids": pids,
-               "recipe": recipe_summary(cfg, corpus, gen_stats, steps), "evals": state["evals"],
-               "tokens_seen": state["tokens_seen"], "train_seconds": round(state["train_seconds"], 1),
-               "train_tokens_per_s": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    from edgegen.export.lud.ship import export_lud, pack_lud
-
-    packed = pack_lud(out, out / PACKED_NAME)
-    echo(f"packed LUD delta: {packed} ({packed.stat().st_size / 1e3:.1f} kB)")
-    if cfg.export:
-        path = export_lud(packed, out / MODEL_DIR, target=target.spec, cache_dir=out, quality_gate=cfg.quality_gate,
-                          progress=cfg.progress)
-        echo(f"exported the LUD-tuned model to {path}")
-        summary["model"] = str(path)
-    return summary
+    return run.finish({"placeholder_ids": pids, "recipe": recipe()}, pack_lud, PACKED_NAME, export_lud, "LUD delta")
 
 
 def lora_meta(cfg: LudConfig, model: Any, lora_params: dict[str, Any]) -> dict[str, Any]:
