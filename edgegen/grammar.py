@@ -43,9 +43,8 @@ def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
     kind = response_format.get("type")
     if kind in (None, "text"):
         return None
-    matcher = require_llguidance().LLMatcher
     if kind == "json_object":
-        return matcher.grammar_from_json_schema({"type": "object"})
+        return grammar_from_json_schema({"type": "object"})
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -53,6 +52,7 @@ def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
             raise EdgegenError("response_format json_schema needs json_schema.schema (a JSON schema object)")
         return grammar_from_json_schema(schema)
     if kind in ("regex", "lark"):
+        matcher = require_llguidance().LLMatcher
         text = response_format.get(kind)
         if not isinstance(text, str) or not text:
             raise EdgegenError(f"response_format {kind} needs '{kind}': a non-empty string")

@@ -1,0 +1,318 @@
+"""edgegen serve against the real int8 default model: OpenAI's shapes, constrained output, queue and disconnects.
+
+In-process tests use Starlette's TestClient; the others start uvicorn on a free 127.0.0.1 port (closed
+at the end of the module) and talk to it with the official ``openai`` client or httpx. Every request
+is bounded (max_tokens); the Generator holds a 1024-token context so a too-long prompt is cheap to make.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+
+from edgegen.serve import create_app
+
+CONTEXT = 1024
+ASK = [{"role": "user", "content": "Name three rivers."}]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                                           "city": {"type": "string", "maxLength": 24}},
+          "required": ["name", "age", "city"], "additionalProperties": False}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 32},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a time zone",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 32}},
+                   "required": ["zone"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def gen(int8_model: Path) -> Any:
+    import edgegen
+
+    return edgegen.load(backend="onnxruntime", max_length=CONTEXT)  # int8_model: the default, in EDGEGEN_CACHE
+
+
+@pytest.fixture(scope="module")
+def client(gen: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(gen, max_queue=4)) as c:
+        yield c
+
+
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """uvicorn serving ``app`` on a free localhost port, in a thread; stopped on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(gen: Any) -> Iterator[str]:
+    with running(create_app(gen, max_queue=4)) as url:
+        yield url
+
+
+def _events(text: str) -> list[Any]:
+    """The data of each server-sent event ([DONE] kept as the string)."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        assert block.startswith("data: "), block
+        data = block[len("data: "):]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def _error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in response.text
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# -- in process --------------------------------------------------------------------------------------
+def test_models_and_health(client: TestClient, gen: Any) -> None:
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [gen.manifest.name]
+    assert client.get(f"/v1/models/{gen.manifest.name}").json()["id"] == gen.manifest.name
+    _error(client.get("/v1/models/nope"), 404, "model")
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["running"] is False and health["queued"] == 0
+
+
+def test_chat_equals_the_python_api_and_counts_usage(client: TestClient, gen: Any) -> None:
+    body = client.post("/v1/chat/completions", json={"model": gen.manifest.name, "messages": ASK, "max_tokens": 24,
+                                                     "temperature": 0}).json()
+    expected = gen.generate(ASK, max_new_tokens=24)
+    (choice,) = body["choices"]
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert choice["message"] == {"role": "assistant", "content": expected.text}
+    assert choice["finish_reason"] == {"eos": "stop", "stop": "stop", "length": "length"}[expected.finish_reason]
+    assert body["usage"] == {"prompt_tokens": len(expected.prompt_token_ids),
+                             "completion_tokens": len(expected.token_ids),
+                             "total_tokens": len(expected.prompt_token_ids) + len(expected.token_ids)}
+
+
+def test_chat_stream_is_the_same_text_in_sse_chunks(client: TestClient) -> None:
+    request = {"messages": ASK, "max_completion_tokens": 24, "temperature": 0}
+    whole = client.post("/v1/chat/completions", json=request).json()
+    response = client.post("/v1/chat/completions",
+                           json={**request, "stream": True, "stream_options": {"include_usage": True}})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = _events(response.text)
+    assert events[-1] == "[DONE]"
+    *chunks, usage = events[:-1]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" and c["usage"] is None for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    plain = _events(client.post("/v1/chat/completions", json={**request, "stream": True}).text)
+    assert plain[-1] == "[DONE]" and all("usage" not in c for c in plain[:-1])
+
+
+def test_completions_raw_prompt_and_stop(client: TestClient, gen: Any) -> None:
+    prompt = "def fibonacci(n):"
+    body = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 20, "temperature": 0}).json()
+    expected = gen.generate(prompt, max_new_tokens=20, chat=False)
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == expected.text
+    assert body["usage"]["completion_tokens"] == len(expected.token_ids)
+    stopped = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 20, "temperature": 0,
+                                                   "stop": ["return"]}).json()["choices"][0]
+    assert "return" in expected.text and stopped["text"] == expected.text[: expected.text.index("return")]
+    assert stopped["finish_reason"] == "stop"
+    chunks = _events(client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 20, "temperature": 0,
+                                                          "stream": True}).text)
+    assert chunks[-1] == "[DONE]" and "".join(c["choices"][0]["text"] for c in chunks[:-1]) == expected.text
+
+
+def test_n_samples_are_seeded_sequential_generations(client: TestClient, gen: Any) -> None:
+    request = {"messages": ASK, "max_tokens": 12, "temperature": 0.9, "top_k": 40, "seed": 5, "n": 2}
+    body = client.post("/v1/chat/completions", json=request).json()
+    texts = [c["message"]["content"] for c in body["choices"]]
+    expected = [gen.generate(ASK, max_new_tokens=12, temperature=0.9, top_k=40, seed=5 + i).text for i in range(2)]
+    assert [c["index"] for c in body["choices"]] == [0, 1] and texts == expected
+    assert client.post("/v1/chat/completions", json=request).json()["choices"][1]["message"]["content"] == texts[1]
+
+
+def test_bad_requests_are_openai_errors(client: TestClient, gen: Any) -> None:
+    chat = "/v1/chat/completions"
+    _error(client.post(chat, json={"messages": ASK, "temperature": 5}), 400, "temperature")
+    _error(client.post(chat, json={"messages": ASK, "max_tokens": "ten"}), 400, "max_tokens")
+    _error(client.post(chat, json={"messages": ASK, "n": 0}), 400, "n")
+    _error(client.post(chat, json={"messages": []}), 400, "messages")
+    _error(client.post(chat, json={"messages": [{"role": "wizard", "content": "hi"}]}), 400, "messages[0]")
+    _error(client.post(chat, json={"messages": ASK, "logprobs": True}), 400, "logprobs")
+    _error(client.post(chat, json={"messages": ASK, "response_format": {"type": "xml"}}), 400, "response_format")
+    _error(client.post(chat, json={"messages": ASK, "tool_choice": "required"}), 400, "tool_choice")
+    _error(client.post(chat, json={"messages": ASK, "strategy": "warp"}), 400)
+    _error(client.post(chat, content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _error(client.post("/v1/completions", json={"prompt": ["a", "b"]}), 400, "prompt")
+    assert _error(client.post(chat, json={"model": "gpt-9", "messages": ASK}), 404, "model")["code"] == \
+        "model_not_found"
+    _error(client.get("/v1/nothing"), 404)
+    too_long = [{"role": "user", "content": "word " * CONTEXT}]
+    assert _error(client.post(chat, json={"messages": too_long, "max_tokens": 4}), 400)["code"] == \
+        "context_length_exceeded"
+    fits = gen.tokenizer.encode_prompt(ASK, chat=True)
+    error = _error(client.post(chat, json={"messages": ASK, "max_tokens": CONTEXT - len(fits) + 1}), 400)
+    assert error["code"] == "context_length_exceeded"
+    assert client.get("/health").json()["running"] is False  # nothing of that reached the model
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_follow_the_tool_schema(client: TestClient, stream: bool) -> None:
+    for choice, name in (("required", None), ({"type": "function", "function": {"name": "get_time"}}, "get_time")):
+        response = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "What is the weather like in Paris?"}], "max_tokens": 80,
+            "temperature": 0, "tools": [WEATHER, TIME], "tool_choice": choice, "stream": stream})
+        if stream:
+            chunks = _events(response.text)[:-1]
+            calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls", [])]
+            finish = chunks[-1]["choices"][0]["finish_reason"]
+            assert all(chunk["choices"][0]["delta"].get("content") in (None, "") for chunk in chunks)
+        else:
+            message = response.json()["choices"][0]["message"]
+            calls, finish = message["tool_calls"], response.json()["choices"][0]["finish_reason"]
+            assert message["content"] is None
+        (call,) = calls
+        assert finish == "tool_calls" and call["type"] == "function" and call["id"].startswith("call_")
+        tool = {"get_weather": WEATHER, "get_time": TIME}[call["function"]["name"]]
+        assert name is None or call["function"]["name"] == name
+        jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])
+
+
+def test_tool_results_go_back_into_the_conversation(client: TestClient) -> None:
+    messages = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "-3 degrees, snow"}]
+    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "temperature": 0,
+                                                     "tools": [WEATHER], "tool_choice": "none"}).json()
+    assert body["choices"][0]["message"]["content"] and "tool_calls" not in body["choices"][0]["message"]
+
+
+# -- a real server -----------------------------------------------------------------------------------
+def test_openai_client_chat_completions_models(server: str, gen: Any) -> None:
+    api = openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=120)
+    assert [m.id for m in api.models.list()] == [gen.manifest.name]
+    reply = api.chat.completions.create(model=gen.manifest.name, messages=ASK, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content == gen.generate(ASK, max_new_tokens=16).text
+    stream = api.chat.completions.create(model=gen.manifest.name, messages=ASK, max_tokens=16, temperature=0,
+                                         stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    text = api.completions.create(model=gen.manifest.name, prompt="The capital of France is", max_tokens=8,
+                                  temperature=0)
+    assert text.choices[0].text == gen.generate("The capital of France is", max_new_tokens=8, chat=False).text
+    with pytest.raises(openai.NotFoundError):
+        api.chat.completions.create(model="nope", messages=ASK, max_tokens=4)
+    with pytest.raises(openai.BadRequestError) as bad:
+        api.chat.completions.create(model=gen.manifest.name, messages=ASK, max_tokens=4, top_p=3)
+    assert bad.value.body["param"] == "top_p"
+
+
+def test_openai_client_json_schema_answers_validate(server: str, gen: Any) -> None:
+    api = openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=120)
+    prompts = ["Invent a person and describe them as JSON.", "Give me a JSON record of a famous scientist.",
+               "My friend Ana is 31 and lives in Lisbon. Answer in JSON."]
+    for i, prompt in enumerate(prompts):
+        reply = api.chat.completions.create(
+            model=gen.manifest.name, messages=[{"role": "user", "content": prompt}], max_tokens=80,
+            temperature=0.7 if i else 0, seed=i,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content), PERSON)
+    anything = api.chat.completions.create(model=gen.manifest.name, messages=ASK, max_tokens=80, temperature=0,
+                                           response_format={"type": "json_object"})
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    call = api.chat.completions.create(model=gen.manifest.name, max_tokens=60,
+                                       messages=[{"role": "user", "content": "Time in Tokyo?"}], temperature=0,
+                                       tools=[WEATHER, TIME], tool_choice="required")
+    (tool_call,) = call.choices[0].message.tool_calls
+    assert tool_call.function.name in ("get_weather", "get_time") and json.loads(tool_call.function.arguments)
+
+
+def _health(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/health", timeout=10).json()
+
+
+def _wait(url: str, ready: Any) -> dict[str, Any]:
+    """Poll /health until ``ready(state)`` (bounded: fails after 60 s)."""
+    deadline = time.monotonic() + 60
+    while not ready(state := _health(url)):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    return state
+
+
+def _long(stream: bool) -> dict[str, Any]:
+    """A request that would run to the end of the context unless stopped."""
+    return {"messages": ASK, "max_tokens": CONTEXT - 64, "temperature": 0, "ignore_eos": True, "stream": stream}
+
+
+def test_disconnect_cancels_the_generation_and_frees_the_server(server: str, gen: Any) -> None:
+    before = _health(server)
+    with httpx.Client(base_url=server, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=_long(True)) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))  # generating now
+        # the connection is closed here, ~1 of 960 tokens in
+    state = _wait(server, lambda s: not s["running"] and s["cancelled"] > before["cancelled"])
+    assert state["completed"] == before["completed"]  # stopped, not finished
+    reply = httpx.post(f"{server}/v1/chat/completions", json={"messages": ASK, "max_tokens": 8, "temperature": 0},
+                       timeout=60).json()
+    assert reply["choices"][0]["message"]["content"] == gen.generate(ASK, max_new_tokens=8).text
+
+
+def test_full_queue_answers_503_with_retry_after(gen: Any) -> None:
+    with running(create_app(gen, max_queue=1)) as url, httpx.Client(base_url=url, timeout=120) as http:
+        with http.stream("POST", "/v1/chat/completions", json=_long(True)) as first:
+            lines = first.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))  # running
+            waiting: dict[str, Any] = {}
+            queued = threading.Thread(target=lambda: waiting.update(r=httpx.post(
+                f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 8, "temperature": 0},
+                timeout=120)))
+            queued.start()
+            _wait(url, lambda s: s["queued"] == 1)
+            refused = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 8})
+            assert _error(refused, 503)["code"] == "server_busy"
+            assert int(refused.headers["Retry-After"]) >= 1
+        queued.join(timeout=120)  # the first one's client left: the waiting one runs
+        assert waiting["r"].status_code == 200
+        assert waiting["r"].json()["choices"][0]["message"]["content"] == gen.generate(ASK, max_new_tokens=8).text
