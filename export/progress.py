@@ -69,7 +69,12 @@ def library_output(log: Path, verbose: bool = False) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(Exception):
             stream.flush()
-    saved = os.dup(1), os.dup(2)
+    try:
+        saved = os.dup(1), os.dup(2)
+    except OSError:  # no standard descriptors (a daemon): redirect what Python prints
+        with open(log, "a") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+        return
     console_stream = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     sink_fd = os.dup(saved[1]) if verbose else os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     sink = os.fdopen(sink_fd, "w", buffering=1)
