@@ -51,7 +51,6 @@ class GraphInfo:
     group_size: int = -1  # -1: per channel, 0: not quantized
     execution_provider: str = "cpu"  # the EP the graph was built for (ONNX builder choice)
     quality: dict[str, Any] = field(default_factory=dict)  # perplexity gate results
-    edits: list[str] = field(default_factory=list)  # edgegen's graph edits (export.graph_edits): row_pad, logits_to_keep
     edits: list[str] = field(default_factory=list)  # edgegen's graph edits (export.graph_edits), e.g. row_pad
 
     @staticmethod
