@@ -95,7 +95,7 @@ def test_report_reads_identity_from_specs_not_labels() -> None:
     for load, scale in (("none", 1.0), ("busy", 0.5)):
         runs += [_run(default, "p", 120.0 * scale, a, load), _run(ar, "p", 100.0 * scale, b, load),
                  _run(anchor, "p", 80.0 * scale, a, load)]
-    rows = summarize(runs, peak_rss_mb={"edgegen-x": 900.0, "openvino-genai": 700.0})
+    rows = summarize(runs, peak_rss_mb={("edgegen-x", "int8"): 900.0, ("openvino-genai", "int8"): 700.0})
     by = {(r.load, r.engine): r for r in rows}
     assert by["none", "openvino-genai"].x_fastest == 1.25 and by["none", "edgegen-x"].x_fastest == 1.0
     assert by["none", "openvino-genai"].identical == {"edgegen-x": (0, 1)}

@@ -87,7 +87,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     bandwidth = _bandwidth()
     runs: list[Run] = []
     ttft: list[Run] = []
-    rss: dict[str, float] = {}
+    rss: dict[tuple[str, str], float] = {}
     folders: dict[str, str] = {}
     quality: dict[str, dict[str, float]] = {}
     eos: set[int] = set()

@@ -41,12 +41,13 @@ def peak_rss_mb(spec: EngineSpec, prompt_ids: list[int], new_tokens: int) -> flo
 
 
 def peak_rss_by_engine(specs: Sequence[EngineSpec], prompt_ids: list[int], new_tokens: int,
-                       note: Callable[[str], None] = print) -> dict[str, float]:
-    """engine label -> peak RSS MiB, one child process per engine (an engine that fails there is noted)."""
+                       note: Callable[[str], None] = print) -> dict[tuple[str, str], float]:
+    """(engine label, weights) -> peak RSS MiB, one child process per engine (an engine that fails there is
+    noted)."""
     found = {}
     for spec in specs:
         try:
-            found[spec.label] = peak_rss_mb(spec, prompt_ids, new_tokens)
+            found[spec.label, spec.weights] = peak_rss_mb(spec, prompt_ids, new_tokens)
         except Exception as e:  # a failed measurement must not lose the bench's timings
             note(f"{spec.label}: peak RSS not measured ({type(e).__name__}: {e})".splitlines()[0])
     return found

@@ -93,15 +93,15 @@ def _token_references(spec: EngineSpec, peers: Sequence[Row]) -> list[str]:
 
 
 def summarize(runs: Sequence[Run], eos_ids: Collection[int] = (),
-              peak_rss_mb: Mapping[str, float] | None = None) -> list[Row]:
+              peak_rss_mb: Mapping[tuple[str, str], float] | None = None) -> list[Row]:
     """One Row per (load, precision, engine), in run order, with ratios and token identity filled in.
-    ``peak_rss_mb``: engine label -> its peak RSS (``bench.memory``)."""
+    ``peak_rss_mb``: (engine label, weights) -> its peak RSS (``bench.memory``)."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
         groups.setdefault((r.load, r.weights, r.label), []).append(r)
     rows = [Row(label, rs[0].backend, weights, median([r.timing.tokens_per_s for r in rs]),
                 median([r.timing.ttft_s * 1e3 for r in rs]), len(rs), rs[0].engine, load,
-                (peak_rss_mb or {}).get(label)) for (load, weights, label), rs in groups.items()]
+                (peak_rss_mb or {}).get((label, weights))) for (load, weights, label), rs in groups.items()]
     first = _first_tokens(runs)
     for row in rows:
         spec = row.spec
