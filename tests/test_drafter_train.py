@@ -10,6 +10,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -169,6 +170,15 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path: Path, writer: str) -> No
         ck.load_checkpoint(ck.latest_checkpoint(tmp_path))
     assert "\n" not in str(e.value)
     assert not marker.exists()  # the command never ran
+
+
+def test_checkpoint_of_an_older_edgegen_still_loads(tmp_path: Path) -> None:
+    # older runs saved NumPy's RNG state as pickled arrays: read safely (torch's ndarray allowlist), not refused
+    ckpt = ck.save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1}, {"step": 1})
+    old = np.random.get_state()
+    torch.save({"step": 1, "rng": {"numpy": old}}, ckpt / "state.pt")
+    _, state, _ = ck.load_checkpoint(ckpt)
+    assert np.array_equal(state["rng"]["numpy"][1], old[1]) and state["rng"]["numpy"][2:] == old[2:]
 
 
 def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:

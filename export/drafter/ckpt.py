@@ -97,22 +97,27 @@ def checkpoint_dir(path: Path, what: str) -> Path:
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(tensors, state, meta) of the checkpoint folder ``path``.
 
-    The state is read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
-    crafted ``state.pt`` cannot run code; one holding anything else is refused with an EdgegenError.
+    The state is read with ``torch.load(weights_only=True)``: tensors, plain containers and (in checkpoints
+    of older edgegen versions, which pickled NumPy's RNG state) NumPy arrays only, so a crafted ``state.pt``
+    cannot run code; one holding anything else is refused with an EdgegenError.
     """
     import pickle
 
+    import numpy as np
     import torch
+    from numpy._core.multiarray import _reconstruct  # how pickle rebuilds an ndarray (torch's documented allowlist)
     from safetensors.torch import load_file
 
     path = Path(path)
     tensors = load_file(str(path / "trainable.safetensors"))
+    arrays = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        state = torch.load(path / "state.pt", weights_only=True)
+        with torch.serialization.safe_globals(arrays):
+            state = torch.load(path / "state.pt", weights_only=True)
     except pickle.UnpicklingError:
         raise EdgegenError(f"refusing to resume from {path}: its state.pt holds objects other than tensors and "
-                           "plain values (a checkpoint from an older edgegen, or a crafted file); start the run "
-                           "again without --resume, in a new --out folder") from None
+                           "plain values (a crafted or foreign file); start the run again without --resume, "
+                           "in a new --out folder") from None
     meta = json.loads((path / "meta.json").read_text())
     return tensors, state, meta
 
