@@ -135,7 +135,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         from edgegen.bench.chat import chat_lines, chat_table, run_chat
 
         first = next(iter(folders))
-        turns = run_chat(Path(folders[first]), first, chat_turns, chat_new_tokens, loads, note)
+        turns = run_chat(Path(folders[first]), first, chat_turns, chat_new_tokens, loads, note, anchor=baselines)
         sections.append(f"Chat, {chat_turns} turns ({first}, up to {chat_new_tokens} new tokens per answer, greedy); "
                         "TTFT per turn:\n\n" + chat_table(turns) + "\n\n" + "\n".join(chat_lines(turns)))
         extra["chat"] = turns

@@ -100,12 +100,13 @@ class OpenVINOGenAIChat:
 
 
 def run_chat(folder: Path, weights: str, turns: int, max_new_tokens: int = 64, loads: Sequence[str] = ("none",),
-             note: Callable[[str], None] = print) -> list[ChatTurn]:
-    """``turns`` chat turns on each engine (a fresh conversation per load); one ChatTurn per engine and turn."""
+             note: Callable[[str], None] = print, anchor: bool = True) -> list[ChatTurn]:
+    """``turns`` chat turns on each engine (a fresh conversation per load); one ChatTurn per engine and turn.
+    anchor: also openvino-genai's chat mode."""
     messages = chat_messages(turns)
     results: list[ChatTurn] = []
     for load in loads:
-        with _chat_engines(folder, weights, max_new_tokens, note) as engines:
+        with _chat_engines(folder, weights, max_new_tokens, note, anchor) as engines:
             for t in take_turns(engines, messages, lambda engine, prompt: engine.turn(prompt.prompt), warmup=0,
                                 loads=[load], desc=f"chat bench ({load})"):
                 ttft, n, prompt_tokens = t.result
@@ -114,16 +115,17 @@ def run_chat(folder: Path, weights: str, turns: int, max_new_tokens: int = 64, l
 
 
 @contextmanager
-def _chat_engines(folder: Path, weights: str, max_new_tokens: int,
-                  note: Callable[[str], None]) -> Iterator[list[tuple[EngineSpec, Any]]]:
-    """Both chat engines, opened; openvino-genai's chat mode is left on exit."""
+def _chat_engines(folder: Path, weights: str, max_new_tokens: int, note: Callable[[str], None],
+                  anchor: bool) -> Iterator[list[tuple[EngineSpec, Any]]]:
+    """The chat engines, opened; openvino-genai's chat mode is left on exit."""
     opened: list[tuple[EngineSpec, Any]] = [(edgegen_spec(folder, None, weights, "auto", label="edgegen (API chat)"),
                                              EdgegenChat(folder, max_new_tokens))]
-    try:
-        spec = EngineSpec("openvino-genai (chat mode)", "anchor", "openvino", weights, Path(folder))
-        opened.append((spec, OpenVINOGenAIChat(folder, max_new_tokens)))
-    except Exception as e:  # not installed, or the folder has no openvino_tokenizer.xml
-        note(f"openvino-genai chat mode: {type(e).__name__}: {e}".splitlines()[0] + ", skipped")
+    if anchor:
+        try:
+            spec = EngineSpec("openvino-genai (chat mode)", "anchor", "openvino", weights, Path(folder))
+            opened.append((spec, OpenVINOGenAIChat(folder, max_new_tokens)))
+        except Exception as e:  # not installed, or the folder has no openvino_tokenizer.xml
+            note(f"openvino-genai chat mode: {type(e).__name__}: {e}".splitlines()[0] + ", skipped")
     try:
         yield opened
     finally:
