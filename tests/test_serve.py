@@ -316,3 +316,41 @@ def test_full_queue_answers_503_with_retry_after(gen: Any) -> None:
         queued.join(timeout=120)  # the first one's client left: the waiting one runs
         assert waiting["r"].status_code == 200
         assert waiting["r"].json()["choices"][0]["message"]["content"] == gen.generate(ASK, max_new_tokens=8).text
+
+
+def test_concurrent_clients_each_get_their_own_answer(gen: Any) -> None:
+    """6 clients x 3 requests at once (queue bound 8: none refused); each answer is its request's answer alone."""
+    prompts = [f"Write one short sentence about the number {i}." for i in range(6)]
+    alone = {p: gen.generate([{"role": "user", "content": p}], max_new_tokens=10).text for p in prompts}
+    answers: list[tuple[str, httpx.Response]] = []
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            for j in range(3):
+                prompt = prompts[(i + j) % len(prompts)]
+                answers.append((prompt, http.post("/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": prompt}], "max_tokens": 10, "temperature": 0})))
+
+    with running(create_app(gen, max_queue=8)) as url:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert _health(url)["completed"] == 18
+    assert len(answers) == 18
+    for prompt, response in answers:
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == alone[prompt]
+
+
+def test_greedy_n_is_one_superposed_pass(fp32_model: Path) -> None:
+    import edgegen
+
+    gen = edgegen.load(fp32_model, backend="onnxruntime", embeddings=True, max_length=CONTEXT)
+    with TestClient(create_app(gen)) as client:
+        body = client.post("/v1/chat/completions", json={"messages": ASK, "n": 3, "max_tokens": 12,
+                                                         "temperature": 0}).json()
+    drafts = gen.generate(ASK, max_new_tokens=12, strategy="superposed", num_drafts=3).drafts
+    assert [c["message"]["content"] for c in body["choices"]] == [d.text for d in drafts]
+    assert body["usage"]["completion_tokens"] == sum(len(d.token_ids) for d in drafts)
