@@ -338,3 +338,18 @@ def test_a_run_on_a_cached_model_removes_a_killed_reexports_temp_folder(tmp_path
     dead = _temp_folder(out, "dead", f"{_dead_pid()} {os.uname().nodename}")
     assert resolve_model(None, load_profile("cpu")) == out
     assert not dead.exists()
+
+
+def test_a_real_export_records_hashes_logs_the_libraries_and_prints_nothing_on_stdout(
+        hf_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from edgegen.export import export_model
+
+    out = export_model(hf_dir, tmp_path / "m", formats=("onnx",), weights="int8", quality_gate=True)
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert "(1/2) build ONNX (int8)" in captured.err and "quality gate" in captured.err
+    assert (out / "export.log").stat().st_size > 0  # what the builder printed
+    manifest, problems = verify_model(out)
+    assert problems == [] and manifest.graphs["onnx"].path in manifest.files
+    assert manifest.graphs["onnx"].quality["ratio"] < 1.05  # the gate ran through the runtime's session
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folder or lock left
