@@ -34,6 +34,16 @@ def inside(folder: Path, rel: Any, what: str) -> Path:
     return path
 
 
+def check_links(folder: Path) -> None:
+    """Refuse a folder holding a symlink that leads outside it: a runtime opens files the manifest does not
+    name (ONNX external data, OpenVINO .bin next to .xml), so naming no such path is not enough."""
+    root = Path(folder).resolve()
+    for path in Path(folder).rglob("*"):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise EdgegenError(f"model folder {folder} has a link leading outside it: "
+                               f"{path.relative_to(folder).as_posix()}")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

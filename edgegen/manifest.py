@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.integrity import check_sizes, inside, record_files, verify_files
+from edgegen.integrity import check_links, check_sizes, inside, record_files, verify_files
 
 MANIFEST_NAME = "edgegen.json"
 SCHEMA_VERSION = 1
@@ -258,6 +258,7 @@ def read_manifest(folder: str | Path, check_files: bool = True) -> Manifest:
     for what, rel in manifest.named_files():
         if not inside(folder, rel, what).is_file() and what != "chat_template":
             raise EdgegenError(f"model folder {folder} is incomplete: {rel} is missing")
+    check_links(folder)
     if check_files:
         check_sizes(folder, manifest.files)
     return manifest

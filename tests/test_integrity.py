@@ -353,3 +353,15 @@ def test_a_real_export_records_hashes_logs_the_libraries_and_prints_nothing_on_s
     assert problems == [] and manifest.graphs["onnx"].path in manifest.files
     assert manifest.graphs["onnx"].quality["ratio"] < 1.05  # the gate ran through the runtime's session
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folder or lock left
+
+
+def test_a_link_to_an_unnamed_file_outside_is_refused(tmp_path: Path) -> None:
+    """ONNX external data and OpenVINO .bin files are opened by the runtime without being named."""
+    (tmp_path / "secret.bin").write_bytes(b"x" * 10)
+    folder = make_model(tmp_path / "m")
+    (folder / "onnx" / "model.onnx.data").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(EdgegenError, match="link leading outside"):
+        read_manifest(folder)
+    (folder / "onnx" / "model.onnx.data").unlink()
+    (folder / "onnx" / "model.onnx.data").symlink_to(folder / "tokenizer.json")  # inside: fine
+    read_manifest(folder)
