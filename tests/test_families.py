@@ -120,3 +120,11 @@ def test_family_of_reads_a_multimodal_wrapper() -> None:
     assert family_of({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}).model_type == "gemma3_text"
     with pytest.raises(EdgegenError, match="unsupported model architecture 'gpt2'"):
         family_of({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/models.md"])
+def test_models_table_in_the_docs_is_the_generated_one(doc: str) -> None:
+    from edgegen.export.families import models_table
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    assert models_table() in text, f"{doc}: paste the output of `edgegen models`"
