@@ -21,6 +21,7 @@ from edgegen.artifacts import DEFAULT_DRAFT, default_drafter_model
 from edgegen.bench.engines import EngineSpec, anchor_specs, open_engines
 from edgegen.bench.report import Row, markdown_table, summarize, write_reports
 from edgegen.bench.runner import (
+    WARMUP_PROMPT,
     Prompt,
     Run,
     Timing,
@@ -113,8 +114,9 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             if spec.is_headline:
                 note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "
                      f"ran {engine.strategy}")
-        ids = encode_prompts(path, chosen)
-        runs += timed_runs(engines, chosen, ids, new_tokens, warmup, repeats, loads, desc=f"bench {precision}")
+        ids = encode_prompts(path, [*chosen, WARMUP_PROMPT])
+        runs += timed_runs(engines, chosen, ids, new_tokens, warmup, repeats, loads, desc=f"bench {precision}",
+                           warmup_prompts=[WARMUP_PROMPT])
         if prompt_tokens:
             from edgegen.bench.ttft import ttft_runs
 
@@ -124,7 +126,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         if peak_rss:
             from edgegen.bench.memory import peak_rss_by_engine
 
-            longest = max(ids.values(), key=len)
+            longest = max((ids[p.id] for p in chosen), key=len)
             rss |= peak_rss_by_engine([s for s in specs if any(r.engine == s for r in runs)], longest, new_tokens,
                                       note)
     if not runs:

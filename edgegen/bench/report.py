@@ -290,10 +290,11 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
         *[part for section in sections for part in (section, "")],
         f"Greedy, batch 1, {settings.get('new_tokens')} new tokens per prompt (EOS ignored), "
         f"{settings.get('prompts')} prompts x {settings.get('repeats')} repeat(s), "
-        f"{settings.get('warmup')} warm-up run(s) per engine. tokens/s = (new tokens - 1) / (first to last "
-        "token); TTFT = call to first token; both timed by the same clock for every engine, medians over "
-        "prompts. x fastest baseline: tokens/s over the fastest baseline's at the same precision. "
-        "identical: prompts whose greedy tokens equal the baseline's, up to the first EOS.", "",
+        f"{settings.get('warmup')} warm-up run(s) per engine on a prompt that is not timed. "
+        "tokens/s = (new tokens - 1) / (first to last token); TTFT = call to first token; both timed by the "
+        "same clock for every engine, medians over prompts. x fastest baseline: tokens/s over the fastest "
+        "baseline's at the same precision. identical: prompts whose greedy tokens equal the baseline's, up to "
+        "the first EOS.", "",
         f"Machine: {machine_line(machine)}", "",
     ]
     if any(r.peak_rss_mb is not None for r in rows):

@@ -41,6 +41,11 @@ class Prompt:
     category: str  # the prompt set it came from: "code" | "chat"
 
 
+# Warm-up runs use their own prompt: a timed prompt seen in the warm-up would be served from a prefix cache
+# (edgegen's prefill keeps what the session holds, openvino-genai caches prefixes) and flatter its TTFT.
+WARMUP_PROMPT = Prompt("warm-up", "Write two sentences about the sea.", True, "warm-up")
+
+
 @dataclass
 class Timing:
     """One measured generation."""
