@@ -104,13 +104,14 @@ def run_chat(folder: Path, weights: str, turns: int, max_new_tokens: int = 64, l
     """``turns`` chat turns on each engine (a fresh conversation per load); one ChatTurn per engine and turn.
     anchor: also openvino-genai's chat mode."""
     messages = chat_messages(turns)
+    number = {m.id: i + 1 for i, m in enumerate(messages)}
     results: list[ChatTurn] = []
     for load in loads:
         with _chat_engines(folder, weights, max_new_tokens, note, anchor) as engines:
             for t in take_turns(engines, messages, lambda engine, prompt: engine.turn(prompt.prompt), warmup=0,
                                 loads=[load], desc=f"chat bench ({load})"):
                 ttft, n, prompt_tokens = t.result
-                results.append(ChatTurn(t.engine.label, int(t.prompt.id.split("-")[1]), load, ttft, n, prompt_tokens))
+                results.append(ChatTurn(t.engine.label, number[t.prompt.id], load, ttft, n, prompt_tokens))
     return results
 
 
