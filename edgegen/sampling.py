@@ -115,6 +115,8 @@ class Constraint(Protocol):
 
 def apply_constraint(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Logits with every disallowed token at -inf (a new array; rows beyond the mask count as disallowed)."""
+    if allowed.size == logits.shape[-1]:
+        return np.where(allowed, logits, np.float32(-np.inf))
     out = np.full(logits.shape, -np.inf, np.float32)
     n = min(allowed.size, logits.shape[-1])
     out[:n] = np.where(allowed[:n], logits[:n], -np.inf)
