@@ -101,6 +101,74 @@ def _error(response: httpx.Response, status: int, param: str | None = None) -> d
     return error
 
 
+# -- no model ----------------------------------------------------------------------------------------
+def test_engine_runs_in_order_refuses_beyond_the_bound_and_skips_cancelled_jobs() -> None:
+    import asyncio
+
+    from edgegen.serve.engine import END, Engine
+    from edgegen.serve.errors import ApiError
+
+    release, ran = threading.Event(), []
+
+    def work(name: str) -> Any:
+        def run(job: Any) -> None:
+            if name == "first":
+                release.wait(timeout=30)
+            ran.append(name)
+            job.emit(name)
+        return run
+
+    async def scenario() -> list[Any]:
+        engine = Engine(max_queue=2)
+        jobs = [engine.submit(work(name)) for name in ("first", "second", "third")]  # 1 running + 2 waiting
+        with pytest.raises(ApiError) as full:
+            engine.submit(work("fourth"))
+        assert full.value.status == 503 and int(full.value.headers["Retry-After"]) >= 1
+        jobs[1].cancel()  # its client went away while it waited
+        release.set()
+        events = [[await job.next(), await job.next()] if i != 1 else [await job.next()] for i, job in enumerate(jobs)]
+        state = engine.state()
+        engine.close()
+        assert events == [["first", END], [END], ["third", END]]
+        return [state["completed"], state["cancelled"], state["running"], state["queued"]]
+
+    assert asyncio.run(scenario()) == [2, 1, False, 0]
+    assert ran == ["first", "third"]
+
+
+def test_serve_command_line_errors_are_one_line() -> None:
+    from click.testing import CliRunner
+
+    from edgegen.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--max-queue", "-1"])
+    assert result.exit_code != 0 and "max-queue" in result.output and "Traceback" not in result.output
+
+
+def test_tool_and_request_checks_need_no_model() -> None:
+    from edgegen.serve.errors import ApiError
+    from edgegen.serve.protocol import parse_chat
+    from edgegen.serve.tools import parse_call
+
+    request = parse_chat({"messages": ASK, "tools": [WEATHER, TIME], "tool_choice": "auto", "n": 2, "seed": 3,
+                          "stop": "x", "top_k": 5, "max_completion_tokens": 9})
+    assert request.tools is not None and request.tools.choice == "auto" and len(request.tools.callable) == 2
+    assert (request.sampling.n, request.sampling.stop, request.sampling.max_tokens) == (2, ["x"], 9)
+    forced = parse_chat({"messages": ASK, "tools": [WEATHER, TIME],
+                         "tool_choice": {"type": "function", "function": {"name": "get_time"}}})
+    assert [t.name for t in forced.tools.callable] == ["get_time"]
+    for bad in ({"messages": ASK, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+                {"messages": ASK, "tools": [WEATHER, WEATHER]}, {"messages": ASK, "tools": "get_weather"},
+                {"messages": ASK, "stream_options": {"include_usage": True}},
+                {"messages": ASK, "tools": [WEATHER], "response_format": {"type": "json_object"}}):
+        with pytest.raises(ApiError) as error:
+            parse_chat(bad)
+        assert error.value.status == 400 and error.value.param
+    call = parse_call('<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>')
+    assert call is not None and json.loads(call["function"]["arguments"]) == {"zone": "UTC"}
+    assert parse_call('<tool_call>{"name": "get_time", "argu') is None  # cut by max_tokens: not a call
+
+
 # -- in process --------------------------------------------------------------------------------------
 def test_models_and_health(client: TestClient, gen: Any) -> None:
     models = client.get("/v1/models").json()

@@ -67,7 +67,7 @@ class Engine:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0  # waiting + running
-        self._running = False
+        self._running: Job | None = None
         self._mean_s = 1.0  # moving average of a job's duration (Retry-After)
         self.completed = 0
         self.cancelled = 0  # jobs stopped or skipped because their client went away
@@ -91,13 +91,16 @@ class Engine:
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            return {"running": self._running, "queued": self._pending - int(self._running),
+            running = self._running is not None
+            return {"running": running, "queued": self._pending - running,
                     "max_queue": self.max_queue, "completed": self.completed, "cancelled": self.cancelled}
 
     def close(self) -> None:
-        """Stop the worker after the running job (jobs still waiting are cancelled)."""
+        """Stop the worker: the running job stops at its next piece, jobs still waiting are cancelled."""
         with self._lock:
             thread, self._thread = self._thread, None
+            if self._running is not None:
+                self._running.cancel()
         if thread is not None:
             while True:
                 try:
@@ -114,7 +117,7 @@ class Engine:
         while (job := self._jobs.get()) is not None:
             start = time.perf_counter()
             with self._lock:
-                self._running = True
+                self._running = job
             try:
                 if not job.cancelled:
                     job.work(job)
@@ -122,7 +125,7 @@ class Engine:
                 job.emit(Failed(e))
             finally:
                 with self._lock:
-                    self._running = False
+                    self._running = None
                     self._pending -= 1
                     self.cancelled += job.cancelled
                     self.completed += not job.cancelled
