@@ -1,7 +1,7 @@
 """The fine-tuning skeleton the drafter (FastDraft) and LUD recipes share.
 
 A run lives in one folder (``cfg.out``): its config, the token corpus and the target's generations (built
-once, reused on resume), ``metrics.jsonl`` and atomic checkpoints (drafter/ckpt.py). ``FineTune`` opens or
+once, reused on resume), ``metrics.jsonl`` and atomic checkpoints (checkpoints.py). ``FineTune`` opens or
 resumes the run and holds the shared state (global step, tokens seen, training seconds, evaluations);
 a recipe supplies its trainable tensors, its loss and step loop, its evaluation and its summary, and
 calls ``save``, ``evaluate``, ``progress`` and ``finish`` here.
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.export.drafter import ckpt as ck
+from edgegen.export import checkpoints as ck
 
 METRICS = "metrics.jsonl"
 MODEL_DIR = "model"

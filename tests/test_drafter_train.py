@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from edgegen.errors import EdgegenError  # noqa: E402
+from edgegen.export import checkpoints as ck  # noqa: E402
 from edgegen.export.drafter import TrainConfig, check_drafter_compat, pack_drafter, train_drafter, unpack_drafter  # noqa: E402
-from edgegen.export.drafter import ckpt as ck  # noqa: E402
 from edgegen.export.drafter.config import STDLIB  # noqa: E402
 
 TEXT = (

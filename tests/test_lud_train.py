@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 from fakes import TorchSession  # noqa: E402
 
-from edgegen.export.drafter import ckpt as ck  # noqa: E402
+from edgegen.export import checkpoints as ck  # noqa: E402
 from edgegen.export.drafter.config import STDLIB  # noqa: E402
 from edgegen.export.lud import LudConfig, merge_lud, pack_lud, read_packed_lud, train_lud  # noqa: E402
 

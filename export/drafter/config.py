@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edgegen.errors import EdgegenError
-from edgegen.export.drafter.ckpt import RunConfig
+from edgegen.export.checkpoints import RunConfig
 
 STAGES = ("pretrain", "distill", "all")
 INITS = ("spread", "first")

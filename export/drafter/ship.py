@@ -44,7 +44,7 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
 
     if dtype not in PACK_DTYPES:
         raise EdgegenError(f"unsupported pack dtype '{dtype}': {', '.join(PACK_DTYPES)}")
-    from edgegen.export.drafter.ckpt import checkpoint_dir
+    from edgegen.export.checkpoints import checkpoint_dir
 
     ckpt = checkpoint_dir(Path(checkpoint), "drafter")
     meta = json.loads((ckpt / "meta.json").read_text())

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edgegen.errors import EdgegenError
-from edgegen.export.drafter.ckpt import RunConfig
+from edgegen.export.checkpoints import RunConfig
 from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
 
 CONFIG_NAME = "lud_config.json"

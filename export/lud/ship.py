@@ -32,7 +32,7 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
     import torch
     from safetensors.torch import load_file, save_file
 
-    from edgegen.export.drafter.ckpt import checkpoint_dir
+    from edgegen.export.checkpoints import checkpoint_dir
     from edgegen.export.lud.config import LORA_PREFIX
 
     if dtype not in LORA_PACK_DTYPES:
