@@ -9,7 +9,6 @@ building a constraint does.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -130,6 +129,9 @@ def grammars_for(folder: Path, manifest: Manifest) -> Grammars:
     return _grammars(str(path), manifest.vocab_size, tuple(manifest.eos_token_ids))
 
 
-def schema_text(schema: dict[str, Any]) -> str:
-    """A schema as compact JSON, to show to the model in a prompt."""
-    return json.dumps(schema, separators=(",", ":"))
+def response_format_constraint(folder: Path, manifest: Manifest,
+                               response_format: dict[str, Any]) -> GrammarConstraint | None:
+    """A fresh constraint for one generation under ``response_format`` (None for plain text), e.g.
+    ``gen.generate(prompt, constraint=response_format_constraint(gen.folder, gen.manifest, {...}))``."""
+    grammar = grammar_from_response_format(response_format)
+    return None if grammar is None else grammars_for(folder, manifest).constraint(grammar)

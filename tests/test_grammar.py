@@ -53,28 +53,22 @@ def test_unconstrained_sampler_unchanged() -> None:
     assert Sampler(SamplingConfig()).pick(logits, []) == int(np.argmax(logits))
 
 
-def _grammars(folder: Path):
-    from edgegen.grammar import grammars_for
-    from edgegen.manifest import read_manifest
-
-    return grammars_for(folder, read_manifest(folder))
-
-
 def test_json_schema_constraint_on_real_tokenizer(int8_model: Path) -> None:
     from tokenizers import Tokenizer
 
-    from edgegen.grammar import grammar_from_response_format
+    from edgegen.grammar import response_format_constraint
     from edgegen.manifest import read_manifest
 
     manifest = read_manifest(int8_model)
     schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
               "required": ["n", "ok"], "additionalProperties": False}
-    grammar = grammar_from_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert response_format_constraint(int8_model, manifest, {"type": "text"}) is None
     rng = np.random.default_rng(0)
     tokenizer = Tokenizer.from_file(str(int8_model / manifest.tokenizer))
     for _ in range(5):  # random walks through the grammar: every finished one parses and validates
         sampler = Sampler(SamplingConfig(temperature=1.0, seed=int(rng.integers(1 << 30))),
-                          _grammars(int8_model).constraint(grammar))
+                          response_format_constraint(int8_model, manifest, response_format))
         out: list[int] = []
         for _ in range(200):
             token = sampler.pick(rng.normal(size=manifest.vocab_size).astype(np.float32), out)

@@ -24,6 +24,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from edgegen.serve import create_app
+from edgegen.serve.app import MAX_BODY
 
 CONTEXT = 1024
 ASK = [{"role": "user", "content": "Name three rivers."}]
@@ -154,6 +155,8 @@ def test_tool_and_request_checks_need_no_model() -> None:
                           "stop": "x", "top_k": 5, "max_completion_tokens": 9})
     assert request.tools is not None and request.tools.choice == "auto" and len(request.tools.callable) == 2
     assert (request.sampling.n, request.sampling.stop, request.sampling.max_tokens) == (2, ["x"], 9)
+    assert parse_chat({"messages": ASK, "max_tokens": 3, "max_completion_tokens": 9}).sampling.max_tokens == 9
+    assert parse_chat({"messages": ASK, "max_tokens": 3}).sampling.max_tokens == 3
     forced = parse_chat({"messages": ASK, "tools": [WEATHER, TIME],
                          "tool_choice": {"type": "function", "function": {"name": "get_time"}}})
     assert [t.name for t in forced.tools.callable] == ["get_time"]
@@ -251,6 +254,7 @@ def test_bad_requests_are_openai_errors(client: TestClient, gen: Any) -> None:
     assert _error(client.post(chat, json={"model": "gpt-9", "messages": ASK}), 404, "model")["code"] == \
         "model_not_found"
     _error(client.get("/v1/nothing"), 404)
+    _error(client.post(chat, content=b" " * (MAX_BODY + 1), headers={"content-type": "application/json"}), 413)
     too_long = [{"role": "user", "content": "word " * CONTEXT}]
     assert _error(client.post(chat, json={"messages": too_long, "max_tokens": 4}), 400)["code"] == \
         "context_length_exceeded"

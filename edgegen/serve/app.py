@@ -91,9 +91,13 @@ def _check_model(request: Request, name: str | None) -> None:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"the request body is over {MAX_BODY >> 20} MiB", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # read up to the limit, not whatever a client sends
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY >> 20} MiB", code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -107,8 +107,8 @@ def _stop(body: dict[str, Any]) -> list[str]:
 def _sampling(body: dict[str, Any], max_tokens_field: str = "max_tokens") -> Sampling:
     _refuse_unsupported(body)
     max_tokens = _int(body, max_tokens_field, None, 1)
-    if max_tokens_field != "max_tokens":  # chat: max_tokens is the older name of max_completion_tokens
-        max_tokens = _int(body, "max_tokens", max_tokens, 1)
+    if max_tokens is None and max_tokens_field != "max_tokens":  # chat: the older name of max_completion_tokens
+        max_tokens = _int(body, "max_tokens", None, 1)
     strategy = body.get("strategy", "auto")
     if not isinstance(strategy, str) or not strategy:
         raise bad_param("strategy", f"strategy must be a strategy name, got {strategy!r}")
