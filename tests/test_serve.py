@@ -286,6 +286,18 @@ def test_tool_calls_follow_the_tool_schema(client: TestClient, stream: bool) -> 
         jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])
 
 
+def test_auto_tool_choice_answers_text_or_a_valid_call(client: TestClient) -> None:
+    for question in ("What is the weather like in Paris?", "Say hello."):
+        message = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": question}], "max_tokens": 60, "temperature": 0,
+            "tools": [WEATHER]}).json()["choices"][0]["message"]
+        if message.get("tool_calls"):
+            jsonschema.validate(json.loads(message["tool_calls"][0]["function"]["arguments"]),
+                                WEATHER["function"]["parameters"])
+        else:
+            assert message["content"] and not message["content"].startswith("<")
+
+
 def test_tool_results_go_back_into_the_conversation(client: TestClient) -> None:
     messages = [{"role": "user", "content": "Weather in Oslo?"},
                 {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
