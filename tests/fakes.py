@@ -7,6 +7,7 @@ what its logits are.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ class ListSession:
     """The Session bookkeeping the fakes share; ``_row(cache)`` gives the logits after the cache's last entry."""
 
     backend, device = "numpy", "CPU"
+    row_s = 0.0  # seconds each forwarded row costs: makes measured costs grow with rows despite a busy machine
 
     def __init__(self, max_length: int) -> None:
         self.cache: list[Any] = []  # token ids (or states), one per cached position
@@ -39,7 +41,10 @@ class ListSession:
         return np.stack(rows)
 
     def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        logits = self._append([int(t) for t in np.asarray(token_ids).tolist()])
+        ids = [int(t) for t in np.asarray(token_ids).tolist()]
+        if self.row_s:
+            time.sleep(self.row_s * len(ids))
+        logits = self._append(ids)
         return logits[-1:] if last_only else logits
 
     def common_prefix(self, token_ids: Sequence[int]) -> int:
@@ -82,9 +87,9 @@ class TinyLexLM(ListSession):
     PIDS = (6, 7, 8)
     VOCAB = 9
 
-    def __init__(self, wrong: float = 0.0, lud: dict | None = None, max_length: int = 96) -> None:
+    def __init__(self, wrong: float = 0.0, lud: dict | None = None, max_length: int = 96, row_s: float = 0.0) -> None:
         super().__init__(max_length)
-        self.wrong = wrong
+        self.wrong, self.row_s = wrong, row_s
         extras = {"lud": {"placeholder_ids": list(self.PIDS), "span": 3, "default_threshold": 0.6}} if lud is None \
             else lud
         self.manifest = SimpleNamespace(name="tiny-lud", extras=extras)
