@@ -104,6 +104,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._input_name = graph.inputs["inputs_embeds" if embeddings else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
         self._keep_rows = {k: np.array([k], np.int64) for k in (0, 1)}
+        self._positions = np.arange(self._limit, dtype=np.int64).reshape(1, -1)  # position_ids are views of it
+        self._mask = np.zeros((1, 512), np.int64)
+        self._logits_port = compiled.output(graph.logits)
         self._window = _sliding_window(folder / graph.path)
         self.reset()
 
@@ -120,21 +123,32 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
                 raise EdgegenError("the NPU static graph forwards one token at a time after the prompt")
         if self._window and len(self._slots) + n > self._window and len(self._slots) > start:
             self._compact()  # the window counts slots: dead ones would push live tokens out of it
-        slots = np.concatenate([self._slots, np.ones(n, np.int64)])
+        used = len(self._slots)
+        mask = self._mask_buffer(used + n)
+        mask[0, used:] = 1
         names = self._names
         inputs = {
             self._input_name: x,
-            names["attention_mask"]: slots.reshape(1, -1),
-            names["position_ids"]: np.arange(start, end, dtype=np.int64).reshape(1, -1),
+            names["attention_mask"]: mask,
+            names["position_ids"]: self._positions[:, start:end],
             names["beam_idx"]: self._beam_idx,
         }
         if self._keep:
             inputs[LOGITS_TO_KEEP] = self._keep_rows[1 if last_only else 0]
-        self._request.infer(inputs)
-        self._slots, self._position = slots, end
-        logits = self._request.get_tensor(self._graph.logits).data[0]
-        # Copy: the request reuses its output memory on the next call.
+        # Shared, not copied: the inputs are views of buffers kept between steps, and the logits are read
+        # from the request's own output memory (copied below, since the next call reuses it).
+        outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
+        self._slots, self._position = mask[0], end
+        logits = outputs[self._logits_port][0]
         return np.array(logits[-1:] if last_only else logits, np.float32)
+
+    def _mask_buffer(self, count: int) -> np.ndarray:
+        """The attention mask over the state's first ``count`` slots: a view of one buffer grown by doubling."""
+        if count > self._mask.shape[1]:
+            grown = np.zeros((1, max(count, 2 * self._mask.shape[1])), np.int64)
+            grown[0, : len(self._slots)] = self._slots
+            self._mask = grown
+        return self._mask[:, :count]
 
     def common_prefix(self, token_ids: Sequence[int]) -> int:
         return 0 if self._static else super().common_prefix(token_ids)  # NPUW: no rollback, one prefill
@@ -157,12 +171,13 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         for state in self._request.query_state():
             value = state.state.data  # [batch, kv_heads, slots, head_dim]
             state.state = ov.Tensor(np.ascontiguousarray(value[:, :, keep]))
-        self._slots = np.ones(len(keep), np.int64)
+        self._slots = self._mask_buffer(len(keep))[0]
+        self._slots[:] = 1
 
     def reset(self) -> None:
         self._request.reset_state()
         self._held(0)
-        self._slots = np.ones(0, np.int64)  # the attention mask over the state's slots: 0 where trimmed
+        self._slots = self._mask[0, :0]  # the attention mask over the state's slots: 0 where trimmed
         self._position = 0
 
 

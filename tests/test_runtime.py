@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgegen.export.graph_edits import EDITED_SUFFIX, ROW_PAD
 from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
 
@@ -83,3 +87,70 @@ def test_last_only_and_limits(fp32_model: Path) -> None:
         session.forward(_ids(7))
     with pytest.raises(ValueError):
         session.trim(11)
+
+
+def _linked_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+@pytest.fixture(scope="module")
+def int8_before_edits(int8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The int8 export as edgegen wrote it before its graph edits: the builder's graph, no edits recorded."""
+    manifest = read_manifest(int8_model)
+    graph = manifest.graph("onnx")
+    builder_graph = graph.path.replace(EDITED_SUFFIX, ".onnx")
+    out = tmp_path_factory.mktemp("int8-before-edits")
+    for rel in (builder_graph, builder_graph + ".data", manifest.tokenizer, manifest.chat_template):
+        if rel and (int8_model / rel).is_file():
+            _linked_copy(int8_model / rel, out / rel)
+    replace(manifest, graphs={"onnx": replace(graph, path=builder_graph, edits=[])}, embeddings=None).write(out)
+    return out
+
+
+@pytest.mark.parametrize("export", ["edited", "before_edits"])
+def test_one_row_steps_equal_multi_row_rows(export: str, int8_model: Path, int8_before_edits: Path) -> None:
+    # int8 activation quantization turns attention's lone-row path into logit differences of 1-2 (REFERENCE.md):
+    # a one-token step must give bitwise the row a multi-token forward gives, so drafting reproduces AR.
+    folder = int8_model if export == "edited" else int8_before_edits
+    session = open_session(folder, read_manifest(folder), "onnxruntime")
+    assert (ROW_PAD in session.manifest.graph("onnx").edits) == (export == "edited")
+    prompt, cont = _ids(30), _ids(10, seed=1)
+    session.forward(prompt)
+    multi = session.forward(cont)
+    session.reset()
+    session.forward(prompt)
+    single = np.concatenate([session.forward(cont[i:i + 1]) for i in range(len(cont))])
+    np.testing.assert_array_equal(single, multi)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_only_is_the_last_row(backend: str, int8_model: Path, int8_before_edits: Path) -> None:
+    folders = [int8_model] + ([int8_before_edits] if backend == "onnxruntime" else [])
+    for folder in folders:
+        session = open_session(folder, read_manifest(folder), backend)
+        ids = _ids(40)
+        full = session.forward(ids)
+        session.reset()
+        last = session.forward(ids, last_only=True)
+        assert last.shape == (1, session.manifest.vocab_size)
+        np.testing.assert_allclose(last, full[-1:], atol=ATOL)
+        assert session.position == 40 and session.forward(_ids(3, seed=4)).shape[0] == 3  # all rows again
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_remembers_its_cached_ids(backend: str, fp32_model: Path) -> None:
+    session = open_session(fp32_model, read_manifest(fp32_model), backend)
+    ids = _ids(20)
+    session.forward(ids[:12])
+    session.forward(ids[12:])
+    assert session.common_prefix(list(ids)) == 20
+    assert session.common_prefix([*ids[:7], 1, *ids[8:]]) == 7
+    assert session.common_prefix(list(ids[:5])) == 5
+    session.trim(9)
+    assert session.common_prefix(list(ids)) == 9
+    session.reset()
+    assert session.common_prefix(list(ids)) == 0
