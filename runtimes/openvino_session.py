@@ -74,7 +74,11 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         # NPUW can place the NPU graph on the CPU (NPUW_DEVICES=CPU): the NPU path, tested without an NPU.
         if device not in present and not (device == "NPU" and npuw_devices):
             raise EdgegenError(f"device '{device}' is not present: OpenVINO has {', '.join(present)}")
+        # No pinning: a thread pinned to a core that another process holds waits for it at every op,
+        # where an unpinned one moves (2026-12-01, 2 cores under load: 179 vs 261 ms per step; docs/performance.md).
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device == "CPU":
+            config["ENABLE_CPU_PINNING"] = False
         self._static = device == "NPU"
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
         if self._static:
