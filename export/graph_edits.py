@@ -29,9 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.manifest import LOGITS_TO_KEEP, ROW_PAD
 
-ROW_PAD = "row_pad"
-LOGITS_TO_KEEP = "logits_to_keep"
 EDITED_SUFFIX = ".edgegen.onnx"
 _INT64_MAX = 2**63 - 1
 

@@ -18,10 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import Manifest
+from edgegen.manifest import LOGITS_TO_KEEP, ROW_PAD, Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs
-
-ROW_PAD, LOGITS_TO_KEEP = "row_pad", "logits_to_keep"  # GraphInfo.edits (export.graph_edits)
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {

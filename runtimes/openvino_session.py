@@ -21,13 +21,12 @@ import numpy as np
 import openvino as ov
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import Manifest
+from edgegen.manifest import LOGITS_TO_KEEP, Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
 NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU (tests, CI)
-LOGITS_TO_KEEP = "logits_to_keep"
 
 
 def core() -> ov.Core:

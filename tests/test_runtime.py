@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgegen.export.graph_edits import EDITED_SUFFIX, ROW_PAD
-from edgegen.manifest import read_manifest
+from edgegen.export.graph_edits import EDITED_SUFFIX
+from edgegen.manifest import ROW_PAD, read_manifest
 from edgegen.runtimes import open_session
 
 BACKENDS = ["onnxruntime", "openvino"]
