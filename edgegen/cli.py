@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from edgegen.batch_cli import batch
 from edgegen.cli_common import command_line, given
 from edgegen.draft_cli import draft
 from edgegen.errors import EdgegenError
@@ -298,6 +299,7 @@ cli.add_command(draft)
 cli.add_command(ngram)
 cli.add_command(lud)
 cli.add_command(serve)
+cli.add_command(batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,273 @@
+"""Generation over a JSONL data set: one request per line in, one record per line out, in input order.
+
+Input: each line is a JSON object with a ``prompt`` (text, or token ids) or ``messages`` (chat), an
+optional ``id`` copied to the output, and optional per-line options (``LINE_OPTIONS``) that override the
+run's defaults. The whole file is checked before any model loads: a bad line is one EdgegenError naming
+its line number (nothing generated). What only generation can tell (a prompt longer than the session
+holds) is recorded on that line as ``{"index", "id", "error"}`` and the run goes on.
+
+Output: ``{"index", "id", "text", "token_ids", "finish_reason", "stats"}`` per line, written in input
+order, each line with one ``write`` on an append-only file. A rerun resumes: the lines already written
+are checked against the input and skipped, and a torn last line (a kill mid-write) is cut off first.
+
+Where the work runs: in this process (one worker), a local pool of worker processes each holding one
+loaded Generator, or Ray Data (batch_ray.py, imported only when asked: the base install never imports Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from edgegen.arguments import check_bool, check_generation, check_text, prompt_kind
+from edgegen.errors import EdgegenError
+
+# per-line options (and run defaults) passed to Generator.generate
+LINE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop",
+                "strategy", "chat", "ignore_eos")
+LINE_KEYS = frozenset({"id", "prompt", "messages", *LINE_OPTIONS})
+GENERATE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+                                     "repetition_penalty": 1.0, "seed": None, "stop": [], "strategy": "auto",
+                                     "chat": True, "ignore_eos": False}
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One input line: its 0-based position, its id (or None), the prompt and the generate() arguments."""
+
+    index: int
+    id: Any
+    prompt: Any  # text, chat messages or token ids
+    options: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"index": self.index, "id": self.id, "prompt": self.prompt, "options": self.options})
+
+    @staticmethod
+    def from_json(text: str) -> BatchRequest:
+        d = json.loads(text)
+        return BatchRequest(d["index"], d["id"], d["prompt"], d["options"])
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What one run did: lines in the input, skipped (already in the output), generated now, failed, tokens."""
+
+    lines: int
+    skipped: int
+    generated: int
+    errors: int
+    new_tokens: int
+    seconds: float
+
+
+def parse_request(index: int, obj: object, defaults: dict[str, Any]) -> BatchRequest:
+    """One input line's object as a checked request (``defaults`` fill the options it leaves out)."""
+    if not isinstance(obj, dict):
+        raise EdgegenError(f"must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - LINE_KEYS)
+    if unknown:
+        raise EdgegenError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(LINE_KEYS))})")
+    if ("prompt" in obj) == ("messages" in obj):
+        raise EdgegenError("needs exactly one of 'prompt' (text or token ids) or 'messages' (chat)")
+    prompt = obj["prompt"] if "prompt" in obj else obj["messages"]
+    kind = prompt_kind(prompt)
+    if "messages" in obj and kind != "messages":
+        raise EdgegenError("'messages' must be a list of {role, content} objects")
+    options = {**GENERATE_DEFAULTS, **defaults, **{k: obj[k] for k in LINE_OPTIONS if k in obj}}
+    _, _, stops = check_generation(options["max_new_tokens"], options["temperature"], options["top_k"],
+                                   options["top_p"], options["repetition_penalty"], options["seed"], options["stop"])
+    options["stop"] = stops
+    check_text("strategy", options["strategy"])
+    check_bool("chat", options["chat"])
+    check_bool("ignore_eos", options["ignore_eos"])
+    if kind == "messages":
+        from edgegen.arguments import check_messages
+
+        check_messages(prompt)
+    return BatchRequest(index, obj.get("id"), prompt, options)
+
+
+def read_requests(path: str | Path, defaults: dict[str, Any] | None = None) -> list[BatchRequest]:
+    """Every request of a JSONL file (blank lines skipped), checked; a bad line is one EdgegenError with its number."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EdgegenError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgegenError(f"{path} is not UTF-8 text") from None
+    requests: list[BatchRequest] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(parse_request(len(requests), json.loads(line), defaults or {}))
+        except json.JSONDecodeError as e:
+            raise EdgegenError(f"{path} line {number}: not JSON ({e.msg} at column {e.colno})") from None
+        except EdgegenError as e:
+            raise EdgegenError(f"{path} line {number}: {e}") from None
+    if not requests:
+        raise EdgegenError(f"{path} holds no requests")
+    return requests
+
+
+def generate_record(gen: Any, request: BatchRequest) -> dict[str, Any]:
+    """One request run on a loaded Generator: its output record (an ``error`` field if generation refused it)."""
+    head = {"index": request.index, "id": request.id}
+    try:
+        result = gen.generate(request.prompt, **request.options)
+    except EdgegenError as e:
+        return {**head, "error": str(e)}
+    return {**head, "text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
+            "stats": {k: v for k, v in result.to_dict()["stats"].items()}}
+
+
+# --- output: ordered, append-only, resumable ------------------------------------------------------------------
+
+
+class OrderedOutput:
+    """The output JSONL: records appended in input order, one ``write`` per line; reopening resumes.
+
+    On open, a torn last line (no newline: the process died mid-write) is cut off, and the lines kept
+    must be the first requests of the input (index 0, 1, ... with the same ids), else EdgegenError.
+    """
+
+    def __init__(self, path: str | Path, requests: list[BatchRequest]) -> None:
+        self.path = Path(path)
+        self.done = self._resume(requests)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _resume(self, requests: list[BatchRequest]) -> int:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return 0
+        data = self.path.read_bytes()
+        whole = data[:data.rfind(b"\n") + 1]
+        if len(whole) != len(data):
+            with self.path.open("r+b") as f:
+                f.truncate(len(whole))
+        lines = whole.decode("utf-8", errors="replace").splitlines()
+        if len(lines) > len(requests):
+            raise EdgegenError(f"{self.path} has {len(lines)} lines but the input only {len(requests)} requests: "
+                               "it is the output of another input")
+        for k, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise EdgegenError(f"{self.path} line {k + 1} is not JSON: not an edgegen batch output") from None
+            if not isinstance(record, dict) or record.get("index") != k or record.get("id") != requests[k].id:
+                raise EdgegenError(f"{self.path} line {k + 1} is not the record of input request {k}: "
+                                   "the output of another input (remove it or pick another --output)")
+        return len(lines)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        if written != len(line):  # a short write (disk full): never leave half a line behind
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise EdgegenError(f"could not write {self.path} (disk full?)")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+# --- where the work runs ---------------------------------------------------------------------------------------
+
+_worker_generator: Any = None  # the Generator a pool worker process loaded (one per process)
+
+
+def _load(load_args: dict[str, Any]) -> Any:
+    from edgegen.api import load
+
+    return load(**load_args)
+
+
+def _init_worker(load_args: dict[str, Any]) -> None:
+    global _worker_generator
+    _worker_generator = _load(load_args)
+
+
+def _worker_generate(request: BatchRequest) -> dict[str, Any]:
+    return generate_record(_worker_generator, request)
+
+
+def local_records(requests: list[BatchRequest], load_args: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
+    """Records in input order: in this process (workers == 1) or from a pool of ``workers`` processes
+    (spawned: the runtimes' threads do not survive a fork), each loading one Generator once."""
+    if workers == 1:
+        gen = _load(load_args)
+        for request in requests:
+            yield generate_record(gen, request)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(load_args,))
+    try:
+        yield from pool.map(_worker_generate, requests)  # map yields in submission order
+    except BrokenProcessPool:
+        raise EdgegenError("a worker process died; rerun the same command to resume after the lines written") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_batch(input_path: str | Path, output_path: str | Path, *, load_args: dict[str, Any] | None = None,
+              defaults: dict[str, Any] | None = None, workers: int = 1, ray: str | None = None,
+              progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
+    """Generate every request of ``input_path`` not yet in ``output_path`` and append its record, in order.
+
+    ``load_args``: edgegen.load() arguments each worker loads its Generator with. ``defaults``: generate()
+    options for lines that do not set them. ``workers``: generators running at once. ``ray``: None (no
+    Ray), "local" (a Ray instance on this machine, or the one already initialized) or a cluster address.
+    ``on_record`` is called with each record once written (tests use it to interrupt a run).
+    """
+    from edgegen.arguments import check_int
+
+    workers = check_int("workers", workers, minimum=1)
+    requests = read_requests(input_path, defaults)
+    output = OrderedOutput(output_path, requests)
+    todo = requests[output.done:]
+    summary = {"generated": 0, "errors": 0, "new_tokens": 0}
+    start = time.perf_counter()
+    try:
+        if todo:
+            if ray is None:
+                records: Iterable[dict[str, Any]] = local_records(todo, load_args or {}, workers)
+            else:
+                from edgegen.batch_ray import ray_records
+
+                records = ray_records(todo, load_args or {}, workers, ray)
+            _drain(records, output, summary, len(requests), output.done, progress, on_record)
+    finally:
+        output.close()
+    return BatchSummary(lines=len(requests), skipped=output.done, seconds=time.perf_counter() - start, **summary)
+
+
+def _drain(records: Iterable[dict[str, Any]], output: OrderedOutput, summary: dict[str, int], total: int,
+           done: int, progress: bool, on_record: Callable[[dict[str, Any]], None] | None) -> None:
+    """Write the records as they come, counting them, with a progress bar (lines, tokens/s) on stderr."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    with tqdm(total=total, initial=done, unit="line", desc="batch", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True, mininterval=1.0) as bar:
+        for record in records:
+            output.write(record)
+            summary["generated"] += 1
+            if "error" in record:
+                summary["errors"] += 1
+            else:
+                summary["new_tokens"] += len(record["token_ids"])
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{summary['new_tokens'] / max(time.perf_counter() - start, 1e-9):.1f}",
+                            refresh=False)
+            if on_record is not None:
+                on_record(record)
