@@ -1,10 +1,10 @@
 """The fine-tuning skeleton the drafter (FastDraft) and LUD recipes share.
 
-A run lives in one folder (``cfg.out``): its config, the token corpus and the target's generations (built
-once, reused on resume), ``metrics.jsonl`` and atomic checkpoints (checkpoints.py). ``FineTune`` opens or
-resumes the run and holds the shared state (global step, tokens seen, training seconds, evaluations);
-a recipe supplies its trainable tensors, its loss and step loop, its evaluation and its summary, and
-calls ``save``, ``evaluate``, ``progress`` and ``finish`` here.
+A run lives in one folder (``cfg.out``): its config (a ``FineTuneConfig`` subclass), the token corpus
+and the target's generations (built once, reused on resume), ``metrics.jsonl`` and atomic checkpoints
+(checkpoints.py). ``FineTune`` opens or resumes the run and holds the shared state (global step, tokens
+seen, training seconds, evaluations); a recipe supplies its trainable tensors, its loss and step loop,
+its evaluation and its summary, and calls ``save``, ``evaluate``, ``progress`` and ``finish`` here.
 
 Data: stage 1 style batches are non-overlapping windows of the corpus (``ChunkData``), stage 2 style
 batches are the target's own generations (``SeqData``); batch ``step`` is a pure function of
@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +34,78 @@ from edgegen.export import checkpoints as ck
 METRICS = "metrics.jsonl"
 MODEL_DIR = "model"
 Batch = tuple[Any, Any, Any]  # (ids (B, W+1), attention mask over the inputs or None, loss mask (B, W))
+STDLIB = sysconfig.get_paths()["stdlib"]  # the code corpus: this Python's standard library
+DEFAULT_CODE_GLOBS = (f"{STDLIB}/**/*.py",)
+DEFAULT_TEXT_GLOBS = (
+    "/usr/share/doc/**/*",  # README / NEWS / *.txt / *.md / *.rst (plain or .gz); filtered in corpus.py
+    "{site_packages}/**/README*",
+    "{site_packages}/**/*.rst",
+    "{site_packages}/*.dist-info/METADATA",
+)
+
+
+@dataclass
+class FineTuneConfig(ck.RunConfig):
+    """What every recipe's run configuration holds: the target, the budget, the schedule, checkpoints, the
+    corpus and the target's generations, and what happens at the end. Recipes subclass it (and may change
+    a default by declaring the field again). Paths are strings so the saved file is plain JSON."""
+
+    DEFAULT_TOKENS: ClassVar[int] = 1_000_000  # the budget when neither tokens nor steps is given
+
+    target: str = "default"  # "default", an exported edgegen folder, an HF folder or a .gguf file
+    out: str = ""
+    tokens: int | None = None  # training tokens (or steps)
+    steps: int | None = None
+    seq_len: int = 256
+    batch_size: int = 4
+    lr: float = 5e-4
+    min_lr_frac: float = 0.1
+    warmup: int = 20
+    seed: int = 0
+    threads: int = 1
+    ckpt_minutes: float = 5.0
+    ckpt_every: int = 0  # also checkpoint every N steps (0: time-based only)
+    eval_tokens: int = 4096  # per held-out set
+    # corpus
+    code_globs: list[str] = field(default_factory=lambda: list(DEFAULT_CODE_GLOBS))
+    text_globs: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_GLOBS))
+    corpus_tokens: int = 2_000_000
+    code_share: float = 0.67
+    val_tokens: int = 16384  # per held-out split (code, text)
+    max_file_chars: int = 200_000
+    # target generations
+    gen_prompts: int = 240  # prompts; each is sampled at every temperature
+    gen_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.6, 1.0])
+    gen_max_new_tokens: int = 128
+    gen_batch: int = 16
+    gen_val_every: int = 10  # every Nth prompt is held out for evaluation
+    # end of training
+    export: bool = True
+    quality_gate: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        """One EdgegenError for the first bad shared setting; recipes check their own, then call this."""
+        if self.tokens is not None and self.steps is not None:
+            raise EdgegenError("give --tokens or --steps, not both")
+        if (self.tokens is not None and self.tokens < 1) or (self.steps is not None and self.steps < 1):
+            raise EdgegenError("the training budget (--tokens/--steps) must be positive")
+        for name in ("seq_len", "batch_size", "threads", "gen_batch", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise EdgegenError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.lr <= 0:
+            raise EdgegenError(f"lr must be positive, got {self.lr}")
+        if any(t < 0 for t in self.gen_temperatures):
+            raise EdgegenError("generation temperatures must be >= 0")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size
+
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, (self.tokens if self.tokens is not None else self.DEFAULT_TOKENS) // self.tokens_per_step)
 
 
 # --- data -----------------------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edgegen.errors import EdgegenError
-from edgegen.export.checkpoints import RunConfig
-from edgegen.export.drafter.config import DEFAULT_CODE_GLOBS, DEFAULT_TEXT_GLOBS
+from edgegen.export.finetune import FineTuneConfig
 
 CONFIG_NAME = "lud_config.json"
 TRAINABLE = ("placeholders", "lora")
@@ -16,13 +15,12 @@ LORA_PREFIX = "lora::"  # checkpoint tensor names of the adapters: LORA_PREFIX +
 
 
 @dataclass
-class LudConfig(RunConfig):
-    """Everything that decides what a LUD training run computes. Paths are strings so the file is plain JSON."""
+class LudConfig(FineTuneConfig):
+    """Everything that decides what a LUD training run computes (the shared fields: FineTuneConfig)."""
 
     CONFIG_NAME: ClassVar[str] = CONFIG_NAME
+    DEFAULT_TOKENS: ClassVar[int] = 400_000
 
-    target: str = "default"  # "default", an exported edgegen folder, an HF folder or a .gguf file
-    out: str = ""
     span: int = 4  # m: placeholders per step (the unit's first token + up to m more)
     placeholder_ids: list[int] | None = None  # None: SmolLM2's rare Jupyter tokens, else the vocabulary's last ids
     unit_threshold: float = 0.6  # a token joins the unit when p_target(token | prefix) > this
@@ -37,35 +35,13 @@ class LudConfig(RunConfig):
     lora_modules: list[str] = field(default_factory=lambda: list(LORA_MODULES))
     lora_lr: float = 1e-3  # peak learning rate of the adapters (the rows use `lr`; same schedule)
     kl_weight: float = 1.0  # x KL(p_base || p_tuned) at ordinary rows (lora only)
-    tokens: int | None = None  # real tokens to train on (or steps)
-    steps: int | None = None
-    seq_len: int = 192
-    batch_size: int = 4
     gen_share: float = 0.5  # share of batches drawn from the target's own generations
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup: int = 20
-    seed: int = 0
-    threads: int = 1
-    ckpt_minutes: float = 5.0
-    ckpt_every: int = 0
-    eval_tokens: int = 2048  # per held-out set
     eval_every: int = 0  # steps between evaluations (0: at the start and the end only)
-    # corpus and target generations: the FastDraft pipeline's (export/drafter/corpus.py, gendata.py)
-    code_globs: list[str] = field(default_factory=lambda: list(DEFAULT_CODE_GLOBS))
-    text_globs: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_GLOBS))
-    corpus_tokens: int = 2_000_000
-    code_share: float = 0.67
-    val_tokens: int = 16384
-    max_file_chars: int = 200_000
+    # shared fields with other defaults than the drafter's
+    seq_len: int = 192
+    lr: float = 3e-3
+    eval_tokens: int = 2048  # per held-out set
     gen_prompts: int = 48
-    gen_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.6, 1.0])
-    gen_max_new_tokens: int = 128
-    gen_batch: int = 16
-    gen_val_every: int = 10
-    export: bool = True
-    quality_gate: bool = True
-    progress: bool = True
 
     def validate(self) -> None:
         if self.trainable not in TRAINABLE:
@@ -84,25 +60,10 @@ class LudConfig(RunConfig):
             raise EdgegenError(f"need {self.span} distinct placeholder ids, got {self.placeholder_ids}")
         if not 0.0 < self.unit_threshold < 1.0:
             raise EdgegenError(f"unit-threshold must be within (0, 1), got {self.unit_threshold}")
-        if self.tokens is not None and self.steps is not None:
-            raise EdgegenError("give --tokens or --steps, not both")
-        if (self.tokens is not None and self.tokens < 1) or (self.steps is not None and self.steps < 1):
-            raise EdgegenError("the training budget (--tokens/--steps) must be positive")
-        for name in ("seq_len", "batch_size", "threads", "max_blocks", "gen_batch", "eval_tokens"):
-            if getattr(self, name) < 1:
-                raise EdgegenError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.max_blocks < 1:
+            raise EdgegenError(f"max-blocks must be at least 1 (got {self.max_blocks})")
+        super().validate()
         if self.seq_len < self.span + 2:
             raise EdgegenError(f"seq-len must exceed span + 1 (got {self.seq_len})")
         if not 0.0 <= self.gen_share <= 1.0 or not 0.0 <= self.outside_weight <= 1.0 or self.guard_weight < 0:
             raise EdgegenError("gen-share and outside-weight must be within [0, 1], guard-weight >= 0")
-        if self.lr <= 0:
-            raise EdgegenError(f"lr must be positive, got {self.lr}")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.seq_len * self.batch_size
-
-    def total_steps(self) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, (self.tokens if self.tokens is not None else 400_000) // self.tokens_per_step)
