@@ -197,7 +197,9 @@ def _extra_sections(rows: Sequence[Row], ttft: Sequence[Run], bandwidth: float |
                          f"({size / 1e6:.0f} MB)")
         if parts:
             sections.append(f"Memory-bandwidth ceiling: single-thread read bandwidth {bandwidth:.1f} GB/s (NumPy copy "
-                            "of 512 MiB, best of 5); ceiling = bandwidth / weight bytes of the graph the engine runs. "
+                            "of 512 MiB, best of 5); ceiling = bandwidth / bytes of the weight files of the graph the "
+                            "engine runs (ONNX: graph + external data, whose fp32 embedding table counts in full "
+                            "though a step gathers one row of it; OpenVINO: .bin). "
                             "Quiet AR tokens/s as a fraction of it: " + "; ".join(parts) + ".")
         extra["bandwidth"] = {"read_gb_per_s": bandwidth,
                               "engines": {f"{e} {w}": v for (e, w), v in ceilings.items()}}

@@ -59,10 +59,9 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def weight_bytes(folder: Path, graph_format: str) -> int:
-    """Bytes of the weights of ``folder``'s graph of ``graph_format``: the graph file and the files named after
-    it (ONNX external data ``model.onnx.data``, OpenVINO ``.bin``), without the OpenVINO XML (topology only).
-    What one AR step reads."""
+    """Bytes of the weight files of ``folder``'s graph of ``graph_format``: an ONNX graph file and the external
+    data files beside it (``*.data``), or an OpenVINO IR's ``.bin`` (its XML holds only the topology).
+    A table the graph only gathers from (ONNX's fp32 embedding) counts in full, though a step reads one row."""
     graph = Path(folder) / read_manifest(folder).graphs[graph_format].path
-    stem = graph.name.split(".")[0] + "."
-    return sum(f.stat().st_size for f in graph.parent.iterdir()
-               if f.is_file() and f.name.startswith(stem) and f.suffix != ".xml")
+    files = [graph.with_suffix(".bin")] if graph.suffix == ".xml" else [graph, *graph.parent.glob("*.data")]
+    return sum(f.stat().st_size for f in files if f.is_file())
