@@ -65,8 +65,10 @@ def ray_records(requests: list[BatchRequest], load_args: dict[str, Any], workers
         context.execution_options.preserve_order = True  # records in input order
         context.enable_progress_bars = False  # batch.py shows one bar of its own
         ds = ray.data.from_items([{"request": r.to_json()} for r in requests])
+        # Ray Data's actor pools restart a dead actor and retry its tasks (max_restarts and max_task_retries
+        # default to -1 there): a lost request is generated again, and only finished ones come back.
         ds = ds.map_batches(GeneratorActor, fn_constructor_kwargs={"load_args": load_args}, batch_size=1,
-                            concurrency=workers, num_cpus=1, max_restarts=-1, max_task_retries=-1)
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
         for row in ds.iter_rows():
             yield json.loads(row["record"])
     finally:

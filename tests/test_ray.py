@@ -1,0 +1,97 @@
+"""Ray, on a local cluster the tests start (2 CPUs, loopback only) and tear down: `edgegen batch --ray` output
+equals the single-process run line for line, and an actor process killed mid-run still leaves every line
+written exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from edgegen.batch import run_batch
+
+LINES = [{"prompt": p, "id": k} for k, p in enumerate([
+    "Name a river.", "Say hi.", "What is two plus two?", "Name a colour.", "Write a haiku about rain.",
+    "What is the capital of France?", "Give me a word that rhymes with cat.", "Count to three."])]
+LINES[3] = {**LINES[3], "temperature": 0.9, "seed": 11}  # seeded sampling: the same draw on every worker
+LOAD = {"threads": 1}
+DEFAULTS = {"max_new_tokens": 5}
+GENERATED = ("index", "id", "text", "token_ids", "finish_reason", "error")
+MARKER = "EDGEGEN_RAY_TEST"  # in the environment of this cluster's processes only
+
+
+def records(path: Path) -> list[dict]:
+    return [{k: r[k] for k in GENERATED if k in r} for r in map(json.loads, path.read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def cluster(int8_model: Path) -> Iterator[str]:
+    """A local Ray instance (EDGEGEN_CACHE is set by then: its workers find the default model)."""
+    marker = uuid.uuid4().hex
+    os.environ[MARKER] = marker
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield marker
+    finally:
+        ray.shutdown()
+        del os.environ[MARKER]
+
+
+@pytest.fixture(scope="module")
+def reference(int8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ray-batch")
+    data = root / "in.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in LINES))
+    run_batch(data, root / "single.jsonl", load_args=LOAD, defaults=DEFAULTS, progress=False)
+    return {"root": root, "input": data, "output": root / "single.jsonl"}
+
+
+def map_workers(marker: str) -> list[int]:
+    """Pids of this cluster's Ray Data actor processes (their process title names the map)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"MapWorker(MapBatches(GeneratorActor))" in title and f"{MARKER}={marker}".encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_ray_output_equals_single_process(cluster: str, reference: dict[str, Path]) -> None:
+    out = reference["root"] / "ray.jsonl"
+    summary = run_batch(reference["input"], out, load_args=LOAD, defaults=DEFAULTS, workers=2, ray="local",
+                        progress=False)
+    assert (summary.generated, summary.errors) == (len(LINES), 0)
+    assert records(out) == records(reference["output"])
+    assert ray.is_initialized()  # the test's cluster was used, and left running for the next test
+
+
+def test_actor_killed_mid_run_every_line_once(cluster: str, reference: dict[str, Path]) -> None:
+    out = reference["root"] / "killed.jsonl"
+    killed: list[tuple[int, int]] = []
+
+    def kill_one_actor(record: dict) -> None:
+        if killed:
+            return
+        pids = map_workers(cluster)
+        assert len(pids) == 2, pids  # the pool's two actors, each holding a Generator
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append((pids[0], record["index"]))
+
+    summary = run_batch(reference["input"], out, load_args=LOAD, defaults=DEFAULTS, workers=2, ray="local",
+                        progress=False, on_record=kill_one_actor)
+    assert killed and killed[0][1] == 0  # killed after the first of 8 lines: mid-run
+    assert killed[0][0] not in map_workers(cluster)
+    assert summary.generated == len(LINES) and summary.skipped == 0
+    got = records(out)
+    assert [r["index"] for r in got] == list(range(len(LINES)))  # every line once, in order
+    assert got == records(reference["output"])
