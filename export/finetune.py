@@ -30,6 +30,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.export import checkpoints as ck
+from edgegen.export import data_parallel
 
 METRICS = "metrics.jsonl"
 MODEL_DIR = "model"
@@ -111,21 +112,32 @@ class FineTuneConfig(ck.RunConfig):
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-class ChunkData:
+class EpochOrder:
+    """Items 0..n-1 in a seeded order per epoch: the g-th item drawn is a pure function of (seed, stream, g)."""
+
+    n: int
+    seed: int
+    stream: int  # keeps two data sources of one run in unrelated orders
+    _perm: dict[int, np.ndarray]
+
+    def _index(self, g: int) -> int:
+        epoch, k = divmod(g, self.n)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)}
+        return int(self._perm[epoch][k])
+
+
+class ChunkData(EpochOrder):
     """Non-overlapping (seq_len+1)-token windows of the training stream, in a seeded order per epoch."""
+
+    stream = 1
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch: int, seed: int):
         self.tokens, self.seq_len, self.batch, self.seed = tokens, seq_len, batch, seed
         self.n = max(1, (len(tokens) - 1) // seq_len)
         if len(tokens) < seq_len + 1:
             raise EdgegenError(f"the corpus ({len(tokens)} tokens) is shorter than one sequence ({seq_len + 1})")
-        self._perm: dict[int, np.ndarray] = {}
-
-    def _index(self, g: int) -> int:
-        epoch, k = divmod(g, self.n)
-        if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)}
-        return int(self._perm[epoch][k])
+        self._perm = {}
 
     def batch_at(self, step: int) -> Batch:
         import torch
@@ -138,21 +150,17 @@ class ChunkData:
         return ids, None, torch.ones(ids.shape[0], ids.shape[1] - 1)
 
 
-class SeqData:
+class SeqData(EpochOrder):
     """Target sequences (prompt + generation), right-padded; the loss counts generated tokens."""
+
+    stream = 2
 
     def __init__(self, seqs: list[tuple[list[int], int]], seq_len: int, batch: int, seed: int, pad_id: int):
         if not seqs:
             raise EdgegenError("no target generations to train on")
         self.seqs, self.seq_len, self.batch, self.seed, self.pad = seqs, seq_len, batch, seed, pad_id
         self.n = len(seqs)
-        self._perm: dict[int, np.ndarray] = {}
-
-    def _index(self, g: int) -> int:
-        epoch, k = divmod(g, self.n)
-        if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng([self.seed, 2, epoch]).permutation(self.n)}
-        return int(self._perm[epoch][k])
+        self._perm = {}
 
     @staticmethod
     def collate(items: list[tuple[list[int], int]], seq_len: int, pad: int) -> Batch:
@@ -276,6 +284,7 @@ class FineTune:
         from edgegen.export.drafter.target import resolve_target
 
         self.cfg = cfg = ck.open_run(cfg, resume, keep)
+        self.parallel = data_parallel.current()  # this rank of a data-parallel run (Ray Train), else one of one
         self.out, self.echo, self.resume = Path(cfg.out), echo, resume
         self.target = resolve_target(cfg.target, self.out)
         echo(f"target {self.target.name}: {self.target.hf_dir} (vocab {self.target.vocab_size})")
@@ -312,15 +321,18 @@ class FineTune:
         self._last_save = time.perf_counter()
 
     def generations(self) -> SeqData:
-        return SeqData(self.gen_train, self.cfg.seq_len, self.cfg.batch_size, self.cfg.seed, self.pad_id)
+        return self.parallel.shard(SeqData(self.gen_train, self.cfg.seq_len, self.cfg.batch_size, self.cfg.seed,
+                                           self.pad_id))
 
     def chunks(self) -> ChunkData:
-        return ChunkData(self.train_tokens, self.cfg.seq_len, self.cfg.batch_size, self.cfg.seed)
+        return self.parallel.shard(ChunkData(self.train_tokens, self.cfg.seq_len, self.cfg.batch_size, self.cfg.seed))
 
     def restore(self, opt: Any, check: Callable[[str, dict[str, Any], dict[str, Any]], None]) -> dict[str, Any] | None:
         """On --resume, the latest checkpoint's tensors (optimizer, RNG and state restored); else None.
 
-        ``check(name, tensors, meta)`` raises when the checkpoint belongs to another target or recipe."""
+        ``check(name, tensors, meta)`` raises when the checkpoint belongs to another target or recipe.
+        In a data-parallel run, ``opt``'s parameters are also made equal across ranks and averaged after backward."""
+        self.parallel.sync(opt)
         latest = ck.latest_checkpoint(self.out) if self.resume else None
         if latest is None:
             return None
@@ -334,6 +346,9 @@ class FineTune:
 
     def save(self, opt: Any, tensors: dict[str, Any], meta: dict[str, Any], **extra: Any) -> Path:
         """Checkpoint the trained tensors, the optimizer, the RNGs and the state (plus ``extra``) atomically."""
+        if not self.parallel.main:  # rank 0 writes the run folder
+            self._last_save = time.perf_counter()
+            return self.out / f"{ck.PREFIX}{self.state['global_step']:08d}"
         full = {**self.state, **extra, "optimizer": opt.state_dict(), "rng": rng_state()}
         path = ck.save_checkpoint(self.out, self.state["global_step"], tensors, full, meta)
         self._last_save = time.perf_counter()
@@ -357,6 +372,8 @@ class FineTune:
                   + f"  ({time.perf_counter() - t0:.0f} s)")
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.parallel.main:
+            return
         with (self.out / METRICS).open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -366,9 +383,9 @@ class FineTune:
                   **{k: round(v, 5) for k, v in logs.items()}})
 
     def count(self, ntok: int, seconds: float) -> None:
-        """One optimizer step of ``ntok`` tokens taking ``seconds``."""
+        """One optimizer step of ``ntok`` tokens (this rank's: every rank trains as many) taking ``seconds``."""
         self.state["global_step"] += 1
-        self.state["tokens_seen"] += ntok
+        self.state["tokens_seen"] += ntok * self.parallel.world
         self.state["train_seconds"] += seconds
 
     @contextmanager
@@ -387,6 +404,8 @@ class FineTune:
         """Write summary.json (the recipe's ``summary`` plus throughput), pack the latest checkpoint and,
         when the config asks, export the packed weights as a model folder; returns the summary."""
         cfg, state = self.cfg, self.state
+        if not self.parallel.main:
+            return summary
         summary = {"out": str(self.out), "target": self.target.facts(), **summary, "evals": state["evals"],
                    "tokens_seen": state["tokens_seen"], "train_seconds": round(state["train_seconds"], 1),
                    "train_tokens_per_s": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1)}
@@ -424,3 +443,17 @@ def read_pack(packed: str | Path, key: str, formats: tuple[str, ...],
     if info.get("format") not in formats:
         raise EdgegenError(f"{packed} has format {info.get('format')!r}; this edgegen reads {', '.join(formats)}")
     return tensors, info
+
+
+def write_pack(tensors: dict[str, Any], out_file: str | Path, key: str, info: dict[str, Any]) -> Path:
+    """Write ``tensors`` with ``info`` as JSON metadata ``key`` to ``out_file`` (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    from edgegen.files import publish_file
+
+    out_file = Path(out_file).expanduser().resolve()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    save_file(tensors, str(tmp), metadata={key: json.dumps(info, sort_keys=True)})
+    publish_file(tmp, out_file)
+    return out_file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -191,3 +192,26 @@ class BrokenLM(ListSession):
         if len(cache) > self.broken_at:
             row[len(cache) % self.vocab] = self.value
         return row
+
+
+def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, vocab_extra: int = 0) -> Path:
+    """A tiny Llama HF folder (hidden 32, tied head, peaked outputs) with a byte-level BPE tokenizer of
+    ``vocab_size`` trained on ``texts``, plus ``vocab_extra`` model-only ids: a target to train against."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=0, pad_token_id=1,
+                      bos_token_id=None, initializer_range=0.3)  # peaked outputs: a teacher with something to learn
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder

@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from fakes import tiny_llama  # noqa: E402
+
 from edgegen.errors import EdgegenError  # noqa: E402
 from edgegen.export import checkpoints as ck  # noqa: E402
 from edgegen.export.drafter import TrainConfig, check_drafter_compat, pack_drafter, train_drafter, unpack_drafter  # noqa: E402
@@ -28,24 +30,8 @@ TEXT = (
 
 
 def _tiny_target(folder: Path, vocab_extra: int = 0) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder.mkdir(parents=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     code = "".join(p.read_text() for p in sorted(Path(STDLIB, "json").glob("*.py")))
-    tok.train_from_iterator([TEXT * 20, code], trainer=trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1, bos_token_id=None,
-                      initializer_range=0.3)  # peaked outputs: a teacher with something to learn
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    return folder
+    return tiny_llama(folder, [TEXT * 20, code], vocab_size=320, layers=4, vocab_extra=vocab_extra)
 
 
 def _cfg(target: Path, out: Path, text_dir: Path, **kw) -> TrainConfig:

@@ -15,7 +15,7 @@ from edgegen.export.lud.units import block_mask, block_positions, build_blocks, 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fakes import TorchSession  # noqa: E402
+from fakes import TorchSession, tiny_llama  # noqa: E402
 
 from edgegen.export import checkpoints as ck  # noqa: E402
 from edgegen.export.drafter.config import STDLIB  # noqa: E402
@@ -58,24 +58,8 @@ def test_blocks_layout() -> None:
 
 
 def _tiny_target(folder: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder.mkdir(parents=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     code = "".join(p.read_text() for p in sorted(Path(STDLIB, "json").glob("*.py")))
-    tok.train_from_iterator([code], trainer=trainer)
-    tok.save(str(folder / "tokenizer.json"))
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=0, pad_token_id=1, bos_token_id=None,
-                      initializer_range=0.3)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    return folder
+    return tiny_llama(folder, [code], vocab_size=300, layers=2)
 
 
 def _cfg(target: Path, out: Path, **kw) -> LudConfig:

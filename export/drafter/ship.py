@@ -20,7 +20,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.export.pipeline import atomic_folder
-from edgegen.files import owned_tempdir, publish_file
+from edgegen.files import owned_tempdir
 
 PACK_FORMAT = "edgegen-drafter/1"
 PACK_DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -40,7 +40,7 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     generations, equally weighted) in the drafter's embedding and tied output head. The head is most of a
     2-layer drafter's cost; the target still verifies over the whole vocabulary, so output stays exact."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if dtype not in PACK_DTYPES:
         raise EdgegenError(f"unsupported pack dtype '{dtype}': {', '.join(PACK_DTYPES)}")
@@ -58,12 +58,9 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     info = {"format": PACK_FORMAT, "dtype": dtype, "checkpoint": ckpt.name, "target_spec": meta.get("target_spec"),
             "layer_map": meta["layer_map"], "recipe": meta["recipe"], "evals": meta.get("evals", [])[-3:],
             "tokens_seen": meta.get("tokens_seen"), **meta["target"]}
-    out_file = Path(out_file).expanduser().resolve()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"edgegen_drafter": json.dumps(info, sort_keys=True)})
-    publish_file(tmp, out_file)
-    return out_file
+    from edgegen.export.finetune import write_pack
+
+    return write_pack(tensors, out_file, "edgegen_drafter", info)
 
 
 def frequent_tokens(run_dir: Path, vocab_size: int, n: int, tokenizer: Path | None = None) -> np.ndarray:

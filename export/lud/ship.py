@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
-from edgegen.files import owned_tempdir, publish_file
+from edgegen.files import owned_tempdir
 
 PACK_FORMAT = "edgegen-lud/1"  # placeholder rows only
 PACK_FORMAT_LORA = "edgegen-lud/2"  # + LoRA adapters: tensors "lora/<module path>/A" (r, in) and ".../B" (out, r)
@@ -30,7 +30,7 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
     """Store the placeholder rows (fp32) and any LoRA adapters (`dtype`) of `checkpoint` (a ckpt-* folder, or a
     training folder: its latest) in `out_file` with the recipe and the target facts as metadata; atomic."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from edgegen.export.checkpoints import checkpoint_dir
     from edgegen.export.lud.config import LORA_PREFIX
@@ -55,12 +55,9 @@ def pack_lud(checkpoint: str | Path, out_file: str | Path, dtype: str = "float16
             "trainable": meta.get("trainable", "placeholders"), "recipe": meta["recipe"],
             "evals": meta.get("evals", [])[-1:], "tokens_seen": meta.get("tokens_seen"), **meta["target"],
             **({"lora": {**lora, "dtype": dtype}} if lora else {})}
-    out_file = Path(out_file).expanduser().resolve()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"edgegen_lud": json.dumps(info, sort_keys=True)})
-    publish_file(tmp, out_file)
-    return out_file
+    from edgegen.export.finetune import write_pack
+
+    return write_pack(tensors, out_file, "edgegen_lud", info)
 
 
 def _read(packed: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
