@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegen.batch import BatchRequest, read_requests, run_batch
+from edgegen.batch import run_batch
+from edgegen.batch_requests import BatchRequest, read_requests
 from edgegen.errors import EdgegenError
 
 NO_RAY = "import sys; sys.modules['ray'] = None; "  # importing ray raises ImportError from here on
