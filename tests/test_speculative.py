@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import edgegen
 from edgegen.artifacts import default_drafter_model
 from edgegen.errors import EdgegenError
+from edgegen.integrity import sha256_file
 from edgegen.manifest import read_manifest
 
 PROMPTS = [
@@ -72,17 +74,39 @@ def test_sampling_is_seeded_for_speculative(int8_model: Path, fp32_model: Path) 
 
 
 def _copy_model(src: Path, dst: Path) -> Path:
+    """A copy of an exported folder (graphs hard-linked where the file system allows: they are only read)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
     dst.mkdir()
     for item in src.iterdir():
-        (dst / item.name).symlink_to(item) if item.is_dir() else shutil.copy2(item, dst / item.name)
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name, copy_function=link_or_copy)
+        else:
+            shutil.copy2(item, dst / item.name)
     return dst
+
+
+def _rewrite(folder: Path, name: str, text: str) -> None:
+    """Replace ``name`` and its size/sha256 record: another export, not a damaged one."""
+    path = folder / name
+    path.unlink()  # a new file, never one shared with the original folder
+    path.write_text(text)
+    manifest = json.loads((folder / "edgegen.json").read_text())
+    if name in manifest.get("files", {}):
+        manifest["files"][name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    (folder / "edgegen.json").write_text(json.dumps(manifest))
 
 
 def test_mismatched_drafter_is_refused(int8_model: Path, tmp_path: Path) -> None:
     other_vocab = _copy_model(int8_model, tmp_path / "vocab")
     manifest = json.loads((other_vocab / "edgegen.json").read_text())
     manifest["vocab_size"] = 32000
-    (other_vocab / "edgegen.json").write_text(json.dumps(manifest))
+    _rewrite(other_vocab, "edgegen.json", json.dumps(manifest))
     with pytest.raises(EdgegenError, match="vocabulary"):
         edgegen.load(int8_model, backend="onnxruntime", draft=other_vocab)
 
@@ -91,7 +115,7 @@ def test_mismatched_drafter_is_refused(int8_model: Path, tmp_path: Path) -> None
     vocab = tok["model"]["vocab"]
     a, b = list(vocab)[300:302]
     vocab[a], vocab[b] = vocab[b], vocab[a]
-    (other_tokenizer / "tokenizer.json").write_text(json.dumps(tok))
+    _rewrite(other_tokenizer, "tokenizer.json", json.dumps(tok))
     with pytest.raises(EdgegenError, match="another tokenizer"):
         edgegen.load(int8_model, backend="onnxruntime", draft=other_tokenizer)
 
