@@ -32,9 +32,13 @@ def draft() -> None:
 @click.option("--no-export", is_flag=True, help="Do not export the drafter at the end.")
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
+              help="Train on Ray Train (TorchTrainer, data parallel): 'local' or a cluster address (ray extra).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers (with --ray).")
 def draft_train(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, resume: bool,
                 seed: int, threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float,
-                gen_prompts: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> None:
+                gen_prompts: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool,
+                ray_address: str | None, workers: int) -> None:
     """Train a drafter for --target with the FastDraft recipe (resumable)."""
     from edgegen.export.drafter import TrainConfig, train_drafter
 
@@ -43,7 +47,13 @@ def draft_train(target: str, out: str, layers: int, tokens: int | None, steps: i
                       seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, ckpt_minutes=ckpt_minutes,
                       export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
     cfg.validate()
-    summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    if ray_address is not None:
+        from edgegen.export.ray_train import train_drafter_on_ray
+
+        summary = train_drafter_on_ray(cfg, resume=resume, workers=workers, address=ray_address,
+                                       echo=lambda m: click.echo(m, err=True))
+    else:
+        summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     click.echo(f"trained drafter in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s)")
 

@@ -1,6 +1,7 @@
 """Ray, on a local cluster the tests start (2 CPUs, loopback only) and tear down: `edgegen batch --ray` output
-equals the single-process run line for line, and an actor process killed mid-run still leaves every line
-written exactly once."""
+equals the single-process run line for line, an actor process killed mid-run still leaves every line
+written exactly once, and the toy drafter distillation on TorchTrainer with 2 workers ends where the
+one-process run does."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ LINES = [{"prompt": p, "id": k} for k, p in enumerate([
     "Name a river.", "Say hi.", "What is two plus two?", "Name a colour.", "Write a haiku about rain.",
     "What is the capital of France?", "Give me a word that rhymes with cat.", "Count to three."])]
 LINES[3] = {**LINES[3], "temperature": 0.9, "seed": 11}  # seeded sampling: the same draw on every worker
-LOAD = {"threads": 1}
+TOLERANCE = 0.005  # relative, on the final held-out losses: 2 workers average 2 half-batch losses (exact on the
+#                   corpus stage, where every row counts as many positions; close on the generations, where not)
 DEFAULTS = {"max_new_tokens": 5}
 GENERATED = ("index", "id", "text", "token_ids", "finish_reason", "error")
 MARKER = "EDGEGEN_RAY_TEST"  # in the environment of this cluster's processes only
@@ -31,8 +33,8 @@ def records(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def cluster(int8_model: Path) -> Iterator[str]:
-    """A local Ray instance (EDGEGEN_CACHE is set by then: its workers find the default model)."""
+def cluster() -> Iterator[str]:
+    """A local Ray instance on loopback, 2 CPUs; its processes carry a marker in their environment."""
     marker = uuid.uuid4().hex
     os.environ[MARKER] = marker
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -46,10 +48,11 @@ def cluster(int8_model: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def reference(int8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ray-batch")
+    load = {"model": str(int8_model), "threads": 1}
     data = root / "in.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in LINES))
-    run_batch(data, root / "single.jsonl", load_args=LOAD, defaults=DEFAULTS, progress=False)
-    return {"root": root, "input": data, "output": root / "single.jsonl"}
+    run_batch(data, root / "single.jsonl", load_args=load, defaults=DEFAULTS, progress=False)
+    return {"root": root, "input": data, "output": root / "single.jsonl", "load": load}
 
 
 def map_workers(marker: str) -> list[int]:
@@ -68,7 +71,7 @@ def map_workers(marker: str) -> list[int]:
 
 def test_ray_output_equals_single_process(cluster: str, reference: dict[str, Path]) -> None:
     out = reference["root"] / "ray.jsonl"
-    summary = run_batch(reference["input"], out, load_args=LOAD, defaults=DEFAULTS, workers=2, ray="local",
+    summary = run_batch(reference["input"], out, load_args=reference["load"], defaults=DEFAULTS, workers=2, ray="local",
                         progress=False)
     assert (summary.generated, summary.errors) == (len(LINES), 0)
     assert records(out) == records(reference["output"])
@@ -87,7 +90,7 @@ def test_actor_killed_mid_run_every_line_once(cluster: str, reference: dict[str,
         os.kill(pids[0], signal.SIGKILL)
         killed.append((pids[0], record["index"]))
 
-    summary = run_batch(reference["input"], out, load_args=LOAD, defaults=DEFAULTS, workers=2, ray="local",
+    summary = run_batch(reference["input"], out, load_args=reference["load"], defaults=DEFAULTS, workers=2, ray="local",
                         progress=False, on_record=kill_one_actor)
     assert killed and killed[0][1] == 0  # killed after the first of 8 lines: mid-run
     assert killed[0][0] not in map_workers(cluster)
@@ -95,3 +98,39 @@ def test_actor_killed_mid_run_every_line_once(cluster: str, reference: dict[str,
     got = records(out)
     assert [r["index"] for r in got] == list(range(len(LINES)))  # every line once, in order
     assert got == records(reference["output"])
+
+
+def final_losses(run: Path) -> dict[str, float]:
+    """The held-out losses (KL to the target, CE) of every eval set after the last stage: full sets, the same
+    on every rank (a logged training loss is rank 0's half batch only)."""
+    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [e for e in events if e["event"] == "eval"][-1]
+    assert last["label"] == "after distill" and last["global_step"] == 30
+    return {f"{name} {k}": m[k] for name, m in last["sets"].items() for k in ("kl", "ce")}
+
+
+def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_path: Path) -> None:
+    from test_drafter_train import TEXT, _cfg, _tiny_target
+
+    from edgegen.export import checkpoints as ck
+    from edgegen.export.drafter import train_drafter
+    from edgegen.export.ray_train import train_drafter_on_ray
+
+    text_dir = tmp_path / "text"
+    text_dir.mkdir()
+    for i in range(6):
+        (text_dir / f"doc{i}.txt").write_text((TEXT + f" Document {i}. ") * (10 + i))
+    target = _tiny_target(tmp_path / "target")
+    one = tmp_path / "one"
+    train_drafter(_cfg(target, one, text_dir), echo=lambda m: None)
+    two = tmp_path / "two"
+    summary = train_drafter_on_ray(_cfg(target, two, text_dir), resume=False, workers=2, address="local",
+                                   echo=lambda m: None)
+    assert summary["tokens_seen"] == json.loads((one / "summary.json").read_text())["tokens_seen"]
+    a, b = final_losses(one), final_losses(two)
+    assert a.keys() == b.keys() and len(a) == 6  # val_code, val_text, val_gen
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (key, a, b)
+    # the recipe's own checkpoints: the Ray run's last one loads like a one-process run's
+    _, state, meta = ck.load_checkpoint(ck.latest_checkpoint(two))
+    assert meta["global_step"] == 30 and meta["stage_idx"] == 2 and "optimizer" in state
