@@ -96,6 +96,7 @@ class OrderedOutput:
 # --- where the work runs ---------------------------------------------------------------------------------------
 
 _worker_generator: Any = None  # the Generator a pool worker process loaded (one per process)
+_worker_error: EdgegenError | None = None  # why it could not load (raised by every request: one clear error)
 
 
 def _load(load_args: dict[str, Any]) -> Any:
@@ -105,11 +106,16 @@ def _load(load_args: dict[str, Any]) -> Any:
 
 
 def _init_worker(load_args: dict[str, Any]) -> None:
-    global _worker_generator
-    _worker_generator = _load(load_args)
+    global _worker_generator, _worker_error
+    try:
+        _worker_generator = _load(load_args)
+    except EdgegenError as e:  # an initializer's exception would only break the pool ("a process died")
+        _worker_error = e
 
 
 def _worker_generate(request: BatchRequest) -> dict[str, Any]:
+    if _worker_error is not None:
+        raise _worker_error
     return generate_record(_worker_generator, request)
 
 
@@ -157,7 +163,10 @@ def run_batch(input_path: str | Path, output_path: str | Path, *, load_args: dic
                 from edgegen.batch_ray import ray_records
 
                 records = ray_records(todo, load_args or {}, workers, ray)
-            _drain(records, output, summary, len(requests), output.done, progress, on_record)
+            try:
+                _drain(records, output, summary, len(requests), output.done, progress, on_record)
+            finally:
+                records.close()  # type: ignore[attr-defined]  # stop the pool or Ray at once, also on an error
     finally:
         output.close()
     return BatchSummary(lines=len(requests), skipped=output.done, seconds=time.perf_counter() - start, **summary)

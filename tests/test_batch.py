@@ -143,3 +143,13 @@ def test_defaults_and_line_options_merge(tmp_path: Path) -> None:
 def test_help_does_not_import_ray() -> None:
     proc = edgegen("batch", "--help", prelude=NO_RAY)
     assert proc.returncode == 0 and "--ray ADDRESS|local" in proc.stdout, proc.stderr
+
+
+def test_pool_worker_that_cannot_load_is_one_error(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    proc = edgegen("batch", "--input", str(data), "--output", str(tmp_path / "out.jsonl"), "--workers", "2",
+                   "--model", str(tmp_path / "missing"), "--quiet")
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert lines == [f"error: model not found: {tmp_path / 'missing'}"], proc.stderr  # not "a worker died"
+    assert (tmp_path / "out.jsonl").read_text() == ""

@@ -37,7 +37,14 @@ def cluster() -> Iterator[str]:
     """A local Ray instance on loopback, 2 CPUs; its processes carry a marker in their environment."""
     marker = uuid.uuid4().hex
     os.environ[MARKER] = marker
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    for attempt in range(3):  # Ray gives up on its raylet after a fixed 30 s: a busy machine may need another try
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield marker
     finally:
