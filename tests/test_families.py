@@ -128,3 +128,59 @@ def test_models_table_in_the_docs_is_the_generated_one(doc: str) -> None:
 
     text = (Path(__file__).resolve().parents[1] / doc).read_text()
     assert models_table() in text, f"{doc}: paste the output of `edgegen models`"
+
+
+# --- the real Gemma 3 270M, from its GGUF --------------------------------------------------------------
+
+GEMMA_PROMPTS = [("The capital of France is", False), ("def fibonacci(n):\n", False),
+                 ("Photosynthesis is the process", False), ("What is the boiling point of water?", True)]
+
+
+@pytest.fixture(scope="module")
+def gemma3_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M exported from its GGUF at fp32, both formats (kept under EDGEGEN_TEST_CACHE between runs)."""
+    import os
+
+    from test_gguf_tokenizer import gemma_gguf
+
+    from edgegen.export import export_model
+    from edgegen.manifest import is_model_folder
+
+    root = os.environ.get("EDGEGEN_TEST_CACHE")
+    out = (Path(root) / "gemma3-fp32" if root else tmp_path_factory.mktemp("gemma3-fp32")) / "model"
+    if not is_model_folder(out):
+        export_model(gemma_gguf(), out, weights="fp32", quality_gate=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gemma3_hf():
+    import torch
+    from test_gguf_tokenizer import gemma_gguf
+    from transformers import AutoModelForCausalLM
+
+    path = gemma_gguf()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gemma3_270m_gguf_greedy_equals_transformers(gemma3_fp32: Path, gemma3_hf, backend: str) -> None:
+    import torch
+
+    gen = edgegen.load(gemma3_fp32, backend=backend)
+    assert gen.manifest.add_bos and gen.tokenizer.id_to_token(gen.manifest.eos_token_ids[-1]) == "<end_of_turn>"
+    for prompt, chat in GEMMA_PROMPTS:
+        ar = gen.generate(prompt, max_new_tokens=NEW_TOKENS, chat=chat, strategy="ar")
+        ids = ar.prompt_token_ids
+        assert ids[0] == gen.manifest.bos_token_id and ids.count(gen.manifest.bos_token_id) == 1
+        eos = gen.manifest.eos_token_ids
+        with torch.no_grad():
+            out = gemma3_hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        expected = out[0, len(ids):].tolist()
+        expected = expected[:next((i for i, t in enumerate(expected) if t in eos), len(expected))]
+        assert len(ar.token_ids) >= min(32, len(expected))
+        assert ar.token_ids == expected, f"{backend} diverged from transformers on {prompt!r}"
+        lookup = gen.generate(prompt, max_new_tokens=NEW_TOKENS, chat=chat, strategy="prompt-lookup")
+        assert lookup.token_ids == ar.token_ids
