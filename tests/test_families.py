@@ -184,3 +184,21 @@ def test_gemma3_270m_gguf_greedy_equals_transformers(gemma3_fp32: Path, gemma3_h
         assert ar.token_ids == expected, f"{backend} diverged from transformers on {prompt!r}"
         lookup = gen.generate(prompt, max_new_tokens=NEW_TOKENS, chat=chat, strategy="prompt-lookup")
         assert lookup.token_ids == ar.token_ids
+
+
+def test_a_builder_failure_is_one_line_naming_stage_and_model(tmp_path: Path, monkeypatch) -> None:
+    import edgegen.export.onnx as onnx_export
+    from edgegen.export import export_model
+
+    hf = tmp_path / "tiny-llama"
+    hf.mkdir()
+    _tiny_model(FAMILIES[0], hf)
+
+    def broken(*args, **kwargs):
+        raise KeyError("rope_type")
+
+    monkeypatch.setattr(onnx_export, "build_onnx", broken)
+    with pytest.raises(EdgegenError) as e:
+        export_model(hf, tmp_path / "out", formats=("onnx",), weights="fp32", quality_gate=False, progress=False)
+    assert str(e.value) == "build ONNX (fp32) failed for tiny-llama: KeyError: 'rope_type'"
+    assert not (tmp_path / "out").exists()
