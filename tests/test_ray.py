@@ -138,6 +138,10 @@ def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_
     assert a.keys() == b.keys() and len(a) == 6  # val_code, val_text, val_gen
     for key in a:
         assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (key, a, b)
-    # the recipe's own checkpoints: the Ray run's last one loads like a one-process run's
+    # the recipe's own checkpoints: the Ray run's last one is a one-process run's, and resumes in one process
     _, state, meta = ck.load_checkpoint(ck.latest_checkpoint(two))
     assert meta["global_step"] == 30 and meta["stage_idx"] == 2 and "optimizer" in state
+    messages: list[str] = []
+    again = train_drafter(_cfg(target, two, text_dir), resume=True, echo=messages.append)
+    assert any(m.startswith("resumed from ckpt-00000030") for m in messages), messages
+    assert again["tokens_seen"] == summary["tokens_seen"]
