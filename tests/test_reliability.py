@@ -157,6 +157,8 @@ def test_a_waiting_thread_runs_once_the_stream_is_closed(fake: Generator) -> Non
     ({"ignore_eos": 1}, "ignore_eos"),
     ({"strategy": None}, "strategy must be a string"),
     ({"strategy": "telepathy"}, "unknown strategy"),
+    ({"strategy": "superposed", "lm_temperature": float("inf")}, "lm_temperature must be a finite number"),
+    ({"strategy": "superposed", "lm_temperature": 0.0}, "lm_temperature must be a finite number"),
 ])
 def test_bad_generate_arguments(fake: Generator, kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(EdgegenError, match=needle):

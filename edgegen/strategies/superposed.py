@@ -18,6 +18,7 @@ finished drafts are then ranked together and the best k returned.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,8 +100,8 @@ class Superposed(Strategy):
             alpha = PAPER_ALPHA if ngram is not None else 0.0
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if not lm_temperature > 0:
-            raise ValueError(f"lm_temperature must be > 0, got {lm_temperature}")
+        if not 0 < lm_temperature < math.inf:  # inf flattens p_LM to uniform: drafts would ignore the model
+            raise ValueError(f"lm_temperature must be a finite number > 0, got {lm_temperature}")
         self.num_drafts, self.alpha, self.lm_temperature = num_drafts, alpha, lm_temperature
         self.num_candidates = 3 * num_drafts if num_candidates is None else num_candidates
         if self.num_candidates < 1:
