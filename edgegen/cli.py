@@ -54,6 +54,33 @@ def _stats_line(stats: Any) -> str:
             f"{stats.strategy} on {stats.backend}/{stats.device}{drafts}]")
 
 
+def _response_format(json_schema: str | None, json_object: bool) -> dict[str, Any] | None:
+    """The ``response_format`` of ``--json-schema FILE`` / ``--json-object``, its grammar checked before loading."""
+    from pathlib import Path
+
+    from edgegen.grammar import grammar_from_response_format
+
+    if json_schema is not None and json_object:
+        raise EdgegenError("give --json-schema or --json-object, not both")
+    if json_object:
+        response_format: dict[str, Any] = {"type": "json_object"}
+    elif json_schema is not None:
+        try:
+            schema = json.loads(Path(json_schema).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgegenError(f"--json-schema {json_schema}: cannot read it ({e})") from None
+        except json.JSONDecodeError as e:
+            raise EdgegenError(f"--json-schema {json_schema} is not valid JSON: {e}") from None
+        if not isinstance(schema, dict):
+            raise EdgegenError(f"--json-schema {json_schema} must hold a JSON schema object, "
+                               f"not {type(schema).__name__}")
+        response_format = {"type": "json_schema", "json_schema": {"name": Path(json_schema).stem, "schema": schema}}
+    else:
+        return None
+    grammar_from_response_format(response_format)  # a bad schema fails before a model loads
+    return response_format
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgegen")
 def cli() -> None:
@@ -81,25 +108,29 @@ def cli() -> None:
 @click.option("--span", type=int, default=None, help="Placeholders per step (lexical; default: all trained).")
 @click.option("--verified", is_flag=True, help="Check each unit in the next step (lexical; output = AR).")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@click.option("--json-schema", "json_schema", default=None, type=click.Path(dir_okay=False),
+              help="JSON schema file: the output is JSON following it (constrained decoding; the serve extra).")
+@click.option("--json-object", is_flag=True, help="The output is a JSON object (constrained decoding).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
         seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, num_draft_tokens: int | None,
         num_drafts: int | None, alpha: float | None, ngram: str | None, threshold: float | None, span: int | None,
-        verified: bool, raw: bool, as_json: bool) -> None:
+        verified: bool, raw: bool, json_schema: str | None, json_object: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
     from edgegen.arguments import check_generation, prompt_kind
     from edgegen.strategies import Strategy, strategy_type
 
     prompt_kind(prompt)  # bad input fails before a model loads (or exports)
     check_generation(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    response_format = _response_format(json_schema, json_object)
     needs = Strategy if strategy == "auto" else strategy_type(strategy)  # its needs (auto: the defaults, none)
     gen = _load(model if model is not None else needs.default_model, backend, device, profile, draft,
                 embeddings=needs.needs_embeddings)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
-                  **given(num_draft_tokens=num_draft_tokens, num_drafts=num_drafts, alpha=alpha, ngram=ngram,
-                          threshold=threshold, span=span, verified=verified or None))
+                  **given(response_format=response_format, num_draft_tokens=num_draft_tokens, num_drafts=num_drafts,
+                          alpha=alpha, ngram=ngram, threshold=threshold, span=span, verified=verified or None))
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
         return

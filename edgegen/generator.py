@@ -14,16 +14,25 @@ import numpy as np
 from edgegen import runtimes
 from edgegen.arguments import check_bool, check_generation, check_messages, check_text, prompt_kind
 from edgegen.errors import EdgegenError
+from edgegen.grammar import response_format_constraint
 from edgegen.manifest import Manifest
 from edgegen.profiles import DeviceProfile
 from edgegen.results import DraftResult, GenerationResult, GenerationStats
 from edgegen.sampling import Sampler
 from edgegen.stopping import TextOutput
-from edgegen.strategies import DecodeCounters, DecodeRequest, Drafter, RankedDraft, Strategy, make_strategy
+from edgegen.strategies import (
+    STRATEGIES,
+    DecodeCounters,
+    DecodeRequest,
+    Drafter,
+    RankedDraft,
+    Strategy,
+    make_strategy,
+    strategy_type,
+)
 from edgegen.tokenizer import Message, TextTokenizer
 
-AUTO = "auto"  # the default strategy: chosen per call (Generator._strategy_name)
-CONSTRAINED = "ar"  # the one strategy a constraint runs with: it samples every token through the Sampler
+AUTO = "auto"  # the default strategy: chosen per call (Generator._auto_strategy)
 
 
 class _ResultSlot:
@@ -110,7 +119,7 @@ class Generator:
                  temperature: float = 0.0, chat: bool = True, strategy: str = AUTO, *, top_k: int = 0,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
                  stop: str | Sequence[str] = (), ignore_eos: bool = False, constraint: object | None = None,
-                 **options: Any) -> GenerationResult:
+                 response_format: dict[str, Any] | None = None, **options: Any) -> GenerationResult:
         """Generate a completion of ``prompt``: a string, chat messages [{"role", "content"}] or token ids.
 
         ``chat`` applies the model's chat template (a string becomes one user message; token ids are
@@ -121,8 +130,13 @@ class Generator:
         Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
         and ``seed`` (an int >= 0). ``stop``: a string or a list of non-empty strings; a single
         string is one stop string. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
-        ``constraint``: an object the Sampler consults to restrict each next token (constrained
-        decoding); it runs with strategy "ar" ("auto" becomes "ar", other strategies are refused).
+        ``response_format``: the output follows a grammar (constrained decoding with llguidance, the
+        ``serve`` extra), given as OpenAI's {"type": "json_object"} or {"type": "json_schema",
+        "json_schema": {"schema": {...}}}, or edgegen's {"type": "regex", "regex": ...} or
+        {"type": "lark", "lark": ...}; {"type": "text"} or None: unconstrained. ``constraint``: the same
+        from an object of your own (edgegen.sampling.Constraint), one per generation; not both. A
+        constraint runs with "ar", "prompt-lookup" and "speculative" (drafts are checked against
+        it: greedy output is AR's, sampling keeps AR's constrained distribution); others refuse it.
 
         ``strategy="superposed"`` (options num_drafts=3, alpha, ngram, lm_temperature=0.06; see
         strategies/superposed.py) returns ``num_drafts`` completions in ``result.drafts``, best first;
@@ -132,7 +146,7 @@ class Generator:
         """
         with self.stream(prompt, max_new_tokens, temperature, chat, strategy, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
-                         constraint=constraint, **options) as stream:
+                         constraint=constraint, response_format=response_format, **options) as stream:
             for _ in stream:
                 pass
         assert stream.result is not None
@@ -142,7 +156,7 @@ class Generator:
                temperature: float = 0.0, chat: bool = True, strategy: str = AUTO, *, top_k: int = 0,
                top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
                stop: str | Sequence[str] = (), ignore_eos: bool = False, constraint: object | None = None,
-               **options: Any) -> TextStream:
+               response_format: dict[str, Any] | None = None, **options: Any) -> TextStream:
         """Like ``generate`` but yields text pieces as they are final (never half a character).
 
         The returned TextStream's ``result`` is set when iteration ends; ``close()`` it (or use it in a
@@ -154,6 +168,7 @@ class Generator:
                                                          repetition_penalty, seed, stop)
         eos = frozenset() if check_bool("ignore_eos", ignore_eos) else frozenset(self.manifest.eos_token_ids)
         prompt_ids = self._prompt_ids(prompt, check_bool("chat", chat))
+        constraint = self._constraint(constraint, response_format)
         name = self._strategy_name(check_text("strategy", strategy), config.temperature, constraint)
         decoder = make_strategy(name, self._drafter_for(name), **options)
         session = self._session_for(decoder)
@@ -179,13 +194,22 @@ class Generator:
             return self.tokenizer.encode_prompt(check_messages(prompt), chat)  # type: ignore[arg-type]
         return self.tokenizer.encode_prompt(prompt, chat)  # type: ignore[arg-type]
 
-    def _strategy_name(self, strategy: str, temperature: float, constraint: object | None) -> str:
+    def _constraint(self, constraint: object | None, response_format: dict[str, Any] | None) -> object | None:
+        """The generation's constraint: given, or a fresh one for ``response_format``."""
+        if response_format is None:
+            return constraint
         if constraint is not None:
-            if strategy not in (AUTO, CONSTRAINED):
-                raise EdgegenError(f"a constraint runs with strategy '{CONSTRAINED}' only, not '{strategy}'")
-            return CONSTRAINED
-        if strategy != AUTO:
-            return strategy
+            raise EdgegenError("give constraint or response_format, not both")
+        return response_format_constraint(self.folder, self.manifest, response_format)
+
+    def _strategy_name(self, strategy: str, temperature: float, constraint: object | None) -> str:
+        name = self._auto_strategy(temperature) if strategy == AUTO else strategy
+        if constraint is not None and not strategy_type(name).takes_constraint:
+            able = ", ".join(n for n, cls in STRATEGIES.items() if cls.takes_constraint)
+            raise EdgegenError(f"strategy '{name}' cannot follow a constraint (response_format); {able} can")
+        return name
+
+    def _auto_strategy(self, temperature: float) -> str:
         if self.manifest.static_shapes:  # the NPU graph forwards one token at a time after the prompt
             return "ar"
         if self.drafter is not None:

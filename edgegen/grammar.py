@@ -2,13 +2,15 @@
 
 llguidance computes, per step, a bitmask of the tokens that keep the output inside the grammar
 (NumPy API, no torch); ``GrammarConstraint`` hands it to the Sampler as a boolean mask and feeds
-back each picked token. Once the grammar is complete only end-of-sequence tokens are allowed.
+back each token that joins the sequence (``consume``), and rolls back tokens speculative
+decoding only tried (``rollback``). Once the grammar is complete only end-of-sequence tokens are allowed.
 llguidance is an optional dependency (the ``serve`` extra): importing this module does not need it,
 building a constraint does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,14 +51,23 @@ def grammar_from_response_format(response_format: dict[str, Any]) -> str | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise EdgegenError("response_format json_schema needs json_schema.schema (a JSON schema object)")
-        return grammar_from_json_schema(schema)
+        return _checked(grammar_from_json_schema(schema), "JSON schema")
     if kind in ("regex", "lark"):
         matcher = require_llguidance().LLMatcher
         text = response_format.get(kind)
         if not isinstance(text, str) or not text:
             raise EdgegenError(f"response_format {kind} needs '{kind}': a non-empty string")
-        return matcher.grammar_from_regex(text) if kind == "regex" else matcher.grammar_from_lark(text)
+        return _checked(matcher.grammar_from_regex(text) if kind == "regex" else matcher.grammar_from_lark(text), kind)
     raise EdgegenError(f"unknown response_format type '{kind}' (known: text, json_object, json_schema, regex, lark)")
+
+
+def _checked(grammar: str, what: str) -> str:
+    """``grammar`` once llguidance compiled it: a bad schema, regex or Lark text fails here, before any
+    generation (a request's 400, the CLI's one line), not when its first constraint is built."""
+    problem = require_llguidance().LLMatcher.validate_grammar(grammar)
+    if problem and not problem.startswith("WARNING"):
+        raise EdgegenError(f"bad {what}: {' '.join(problem.split())}")
+    return grammar
 
 
 def grammar_from_json_schema(schema: dict[str, Any]) -> str:
@@ -72,12 +83,16 @@ def grammar_from_json_schema(schema: dict[str, Any]) -> str:
 class GrammarConstraint:
     """One sequence's position in a grammar (an llguidance LLMatcher): the sampling Constraint."""
 
-    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> None:
         llg = require_llguidance()
         self._matcher = llg.LLMatcher(tokenizer, grammar, log_level=0)
         if self._matcher.is_error():
             raise EdgegenError(f"bad grammar: {self._matcher.get_error()}")
         self._vocab = vocab_size
+        self._eos = frozenset(eos_token_ids)
+        # per consumed token, whether the matcher counted it: an end-of-sequence token after the grammar
+        # stopped by itself is accepted without being recorded, so rollback must not count it
+        self._counted: list[bool] = []
         self._bitmask = llg.numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
         self._fill = llg.numpy.fill_next_token_bitmask
 
@@ -88,9 +103,23 @@ class GrammarConstraint:
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
         return bits[: self._vocab].view(np.bool_)
 
-    def advance(self, token: int) -> None:
-        if not self._matcher.is_stopped():  # the end-of-sequence token after a complete grammar needs no check
-            self._matcher.consume_token(token)
+    def consume(self, tokens: Sequence[int]) -> int:
+        tokens = [int(t) for t in tokens]
+        n = 0 if self._matcher.is_stopped() else self._matcher.try_consume_tokens(tokens)
+        self._check()
+        self._counted.extend([True] * n)
+        while n < len(tokens) and tokens[n] in self._eos and self._matcher.is_stopped():
+            self._counted.append(False)
+            n += 1
+        return n
+
+    def rollback(self, n: int) -> None:
+        if n > len(self._counted):
+            raise EdgegenError(f"constrained decoding failed: rollback of {n} tokens, {len(self._counted)} consumed")
+        counted = sum(self._counted[len(self._counted) - n :])
+        del self._counted[len(self._counted) - n :]
+        if counted:
+            self._matcher.rollback(counted)
             self._check()
 
     @property
@@ -112,10 +141,11 @@ class Grammars:
             raise EdgegenError("constrained decoding needs a model with an end-of-sequence token")
         self._tokenizer = llg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_token_ids))
         self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
 
     def constraint(self, grammar: str) -> GrammarConstraint:
         """A fresh constraint (start of the grammar) for one sequence."""
-        return GrammarConstraint(self._tokenizer, grammar, self.vocab_size)
+        return GrammarConstraint(self._tokenizer, grammar, self.vocab_size, self.eos_token_ids)
 
 
 @lru_cache(maxsize=4)

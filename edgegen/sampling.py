@@ -99,17 +99,23 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
 
 
 class Constraint(Protocol):
-    """Restricts which tokens may come next (a grammar): consulted before each pick, told each picked token.
+    """Restricts which tokens may come next (a grammar): one sequence's position in it.
 
-    Once the grammar is complete, ``allowed`` leaves only the end-of-sequence tokens.
+    Consulted before each pick, told each token that joins the sequence, and rolled back when
+    speculative decoding drops tokens it had tried. Once the grammar is complete, ``allowed`` leaves
+    only the end-of-sequence tokens.
     """
 
     def allowed(self) -> np.ndarray:
-        """Boolean mask over the vocabulary (shape (vocab,)) of the tokens the grammar allows next."""
+        """Boolean mask over the vocabulary (shape (vocab,)) of the tokens allowed next."""
         ...
 
-    def advance(self, token: int) -> None:
-        """The token that was picked (always one ``allowed`` returned)."""
+    def consume(self, tokens: Sequence[int]) -> int:
+        """Advance over the longest allowed prefix of ``tokens``; returns its length."""
+        ...
+
+    def rollback(self, n: int) -> None:
+        """Undo the last ``n`` consumed tokens."""
         ...
 
 
@@ -127,7 +133,10 @@ class Sampler:
     """Picks the next token from logits under one SamplingConfig and one random stream.
 
     With a ``constraint``, only the tokens it allows can be picked, and each pick advances it: a
-    constrained Sampler is stateful, so it serves one sequence decoded one token at a time (AR).
+    constrained Sampler is stateful and serves one sequence. Speculative decoding keeps it in step
+    with the sequence: ``admissible`` truncates a draft before verification, ``distribution`` is the
+    constrained p' at the current position, ``advance`` follows each verified token, and a drafter
+    that drafts under the constraint ``admit``s then ``rollback``s its tokens.
     """
 
     def __init__(self, config: SamplingConfig, constraint: Constraint | None = None) -> None:
@@ -143,9 +152,31 @@ class Sampler:
     def pick(self, logits: np.ndarray, history: Sequence[int]) -> int:
         if self.constraint is not None:
             token = self._pick(apply_constraint(logits, self.constraint.allowed()), history)
-            self.constraint.advance(token)
+            self.advance([token])
             return token
         return self._pick(logits, history)
+
+    def admissible(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` the constraint allows in a row (all without one); state unchanged."""
+        if self.constraint is None or not tokens:
+            return len(tokens)
+        n = self.constraint.consume(tokens)
+        self.constraint.rollback(n)
+        return n
+
+    def admit(self, token: int) -> bool:
+        """Advance past ``token`` if the constraint allows it here (always without one); else False, unchanged."""
+        return self.constraint is None or self.constraint.consume([token]) == 1
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        """``tokens`` joined the sequence (each allowed where it stands): move the constraint past them."""
+        if self.constraint is not None and self.constraint.consume(tokens) != len(tokens):
+            raise EdgegenError(f"constrained decoding failed: the grammar refused a token of {list(tokens)}")
+
+    def rollback(self, n: int) -> None:
+        """Undo the last ``n`` tokens advanced or admitted (drafted tokens that were only tried)."""
+        if self.constraint is not None and n:
+            self.constraint.rollback(n)
 
     def _pick(self, logits: np.ndarray, history: Sequence[int]) -> int:
         if self.config.greedy:  # skip building the one-hot vector on the hot path

@@ -35,9 +35,15 @@ class Timed:
         self.steps += 1
         return mask
 
-    def advance(self, token: int) -> None:
+    def consume(self, tokens: list[int]) -> int:
         start = time.perf_counter()
-        self.constraint.advance(token)
+        n = self.constraint.consume(tokens)
+        self.seconds += time.perf_counter() - start
+        return n
+
+    def rollback(self, n: int) -> None:
+        start = time.perf_counter()
+        self.constraint.rollback(n)
         self.seconds += time.perf_counter() - start
 
 

@@ -23,8 +23,12 @@ class _OnlyThese:
     def allowed(self) -> np.ndarray:
         return self.mask
 
-    def advance(self, token: int) -> None:
-        self.seen.append(token)
+    def consume(self, tokens: list[int]) -> int:
+        self.seen.extend(tokens)
+        return len(tokens)
+
+    def rollback(self, n: int) -> None:
+        del self.seen[len(self.seen) - n :]
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=0.9, seed=1),

@@ -10,6 +10,7 @@ from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
 
 class Autoregressive(Strategy):
     name: ClassVar[str] = "ar"
+    takes_constraint: ClassVar[bool] = True  # every token is a Sampler pick
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
         history = list(request.prompt_ids)  # the repetition penalty sees prompt and output

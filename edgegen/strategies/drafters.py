@@ -20,6 +20,12 @@ class Draft:
     tokens: list[int]
     q: np.ndarray | None = None  # (len(tokens), vocab) distributions the tokens were drawn from; None: deterministic
 
+    def prefix(self, n: int) -> Draft:
+        """The draft's first ``n`` tokens (itself when that is all of it)."""
+        if n >= len(self.tokens):
+            return self
+        return Draft(self.tokens[:n], None if self.q is None else self.q[:n])
+
 
 class Drafter(Protocol):
     def begin(self, prompt_ids: list[int]) -> None:
@@ -113,11 +119,14 @@ class ModelDrafter:
             token = int(np.argmax(q)) if sampler.config.greedy else sample(q, sampler.rng)
             if tokens and q.max() < self.confidence:
                 break  # unsure: a short draft wastes less target work than a rejected long one
+            if not sampler.admit(token):
+                break  # under a constraint the drafter's head may hold none of the allowed tokens
             tokens.append(token)
             rows.append(q)
             if len(tokens) == max_tokens or len(context) + len(tokens) >= self.session.max_length:
                 break
             logits = self._feed([token])
+        sampler.rollback(len(tokens))  # drafted tokens join the sequence only once verified
         return Draft(tokens, None if sampler.config.greedy else np.stack(rows))
 
     def update(self, context: list[int], accepted: int) -> None:

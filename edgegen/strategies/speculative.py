@@ -26,8 +26,14 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft,
     accepted draft prefix and one target token (correction or bonus). The target's cache is rolled
     back to that accepted prefix, dropping rejected and ``extra`` rows. Returns (new tokens, the
     ``extra`` rows' logits, the forward's seconds).
+
+    Under a constraint the draft is first cut before its first token the grammar refuses: the target
+    would reject that token for sure (p'(x) = 0), and for a deterministic draft the residual it would
+    draw from is p' itself, what the bonus draw after the cut draft uses (a sampled draft is drawn
+    under the constraint, so it is never cut).
     """
     cached = request.target.position
+    draft = draft.prefix(request.sampler.admissible(draft.tokens))
     logits, seconds = step(request, [history[-1], *draft.tokens, *extra])
     n = len(draft.tokens)
     new = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler)
@@ -43,6 +49,7 @@ class Speculative(Strategy):
     """Speculative decoding with any Drafter (a FastDraft model, prompt lookup, ...)."""
 
     name: ClassVar[str] = "speculative"
+    takes_constraint: ClassVar[bool] = True
     drafts_rows: ClassVar[bool] = True  # verifies the draft in one forward: its rows must equal one-row forwards
 
     @classmethod

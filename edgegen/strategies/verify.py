@@ -6,6 +6,10 @@ draft token is accepted, draw a bonus token from p. p and q are the *fully proce
 (sampling.distribution). Greedy configs make p one-hot at the argmax, and a deterministic drafter
 (prompt lookup, greedy drafting) has one-hot q, so the rule becomes "accept while the draft equals
 the target's argmax, then take the argmax": lossless and token-identical to AR greedy.
+
+Under a constraint (a grammar) the Sampler masks every row by the constraint's state after the
+tokens before it, so p is the constrained p' of AR, and each token that joins the sequence advances
+the constraint: acceptance and the residual follow p', and the output is constrained AR's.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ def verify(target_logits: np.ndarray, draft: Sequence[int], q: np.ndarray | None
     """
     context = list(history)
     for i, x in enumerate(draft):
-        p = sampler.distribution(target_logits[i], context)
+        p = sampler.distribution(target_logits[i], context)  # under a constraint: p' at this row's state
         replacement = accept_or_resample(p, None if q is None else q[i], x, sampler.rng)
         if replacement is not None:
+            sampler.advance([replacement])
             return [*draft[:i], replacement]
+        sampler.advance([x])
         context.append(x)
     return [*draft, sampler.pick(target_logits[len(draft)], context)]
