@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import click
+
 
 def given(**values: Any) -> dict[str, Any]:
     """The options the user set: those left at None (click's 'not given') are dropped, so the API's
@@ -19,3 +21,25 @@ def given(**values: Any) -> dict[str, Any]:
 def command_line() -> str:
     """The command as typed (recorded in benchmark reports)."""
     return " ".join(["edgegen", *sys.argv[1:]])
+
+
+def training_options(f: Any) -> Any:
+    """The options every fine-tuning recipe's ``train`` command shares (the skeleton in export/finetune.py);
+    each recipe adds its own (budget, sequence length, learning rate, data)."""
+    for option in reversed([
+        click.option("--target", default="default", show_default=True,
+                     help="'default', an exported edgegen folder, an HF folder or a .gguf."),
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Training folder (checkpoints, logs)."),
+        click.option("--steps", type=int, default=None, help="Optimizer steps (instead of --tokens)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--threads", type=int, default=1, show_default=True, help="torch threads."),
+        click.option("--batch-size", type=int, default=4, show_default=True),
+        click.option("--ckpt-minutes", type=float, default=5.0, show_default=True),
+        click.option("--no-export", is_flag=True, help="Do not export the trained model at the end."),
+        click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]):
+        f = option(f)
+    return f

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgegen.cli_common import training_options
+
 
 @click.group()
 def draft() -> None:
@@ -11,27 +13,16 @@ def draft() -> None:
 
 
 @draft.command("train")
-@click.option("--target", default="default", show_default=True,
-              help="'default', an exported edgegen folder, an HF folder or a .gguf.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Training folder (checkpoints, logs).")
+@training_options
 @click.option("--layers", type=int, default=2, show_default=True, help="Drafter depth.")
 @click.option("--tokens", type=int, default=None, help="Training tokens over all stages (default 1M).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps over all stages (instead of --tokens).")
 @click.option("--stage", type=click.Choice(["pretrain", "distill", "all"]), default="all", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
 @click.option("--init", "init", type=click.Choice(["first", "spread"]), default="first", show_default=True,
               help="Target layers that seed the drafter: the first N or evenly spaced (first..last).")
 @click.option("--pretrain-frac", type=float, default=0.5, show_default=True, help="Budget share of stage 1 (all).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--seq-len", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--gen-prompts", type=int, default=240, show_default=True, help="Stage-2 prompts (x3 temperatures).")
-@click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
-@click.option("--no-export", is_flag=True, help="Do not export the drafter at the end.")
-@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Train on Ray Train (TorchTrainer, data parallel): 'local' or a cluster address (ray extra).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers (with --ray).")

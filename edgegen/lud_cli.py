@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgegen.cli_common import command_line
+from edgegen.cli_common import command_line, training_options
 
 
 @click.group()
@@ -15,23 +15,15 @@ def lud() -> None:
 
 
 @lud.command("train")
-@click.option("--target", default="default", show_default=True,
-              help="'default', an exported edgegen folder, an HF folder or a .gguf.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Training folder (checkpoints, logs).")
+@training_options
 @click.option("--span", type=int, default=4, show_default=True, help="Placeholders trained (m, the most a step uses).")
 @click.option("--unit-threshold", type=float, default=0.6, show_default=True,
               help="A token joins a lexical unit when the target's probability of it exceeds this.")
 @click.option("--tokens", type=int, default=None, help="Real tokens to train on (default 400k).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps (instead of --tokens).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--seq-len", type=int, default=192, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--gen-prompts", type=int, default=48, show_default=True, help="Prompts the target answers (x3 temps).")
 @click.option("--gen-share", type=float, default=0.5, show_default=True, help="Share of batches from generations.")
-@click.option("--ckpt-minutes", type=float, default=5.0, show_default=True)
 @click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: start/end).")
 @click.option("--trainable", default="placeholders", show_default=True,
               help="placeholders: their embedding rows only (AR output unchanged); lora: + LoRA adapters on the top "
@@ -45,9 +37,6 @@ def lud() -> None:
 @click.option("--guard-weight", type=float, default=1.0, show_default=True,
               help="Weight of the placeholder ids' probability at ordinary rows.")
 @click.option("--max-blocks", type=int, default=24, show_default=True, help="Placeholder blocks per sequence.")
-@click.option("--no-export", is_flag=True, help="Do not export the tuned model at the end.")
-@click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check of the export.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: int | None, steps: int | None,
               resume: bool, seed: int, threads: int, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
               gen_share: float, ckpt_minutes: float, eval_every: int, trainable: str, lora_rank: int,
