@@ -63,7 +63,12 @@ def test_default_lud_identities(cache_root: Path, int8_model: Path) -> None:
         ar = lud.generate(prompt, max_new_tokens=48, chat=chat)
         if same_rows:  # placeholder rows only: ordinary rows are the base's, AR output of tuned and base agree
             assert base.generate(prompt, max_new_tokens=48, chat=chat).token_ids == ar.token_ids
-        verified = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", verified=True)
+        adaptive = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", verified=True)
+        assert adaptive.token_ids == ar.token_ids
+        # gained counts the fixed-span run (all placeholders every step): the adaptive count follows measured forward
+        # times, so on a busy machine it may offer none at the few steps where a placeholder is confident
+        verified = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", verified=True,
+                                adaptive=False)
         assert verified.token_ids == ar.token_ids
         assert lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", threshold=1.0).token_ids \
             == ar.token_ids
