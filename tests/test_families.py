@@ -164,6 +164,7 @@ def gemma3_hf():
 
 
 @pytest.mark.slow
+@pytest.mark.real_gemma
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gemma3_270m_gguf_greedy_equals_transformers(gemma3_fp32: Path, gemma3_hf, backend: str) -> None:
     import torch

@@ -87,6 +87,7 @@ def _sentencepiece_reference(vocab: GGUFVocab):
 
 
 @pytest.mark.slow  # reads a 250 MB GGUF and derives 262k merges
+@pytest.mark.real_gemma
 def test_gemma_tokenizer_matches_sentencepiece(gemma) -> None:
     vocab, tok = gemma
     reference = _sentencepiece_reference(vocab)
@@ -106,6 +107,7 @@ def test_gemma_tokenizer_matches_sentencepiece(gemma) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.real_gemma
 def test_gemma_chat_template_renders_like_transformers(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
