@@ -69,3 +69,11 @@ def test_nan_scale_in_a_real_export_is_a_clear_error(int8_model: Path, tmp_path:
     gen = edgegen.load(corrupt, backend="onnxruntime")
     with pytest.raises(EdgegenError, match=CAUSE):
         gen.generate("The capital of France is", max_new_tokens=8, strategy="ar")
+
+
+@pytest.mark.parametrize("strategy", ["ar", "prompt-lookup"])
+def test_broken_prompt_logits_stop_before_the_first_token(strategy: str) -> None:
+    request = DecodeRequest(BrokenLM(np.nan, broken_at=0), [1, 2, 1, 2], Sampler(SamplingConfig()), 20)
+    steps = make_strategy(strategy).decode(request)
+    with pytest.raises(EdgegenError, match=CAUSE):
+        next(steps)  # not token 0 first, then the error

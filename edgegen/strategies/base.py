@@ -113,7 +113,7 @@ def prefill(request: DecodeRequest) -> np.ndarray:
         target.reset()
     with request.counters.timing("prefill_s"):
         logits = target.forward(np.asarray(ids[keep:], np.int64), last_only=True)
-    return logits[-1]
+    return check_finite(logits[-1])  # a corrupt model stops before its first token
 
 
 def check_finite(logits: np.ndarray) -> np.ndarray:
