@@ -207,7 +207,7 @@ def test_numpy_token_ids_are_a_prompt(fake: Generator) -> None:
 
 
 class _Among:
-    """A constraint (sampling.Constraint) that allows a fixed set of tokens and records what it was told."""
+    """A constraint (sampling.Constraint) that allows a fixed set of tokens and records what it consumed."""
 
     def __init__(self, vocab: int, tokens: list[int]) -> None:
         self.mask = np.zeros(vocab, bool)
@@ -217,18 +217,28 @@ class _Among:
     def allowed(self) -> np.ndarray:
         return self.mask
 
-    def advance(self, token: int) -> None:
-        self.seen.append(token)
+    def consume(self, tokens: list[int]) -> int:
+        n = next((i for i, t in enumerate(tokens) if not self.mask[t]), len(tokens))
+        self.seen.extend(tokens[:n])
+        return n
+
+    def rollback(self, n: int) -> None:
+        del self.seen[len(self.seen) - n:]
 
 
-def test_a_constraint_reaches_the_sampler_and_runs_with_ar_only(fake: Generator) -> None:
+def test_a_constraint_reaches_the_sampler_and_only_strategies_that_take_one_run(fake: Generator) -> None:
     allowed = [40, 41, 42]
-    constraint = _Among(fake.manifest.vocab_size, allowed)
-    r = fake.generate("Hello", max_new_tokens=6, constraint=constraint)  # auto: ar
-    assert r.stats.strategy == "ar" and r.token_ids == constraint.seen and set(r.token_ids) <= set(allowed)
-    for strategy in ("prompt-lookup", "speculative", "superposed"):
-        with pytest.raises(EdgegenError, match="strategy 'ar' only"):
-            fake.generate("Hello", max_new_tokens=4, strategy=strategy, constraint=constraint)
+    chosen = {}
+    for strategy in ("auto", "ar", "prompt-lookup"):
+        constraint = _Among(fake.manifest.vocab_size, allowed)
+        r = fake.generate("Hello", max_new_tokens=6, strategy=strategy, constraint=constraint)
+        assert r.token_ids == constraint.seen and set(r.token_ids) <= set(allowed), strategy
+        chosen[strategy] = r.stats.strategy
+    assert chosen["auto"] == "prompt-lookup"  # greedy and constrained: auto still drafts from the context
+    for strategy in ("superposed", "lexical"):
+        with pytest.raises(EdgegenError, match="cannot follow a constraint"):
+            fake.generate("Hello", max_new_tokens=4, strategy=strategy,
+                          constraint=_Among(fake.manifest.vocab_size, allowed))
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
