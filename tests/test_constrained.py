@@ -112,6 +112,7 @@ def lookup_then_model() -> Speculative:
     return Speculative(drafter, num_draft_tokens=2, adaptive=False)
 
 
+@pytest.mark.slow  # 6000 runs per config (~30 s each): the full suite runs them
 @pytest.mark.parametrize("config", [SamplingConfig(temperature=1.0),
                                     SamplingConfig(temperature=1.2, top_p=0.8, repetition_penalty=1.3)],
                          ids=["plain", "top-p+penalty"])
