@@ -215,3 +215,23 @@ def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, voc
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     return folder
+
+
+class AllowedSet:
+    """A sampling.Constraint that allows a fixed set of tokens and records the tokens it consumed."""
+
+    def __init__(self, vocab: int, tokens: list[int]) -> None:
+        self.mask = np.zeros(vocab, bool)
+        self.mask[tokens] = True
+        self.seen: list[int] = []
+
+    def allowed(self) -> np.ndarray:
+        return self.mask
+
+    def consume(self, tokens: list[int]) -> int:
+        n = next((i for i, t in enumerate(tokens) if not self.mask[t]), len(tokens))
+        self.seen.extend(tokens[:n])
+        return n
+
+    def rollback(self, n: int) -> None:
+        del self.seen[len(self.seen) - n :]

@@ -7,28 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import AllowedSet
 
 from edgegen.errors import EdgegenError
 from edgegen.sampling import Sampler, SamplingConfig
-
-
-class _OnlyThese:
-    """A constraint allowing a fixed set of tokens, recording what it was told."""
-
-    def __init__(self, vocab: int, tokens: list[int]) -> None:
-        self.mask = np.zeros(vocab, bool)
-        self.mask[tokens] = True
-        self.seen: list[int] = []
-
-    def allowed(self) -> np.ndarray:
-        return self.mask
-
-    def consume(self, tokens: list[int]) -> int:
-        self.seen.extend(tokens)
-        return len(tokens)
-
-    def rollback(self, n: int) -> None:
-        del self.seen[len(self.seen) - n :]
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=5, top_p=0.9, seed=1),
@@ -36,7 +18,7 @@ class _OnlyThese:
 def test_constrained_sampler_picks_only_allowed_tokens_and_advances(config: SamplingConfig) -> None:
     rng = np.random.default_rng(0)
     allowed = [3, 17, 40]
-    constraint = _OnlyThese(64, allowed)
+    constraint = AllowedSet(64, allowed)
     sampler = Sampler(config, constraint)
     picks = []
     for _ in range(50):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_generator import fake_generator
+from fakes import AllowedSet
 
 import edgegen
 from edgegen import EdgegenError
@@ -200,37 +201,16 @@ def test_a_str_stop_is_one_stop_string(fake: Generator) -> None:
 
 
 def test_numpy_token_ids_are_a_prompt(fake: Generator) -> None:
-    import numpy as np
 
     ids = [5, 6, 7]
     assert fake.generate(np.array(ids), max_new_tokens=4).token_ids == fake.generate(ids, max_new_tokens=4).token_ids
-
-
-class _Among:
-    """A constraint (sampling.Constraint) that allows a fixed set of tokens and records what it consumed."""
-
-    def __init__(self, vocab: int, tokens: list[int]) -> None:
-        self.mask = np.zeros(vocab, bool)
-        self.mask[tokens] = True
-        self.seen: list[int] = []
-
-    def allowed(self) -> np.ndarray:
-        return self.mask
-
-    def consume(self, tokens: list[int]) -> int:
-        n = next((i for i, t in enumerate(tokens) if not self.mask[t]), len(tokens))
-        self.seen.extend(tokens[:n])
-        return n
-
-    def rollback(self, n: int) -> None:
-        del self.seen[len(self.seen) - n:]
 
 
 def test_a_constraint_reaches_the_sampler_and_only_strategies_that_take_one_run(fake: Generator) -> None:
     allowed = [40, 41, 42]
     chosen = {}
     for strategy in ("auto", "ar", "prompt-lookup"):
-        constraint = _Among(fake.manifest.vocab_size, allowed)
+        constraint = AllowedSet(fake.manifest.vocab_size, allowed)
         r = fake.generate("Hello", max_new_tokens=6, strategy=strategy, constraint=constraint)
         assert r.token_ids == constraint.seen and set(r.token_ids) <= set(allowed), strategy
         chosen[strategy] = r.stats.strategy
@@ -238,7 +218,7 @@ def test_a_constraint_reaches_the_sampler_and_only_strategies_that_take_one_run(
     for strategy in ("superposed", "lexical"):
         with pytest.raises(EdgegenError, match="cannot follow a constraint"):
             fake.generate("Hello", max_new_tokens=4, strategy=strategy,
-                          constraint=_Among(fake.manifest.vocab_size, allowed))
+                          constraint=AllowedSet(fake.manifest.vocab_size, allowed))
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
