@@ -8,7 +8,6 @@ parsed back out of the label, which is only the row's name in the table.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +71,6 @@ def edgegen_spec(folder: Path, backend: str | None, weights: str, strategy: str 
     return EngineSpec(label, "edgegen", backend, weights, Path(folder), strategy, dict(options), model)
 
 
-def supports_consistent_rows() -> bool:
-    """Whether ``edgegen.load`` still offers the padded single-row path (the 2-row AR token reference)."""
-    import edgegen
-
-    return "consistent_rows" in inspect.signature(edgegen.load).parameters
-
-
 class EdgegenEngine:
     """One edgegen strategy on one backend, greedy, exactly ``new_tokens`` tokens (EOS ignored).
 
@@ -96,8 +88,6 @@ class EdgegenEngine:
         load_args = {key: options.pop(key) for key in ("consistent_rows", "draft") if key in options}
         if spec.strategy != "speculative":
             load_args.pop("draft", None)
-        if not supports_consistent_rows():  # gone from load(): every step computes its rows alike
-            load_args.pop("consistent_rows", None)
         self._gen = edgegen.load(spec.folder, backend=spec.backend, device=device, **load_args)
         self.backend = self._gen.backend
         self._options = options

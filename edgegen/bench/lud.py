@@ -8,8 +8,8 @@ take-turns loop and clock as ``edgegen bench``), taking turns on every prompt:
 - ``lexical-t<threshold>-m<span>``: unverified LUD, for each threshold and span asked for (the number of
   placeholders adapts per step, up to the span); ``-fixed``: the first pair with all m placeholders every step;
 - ``verified-t<threshold>-m<span>``: the verified mode at the first threshold and span (identical tokens to AR
-  of the tuned model; where ``edgegen.load`` still offers padded single-row steps (``consistent_rows``),
-  ``ar-tuned-2row`` runs them and is the token reference, else ``ar-tuned`` is).
+  of the tuned model, ``ar-tuned``: every step computes its rows alike; a report of an older run with a
+  padded ``ar-tuned-2row`` engine takes that as the reference).
 
 Several tuned models can be compared in one run (``--model`` repeated, e.g. the placeholder-only and the LoRA
 recipe): their engines are then named ``<label>:<engine>`` (label: ``LABEL=PATH``, else the model's
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine, supports_consistent_rows
+from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine
 from edgegen.bench.quality import fp32_session, perplexity, until_eos
 from edgegen.bench.report import write_report
 from edgegen.bench.runner import Prompt, encode_prompts, folder_weights, load_prompts, prepare_folder, timed_runs
@@ -70,8 +70,7 @@ def fp32_base() -> Path:
 
 def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thresholds: Sequence[float],
               spans: Sequence[int], verified: bool) -> list[EngineSpec]:
-    """ar-base, then per tuned model: ar-tuned, ar-tuned-2row (verified runs, padded steps where load() offers
-    them), lexical per threshold and span,
+    """ar-base, then per tuned model: ar-tuned, lexical per threshold and span,
     the first pair with a fixed span, and verified at the first pair."""
     weights = folder_weights(base)
 
@@ -79,13 +78,9 @@ def lud_specs(base: Path, tuned: Sequence[tuple[str, Path]], backend: str, thres
         pre = f"{model}:" if len(tuned) > 1 and model != BASE else ""
         return edgegen_spec(folder, backend, weights, strategy, label=pre + label, model=model, **options)
 
-    padded = supports_consistent_rows()  # else every step computes its rows alike: AR is the token reference
-    one_row = {"consistent_rows": False} if padded else {}
-    specs = [spec("ar-base", base, BASE, **one_row)]
+    specs = [spec("ar-base", base, BASE)]  # every step computes its rows alike: AR is the token reference
     for model, folder in tuned:
-        specs.append(spec("ar-tuned", folder, model, **one_row))
-        if verified and padded:
-            specs.append(spec("ar-tuned-2row", folder, model, consistent_rows=True))
+        specs.append(spec("ar-tuned", folder, model))
         for t in thresholds:
             for m in spans:
                 specs.append(spec(f"lexical-t{t:g}-m{m}", folder, model, "lexical", threshold=t, span=m))

@@ -208,24 +208,21 @@ def timed_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], prompts: Seque
 def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path | None = None,
                   note: Callable[[str], None] = print, **options: object) -> list[EngineSpec]:
     """edgegen's engines on ``folder``: the headline (``edgegen.load()`` + the default strategy), then per backend
-    whose graph the folder has: AR (one-row steps, the speed reference) and, for a drafting ``strategy``,
-    AR with consistent rows on ONNX Runtime (its token reference) and the strategy itself."""
+    whose graph the folder has: AR (the speed and token reference: every step computes its rows alike) and,
+    for a drafting ``strategy``, the strategy itself."""
     from edgegen import runtimes
-    from edgegen.bench.engines import DEFAULT_STRATEGY, edgegen_spec, supports_consistent_rows
+    from edgegen.bench.engines import DEFAULT_STRATEGY, edgegen_spec
 
     graphs = read_manifest(folder).graphs
     specs = [edgegen_spec(folder, None, weights, DEFAULT_STRATEGY)]
-    padded = supports_consistent_rows()
     for backend in EDGEGEN_BACKENDS:
         fmt = runtimes.graph_format(backend)
         if fmt not in graphs:
             note(f"edgegen on {backend}: {folder} has no {fmt} graph, skipped")
             continue
-        specs.append(edgegen_spec(folder, backend, weights, **({"consistent_rows": False} if padded else {})))
+        specs.append(edgegen_spec(folder, backend, weights))
         if strategy == "ar":
             continue
-        if padded and backend == "onnxruntime":  # OpenVINO's rows agree anyway
-            specs.append(edgegen_spec(folder, backend, weights, consistent_rows=True))
         extra = {"draft": draft} if strategy == "speculative" else {}
         specs.append(edgegen_spec(folder, backend, weights, strategy, **extra, **options))
     return specs

@@ -1,7 +1,7 @@
 """Decode strategies, registered by name.
 
 Each strategy class says what it needs (``multi_draft``, ``needs_embeddings``, ``default_model``,
-``drafts_rows``: see base.Strategy) and builds itself from the loaded draft model's drafter (or None)
+``takes_constraint``: see base.Strategy) and builds itself from the loaded draft model's drafter (or None)
 and its options (``Strategy.build``).
 """
 

@@ -70,7 +70,6 @@ class Strategy(Protocol):
     multi_draft: ClassVar[bool] = False  # returns several ranked drafts (a MultiDraftStrategy)
     needs_embeddings: ClassVar[bool] = False  # feeds input embeddings (the session must be loaded for them)
     default_model: ClassVar[str | None] = None  # the model it needs when the caller names none
-    drafts_rows: ClassVar[bool] = False  # forwards several rows per step: needs row-consistent kernels
     takes_constraint: ClassVar[bool] = False  # keeps a sampling constraint (a grammar) in step with its output
 
     @classmethod

@@ -54,7 +54,6 @@ class Lexical(Strategy):
 
     name: ClassVar[str] = "lexical"
     default_model: ClassVar[str | None] = "default-lud"  # the base model has no trained placeholders
-    drafts_rows: ClassVar[bool] = True  # placeholders (and verified units) are extra rows of a forward
 
     def __init__(self, threshold: float | None = None, span: int | None = None, verified: bool = False,
                  repetition_control: bool = True, adaptive: bool = True) -> None:

@@ -50,7 +50,6 @@ class Speculative(Strategy):
 
     name: ClassVar[str] = "speculative"
     takes_constraint: ClassVar[bool] = True
-    drafts_rows: ClassVar[bool] = True  # verifies the draft in one forward: its rows must equal one-row forwards
 
     @classmethod
     def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
