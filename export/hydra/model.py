@@ -1,0 +1,107 @@
+"""The Hydra heads in torch, for training: the same computation as the NumPy runtime (edgegen/heads.py),
+vectorised over every position of a batch (teacher forcing: head k at position t reads the sequence's own
+tokens t+1..t+k, as at decoding time it reads the tokens drafted before it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+
+
+def head_embedding(teacher: Any, vocab: np.ndarray) -> Any:
+    """(V + 1, d) float32: the target's embedding rows of ``vocab``, then the unknown token's row (the mean
+    of the other tokens' rows). The target must tie its embedding and LM head (the rows score the heads)."""
+    import torch
+
+    if not getattr(teacher.config, "tie_word_embeddings", False):
+        raise EdgegenError("Hydra heads need a target whose LM head is its embedding (tie_word_embeddings)")
+    full = teacher.get_input_embeddings().weight.detach().float()
+    keep = torch.as_tensor(np.asarray(vocab), dtype=torch.long)
+    rest = torch.ones(full.shape[0], dtype=torch.bool)
+    rest[keep] = False
+    unknown = full[rest].mean(0, keepdim=True) if bool(rest.any()) else torch.zeros(1, full.shape[1])
+    return torch.cat([full[keep], unknown]).contiguous()
+
+
+def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self, d: int, v: int) -> None:
+            super().__init__()
+            self.w_in = nn.Linear(2 * d, d)
+            self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+            self.bias = nn.Parameter(torch.zeros(v))
+            with torch.no_grad():  # start as "the state so far" plus a small random read of the token
+                self.w_in.weight[:, :d].copy_(torch.eye(d))
+                self.w_in.weight[:, d:].mul_(0.1)
+                self.w_in.bias.zero_()
+                for b in self.blocks:
+                    b.weight.zero_()  # each block starts as the identity (Medusa's ResBlock init)
+                    b.bias.zero_()
+
+        def forward(self, state: Any, tok_emb: Any) -> Any:
+            x = self.w_in(torch.cat([state, tok_emb], dim=-1))
+            for b in self.blocks:
+                x = x + nn.functional.silu(b(x))
+            return x
+
+    class Heads(nn.Module):
+        """K heads over the frozen reduced embedding ``embed`` (V + 1, d; the unknown row last)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("embed", embed.float().contiguous(), persistent=False)
+            d, v = embed.shape[1], embed.shape[0] - 1
+            self.heads = nn.ModuleList(Head(d, v) for _ in range(num_heads))
+
+        def forward(self, hidden: Any, token_idx: Any) -> list[Any]:
+            """hidden (B, W, d), token_idx (B, W) head indices of the sequence's tokens; returns per head k
+            (1-based) the logits (B, W - k, V) of positions t < W - k (the label is the target's next token
+            at position t + k)."""
+            W = hidden.shape[1]
+            out_w = self.embed[:-1]
+            state, logits = hidden, []
+            for k, head in enumerate(self.heads, start=1):
+                if W - k < 1:
+                    break
+                state = head(state[:, :W - k], self.embed[token_idx[:, k:]])
+                logits.append(state @ out_w.T + head.bias)
+            return logits
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return Heads()
+
+
+def pack_tensors(model: Any) -> dict[str, Any]:
+    """The trained tensors under the names the runtime reads (heads.{k}.w_in, .b_in, .blocks.{j}.w/.b, .bias)."""
+    out = {}
+    for k, head in enumerate(model.heads):
+        out[f"heads.{k}.w_in"] = head.w_in.weight.detach()
+        out[f"heads.{k}.b_in"] = head.w_in.bias.detach()
+        for j, b in enumerate(head.blocks):
+            out[f"heads.{k}.blocks.{j}.w"] = b.weight.detach()
+            out[f"heads.{k}.blocks.{j}.b"] = b.bias.detach()
+        out[f"heads.{k}.bias"] = head.bias.detach()
+    return out
+
+
+def load_tensors(model: Any, tensors: dict[str, Any]) -> None:
+    """Put :func:`pack_tensors`-named tensors (a checkpoint's) back into ``model``; EdgegenError on a mismatch."""
+    import torch
+
+    own = pack_tensors(model)
+    if set(own) != set(tensors):
+        raise EdgegenError(f"heads checkpoint does not fit the model (missing {sorted(set(own) - set(tensors))[:3]}, "
+                           f"unknown {sorted(set(tensors) - set(own))[:3]})")
+    with torch.no_grad():
+        for name, t in own.items():
+            if tuple(t.shape) != tuple(tensors[name].shape):
+                raise EdgegenError(f"heads weight {name} has shape {tuple(tensors[name].shape)}, expected "
+                                   f"{tuple(t.shape)}")
+            t.copy_(tensors[name].to(t.dtype))
