@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -10,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, decoders
 
@@ -26,6 +28,13 @@ _TEMPLATE_FILE = "<template>"  # the file name jinja2 gives a template's compile
 
 def _raise(message: str) -> None:
     raise TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """transformers' tojson: plain json.dumps (jinja2's own escapes HTML and sorts keys, so a tool list
+    would render differently from what the model was trained on)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -92,25 +101,31 @@ class TextTokenizer:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise EdgegenError(f"cannot read the tokenizer {path}: {reason}") from None
         self._template = None
+        self.chat_template: str | None = None  # the template's source (serve reads how it handles tools)
         template = Path(folder) / manifest.chat_template if manifest.chat_template else None
         if template is not None and template.is_file():
             # Same environment settings transformers uses, so templates render identically.
-            env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
             env.globals.update(raise_exception=_raise, strftime_now=lambda f: datetime.now().strftime(f))
+            env.filters["tojson"] = _tojson
             try:
-                self._template = env.from_string(template.read_text(encoding="utf-8"))
+                self.chat_template = template.read_text(encoding="utf-8")
+                self._template = env.from_string(self.chat_template)
             except (TemplateError, UnicodeDecodeError) as e:
                 raise EdgegenError(f"chat template {template} is invalid: {e}") from None
         bos = manifest.bos_token_id
         self.bos_token = self._tok.id_to_token(bos) if bos is not None else ""
         self.eos_token = self._tok.id_to_token(manifest.eos_token_ids[0]) if manifest.eos_token_ids else ""
 
-    def render_chat(self, messages: Sequence[Message]) -> str:
+    def render_chat(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text of ``messages``; ``tools`` (OpenAI/HF tool dicts) go to the template as ``tools``."""
         if self._template is None:
             raise EdgegenError(f"model '{self.manifest.name}' has no chat template: use raw mode")
+        extra = {"tools": tools} if tools is not None else {}
         try:
             return _bounded_render(self._template.generate(messages=list(messages), add_generation_prompt=True,
-                                                           bos_token=self.bos_token, eos_token=self.eos_token))
+                                                           bos_token=self.bos_token, eos_token=self.eos_token,
+                                                           **extra))
         except TemplateError as e:
             raise EdgegenError(f"chat template failed: {e}") from None
         except (RecursionError, MemoryError, ArithmeticError, TypeError, ValueError) as e:
@@ -128,12 +143,13 @@ class TextTokenizer:
             ids = [bos, *ids]
         return ids
 
-    def encode_prompt(self, prompt: str | Sequence[Message], chat: bool) -> list[int]:
+    def encode_prompt(self, prompt: str | Sequence[Message], chat: bool,
+                      tools: list[dict[str, Any]] | None = None) -> list[int]:
         if isinstance(prompt, str):
             if not chat:
                 return self.encode(prompt)
             prompt = [{"role": "user", "content": prompt}]
-        return self.encode(self.render_chat(prompt))
+        return self.encode(self.render_chat(prompt, tools))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)

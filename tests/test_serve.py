@@ -92,6 +92,19 @@ def _events(text: str) -> list[Any]:
     return out
 
 
+def _streamed_calls(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool calls of a streamed answer, its deltas merged by index as OpenAI's clients do (the first
+    delta of a call has its id, type and name, later ones add to its arguments)."""
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for delta in chunk["choices"][0]["delta"].get("tool_calls", []):
+            call = calls.setdefault(delta["index"], {"function": {"name": "", "arguments": ""}})
+            call.update({k: delta[k] for k in ("id", "type") if k in delta})
+            call["function"]["name"] += delta.get("function", {}).get("name", "")
+            call["function"]["arguments"] += delta.get("function", {}).get("arguments", "")
+    return [calls[i] for i in sorted(calls)]
+
+
 def _error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -149,7 +162,7 @@ def test_serve_command_line_errors_are_one_line() -> None:
 def test_tool_and_request_checks_need_no_model() -> None:
     from edgegen.serve.errors import ApiError
     from edgegen.serve.protocol import parse_chat
-    from edgegen.serve.tools import parse_call
+    from edgegen.serve.tool_formats import HERMES, Call
 
     request = parse_chat({"messages": ASK, "tools": [WEATHER, TIME], "tool_choice": "auto", "n": 2, "seed": 3,
                           "stop": "x", "top_k": 5, "max_completion_tokens": 9})
@@ -167,9 +180,9 @@ def test_tool_and_request_checks_need_no_model() -> None:
         with pytest.raises(ApiError) as error:
             parse_chat(bad)
         assert error.value.status == 400 and error.value.param
-    call = parse_call('<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>')
-    assert call is not None and json.loads(call["function"]["arguments"]) == {"zone": "UTC"}
-    assert parse_call('<tool_call>{"name": "get_time", "argu') is None  # cut by max_tokens: not a call
+    _, calls = HERMES.parse('<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>')
+    assert calls == [Call("get_time", {"zone": "UTC"})]
+    assert HERMES.parse('<tool_call>{"name": "get_time", "argu')[1] == []  # cut by max_tokens: not a call
 
 
 # -- in process --------------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def test_tool_calls_follow_the_tool_schema(client: TestClient, stream: bool) -> 
             "temperature": 0, "tools": [WEATHER, TIME], "tool_choice": choice, "stream": stream})
         if stream:
             chunks = _events(response.text)[:-1]
-            calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls", [])]
+            calls = _streamed_calls(chunks)
             finish = chunks[-1]["choices"][0]["finish_reason"]
             assert all(chunk["choices"][0]["delta"].get("content") in (None, "") for chunk in chunks)
         else:

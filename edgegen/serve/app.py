@@ -51,6 +51,7 @@ def create_app(generator: Any, max_queue: int = 8, model_id: str | None = None) 
     ], exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan)
     app.state.generator = generator
+    app.state.tools = tools.model_tools(generator.tokenizer)
     app.state.engine = engine
     app.state.model_id = model_id or generator.manifest.name
     app.state.created = int(time.time())
@@ -112,12 +113,12 @@ async def _generate(request: Request, parsed: GenerationRequest) -> Response:
     _check_model(request, parsed.model)
     state = request.app.state
     gen = state.generator
-    grammar = tools.grammar(parsed.tools) if parsed.tools is not None else parsed.grammar
-    plan = generation.make_plan(gen, parsed, grammar)
+    grammar = tools.grammar(parsed.tools, state.tools) if parsed.tools is not None else parsed.grammar
+    plan = generation.make_plan(gen, parsed, grammar, state.tools)
     job = state.engine.submit(lambda job: generation.run(gen, plan, job))
     watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
-    shaper = Shaper(parsed.messages is not None, state.model_id, parsed.sampling.n, parsed.tools,
-                    parsed.include_usage)
+    calls = state.tools.format if parsed.tools is not None else None
+    shaper = Shaper(parsed.messages is not None, state.model_id, parsed.sampling.n, calls, parsed.include_usage)
     try:
         first = await job.next()  # waits in the queue; a request that fails its checks ends here
         if first is END:

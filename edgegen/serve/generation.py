@@ -14,7 +14,7 @@ from edgegen.errors import EdgegenError
 from edgegen.serve.engine import Job
 from edgegen.serve.errors import ApiError, bad_param
 from edgegen.serve.protocol import GenerationRequest
-from edgegen.serve.tools import with_tools
+from edgegen.serve.tools import ModelTools, chat_inputs
 
 SUPERPOSED = "superposed"
 
@@ -48,10 +48,11 @@ class Plan:
     superposed: bool  # the n choices are one superposed pass's drafts
 
 
-def make_plan(gen: Any, request: GenerationRequest, grammar: str | None) -> Plan:
-    """Tokenize the prompt and check it fits the context; a bad request is an ApiError."""
+def make_plan(gen: Any, request: GenerationRequest, grammar: str | None, tools: ModelTools) -> Plan:
+    """Tokenize the prompt (a chat with the model's tool handling) and check it fits the context; a bad
+    request is an ApiError."""
     try:
-        prompt_ids = _prompt_ids(gen, request)
+        prompt_ids = _prompt_ids(gen, request, tools)
     except EdgegenError as e:
         raise bad_param("messages" if request.messages is not None else "prompt", str(e)) from None
     s = request.sampling
@@ -73,10 +74,10 @@ def make_plan(gen: Any, request: GenerationRequest, grammar: str | None) -> Plan
     return Plan(prompt_ids, options, grammar, s.n, superposed)
 
 
-def _prompt_ids(gen: Any, request: GenerationRequest) -> list[int]:
+def _prompt_ids(gen: Any, request: GenerationRequest, tools: ModelTools) -> list[int]:
     if request.messages is not None:
-        messages = with_tools(request.messages, request.tools) if request.tools else request.messages
-        return gen.tokenizer.encode_prompt(messages, chat=True)
+        messages, specs = chat_inputs(request.messages, request.tools, tools)
+        return gen.tokenizer.encode_prompt(messages, chat=True, tools=specs)
     if isinstance(request.prompt, str):
         return gen.tokenizer.encode(request.prompt)
     ids = list(request.prompt or [])

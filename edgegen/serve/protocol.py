@@ -14,7 +14,7 @@ from typing import Any
 from edgegen.errors import EdgegenError
 from edgegen.grammar import grammar_from_response_format
 from edgegen.serve.errors import bad_param, unsupported
-from edgegen.serve.tools import ToolPlan, parse_tools
+from edgegen.serve.tools import ToolPlan, parse_tools, request_calls
 
 MAX_N = 16
 MAX_STOP = 16
@@ -45,7 +45,7 @@ class GenerationRequest:
     sampling: Sampling
     stream: bool
     include_usage: bool
-    messages: list[dict[str, str]] | None = None  # chat: template-ready messages
+    messages: list[dict[str, Any]] | None = None  # chat: template-ready messages
     prompt: str | list[int] | None = None  # completions: text or token ids
     grammar: str | None = None  # response_format's llguidance grammar
     tools: ToolPlan | None = None
@@ -153,9 +153,9 @@ def _content(value: Any, where: str) -> str:
     raise bad_param(where, f"{where} must be a string or a list of text parts")
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    from edgegen.serve.tools import call_text
-
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Template-ready messages (HF's convention): role and content; an assistant's ``tool_calls`` with
+    their arguments decoded; a tool result's ``tool_call_id`` and ``name``."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_param("messages", "messages must be a non-empty list of {role, content} objects")
@@ -166,12 +166,14 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             raise bad_param(where, f"{where} must be an object with a role in {', '.join(ROLES)}")
         role = "system" if message["role"] == "developer" else message["role"]
         calls = message.get("tool_calls") if role == "assistant" else None
-        content = "" if message.get("content") is None and calls else _content(message.get("content"), where)
-        if calls:  # an earlier tool call, written back the way the model was told to write it
-            if not isinstance(calls, list):
-                raise bad_param(f"{where}.tool_calls", "tool_calls must be a list")
-            content += "".join(call_text(call, f"{where}.tool_calls") for call in calls)
-        out.append({"role": role, "content": content})
+        if calls:  # an earlier turn's calls: the content may be null
+            content = None if message.get("content") is None else _content(message["content"], where)
+            out.append({"role": role, "content": content, "tool_calls": request_calls(calls, f"{where}.tool_calls")})
+            continue
+        entry: dict[str, Any] = {"role": role, "content": _content(message.get("content"), where)}
+        if role == "tool":
+            entry.update({k: message[k] for k in ("tool_call_id", "name") if isinstance(message.get(k), str)})
+        out.append(entry)
     return out
 
 

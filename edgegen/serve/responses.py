@@ -6,77 +6,78 @@ import time
 import uuid
 from typing import Any
 
-from edgegen.serve import tools
 from edgegen.serve.generation import Finished, Piece
-from edgegen.serve.tools import ToolPlan
+from edgegen.serve.tool_formats import ToolFormat
+from edgegen.serve.tools import CallReader
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # edgegen's reasons -> OpenAI's
 
 
 class _Choice:
-    """One choice's text as it grows. With tools, an answer that is (or may become) a call is held
-    back: a call is complete JSON only at its end, where it becomes ``tool_calls``."""
+    """One choice's text as it grows. With tools, its text goes through a CallReader: a call is sent as
+    ``tool_calls`` once complete, text that is (or may become) a call is held back."""
 
-    def __init__(self, plan: ToolPlan | None) -> None:
-        self._plan = plan
+    def __init__(self, fmt: ToolFormat | None) -> None:
         self.text = ""
-        self._sent = 0  # characters of text already streamed as content
         self.tokens = 0
         self.finish: str | None = None
-        self.call: dict[str, Any] | None = None
+        self.reader = CallReader(fmt) if fmt is not None else None
 
-    def push(self, piece: str) -> str:
-        """Add text; the content that may be streamed now."""
+    def push(self, piece: str) -> tuple[str, list[dict[str, Any]]]:
+        """Add text: the content that may be streamed now, and the calls it completed."""
         self.text += piece
-        if self._plan is not None and tools.may_be_call(self.text):
-            return ""
-        new, self._sent = self.text[self._sent :], len(self.text)
-        return new
+        return self.reader.push(piece) if self.reader is not None else (piece, [])
 
-    def end(self, event: Finished) -> None:
+    def end(self, event: Finished) -> tuple[str, list[dict[str, Any]]]:
+        """The answer is complete: content not streamed yet and calls not sent yet."""
         self.tokens, self.finish = event.tokens, FINISH.get(event.finish_reason, "stop")
-        if self._plan is not None and tools.may_be_call(self.text):
-            self.call = tools.parse_call(self.text)
-            if self.call is not None:
-                self.finish = "tool_calls"
+        if self.reader is None:
+            return "", []
+        rest, calls = self.reader.end()
+        if self.reader.calls:
+            self.finish = "tool_calls"
+        return rest, calls
 
-    def rest(self) -> str:
-        """Content not streamed yet, once ended (a held-back answer that is not a complete call)."""
-        if self.call is not None:
-            return ""
-        new, self._sent = self.text[self._sent :], len(self.text)
-        return new
+    @property
+    def content(self) -> str | None:
+        return self.reader.content if self.reader is not None else self.text
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return self.reader.calls if self.reader is not None else []
 
 
 class Shaper:
     """Builds one request's response (chat or text completion) from its events."""
 
-    def __init__(self, chat: bool, model: str, n: int, plan: ToolPlan | None, include_usage: bool = False) -> None:
+    def __init__(self, chat: bool, model: str, n: int, calls: ToolFormat | None, include_usage: bool = False) -> None:
+        """``calls``: the model's tool-call format when the request has tools (its answers are read for calls)."""
         self.chat, self.model, self.include_usage = chat, model, include_usage
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.choices = [_Choice(plan) for _ in range(n)]
+        self.choices = [_Choice(calls) for _ in range(n)]
         self.prompt_tokens = 0
 
     # -- streaming ---------------------------------------------------------------------------------
     def chunks(self, event: Piece | Finished) -> list[dict[str, Any]]:
-        """Stream chunks for one event."""
+        """Stream chunks for one event (OpenAI's shape: a call as a delta with its index, id and name, then
+        one with its arguments)."""
         choice = self.choices[event.index]
-        if isinstance(event, Piece):
-            first = choice.text == "" and self.chat
-            content = choice.push(event.text)
-            if not content and not first:
-                return []
-            delta = {"role": "assistant", "content": content} if first else {"content": content}
-            return [self._chunk(event.index, delta if self.chat else content, None)]
-        choice.end(event)
+        first = choice.text == "" and self.chat
+        content, calls = choice.push(event.text) if isinstance(event, Piece) else choice.end(event)
         out = []
-        if rest := choice.rest():
-            out.append(self._chunk(event.index, {"content": rest} if self.chat else rest, None))
-        if choice.call is not None:
-            call = {"index": 0, **choice.call}
-            out.append(self._chunk(event.index, {"tool_calls": [call]}, None))
-        out.append(self._chunk(event.index, {} if self.chat else "", choice.finish))
+        if content or (first and isinstance(event, Piece)):
+            delta = {"role": "assistant", "content": content} if first else {"content": content}
+            out.append(self._chunk(event.index, delta if self.chat else content, None))
+        for call in calls:
+            k = choice.calls.index(call)
+            head = {"index": k, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            out.append(self._chunk(event.index, {"tool_calls": [head]}, None))
+            arguments = {"index": k, "function": {"arguments": call["function"]["arguments"]}}
+            out.append(self._chunk(event.index, {"tool_calls": [arguments]}, None))
+        if isinstance(event, Finished):
+            out.append(self._chunk(event.index, {} if self.chat else "", choice.finish))
         return out
 
     def _chunk(self, index: int, delta: Any, finish: str | None) -> dict[str, Any]:
@@ -108,9 +109,9 @@ class Shaper:
         choices = []
         for i, choice in enumerate(self.choices):
             if self.chat:
-                message: dict[str, Any] = {"role": "assistant", "content": None if choice.call else choice.text}
-                if choice.call is not None:
-                    message["tool_calls"] = [choice.call]
+                message: dict[str, Any] = {"role": "assistant", "content": choice.content}
+                if choice.calls:
+                    message["tool_calls"] = choice.calls
                 choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": choice.finish})
             else:
                 choices.append({"index": i, "text": choice.text, "logprobs": None, "finish_reason": choice.finish})

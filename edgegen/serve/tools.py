@@ -1,24 +1,25 @@
-"""Tool calling: the tools shown to the model, a grammar that keeps its calls valid, calls parsed back.
+"""Tool calling: the request's tools, the model's prompt with them, the grammar of its calls, calls read back.
 
-The model is told (in the system message) to answer a call as
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes / Qwen format). The
-grammar (llguidance Lark with embedded JSON schemas) makes such a call the only possible output
-(tool_choice "required" or a named function) or one of two (tool_choice "auto": a call, or plain
-text that does not start with ``<``); the arguments always follow the chosen tool's schema.
-One call per answer (parallel calls are not generated).
+The model's call format (``tool_formats``: Hermes/Qwen, Llama 3 JSON, Mistral, Phi-4-mini, Gemma) is
+detected once per model from its chat template and vocabulary. A template that renders tools (it
+reads ``tools``) gets them as HF does: ``tools`` (a list of {"type": "function", "function": {...}}),
+assistant messages with ``tool_calls`` (arguments as objects), tool results as role "tool" messages.
+Otherwise the format's instructions go in the system message, earlier calls are written in the
+format and tool results become user turns. The grammar (llguidance Lark with embedded JSON schemas)
+makes a call of the format the only possible output (tool_choice "required" or a named function) or
+one of two (tool_choice "auto": a call, or plain text in which no call begins); the arguments always
+follow the chosen tool's schema. One call per answer is generated; the readers take several.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgegen.serve.errors import bad_param
-
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_COMPACT = {"whitespace_flexible": False}  # a small model pads JSON with newlines forever if it may
+from edgegen.serve.tool_formats import Call, Found, ToolFormat, detect, outside
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class ToolPlan:
     def callable(self) -> list[Tool]:
         """The tools the model may call under this tool_choice."""
         return self.tools if self.choice in ("auto", "required") else [t for t in self.tools if t.name == self.choice]
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The callable tools as chat templates take them (OpenAI's / HF's shape)."""
+        return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                  "parameters": t.parameters}} for t in self.callable]
 
 
 def parse_tools(body: dict[str, Any]) -> ToolPlan | None:
@@ -74,65 +80,140 @@ def _tool(tool: Any, where: str) -> Tool:
     return Tool(name, description if isinstance(description, str) else "", parameters)
 
 
-def system_text(plan: ToolPlan) -> str:
-    """What the model is told about the tools (appended to the system message)."""
-    specs = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                               "parameters": t.parameters}} for t in plan.callable]
-    return ("You may call one of these functions. To call one, answer only with a JSON object "
-            f'{{"name": <function name>, "arguments": <arguments object>}} inside {OPEN}{CLOSE} tags.\n'
-            f"<tools>\n{json.dumps(specs)}\n</tools>")
+@dataclass(frozen=True)
+class ModelTools:
+    """How one model takes tools: its call format, whether its template renders them, its special markers."""
+
+    format: ToolFormat
+    template_renders: bool
+    special: dict[str, int] = field(default_factory=dict)  # marker text -> id, for markers that are special tokens
 
 
-def with_tools(messages: list[dict[str, str]], plan: ToolPlan) -> list[dict[str, str]]:
-    """The messages with the tools described in the (first) system message."""
-    text = system_text(plan)
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
+def model_tools(tokenizer: Any) -> ModelTools:
+    """Detect the tool handling of a model from its ``TextTokenizer`` (chat template source, vocabulary)."""
+    backend = tokenizer.backend
+    template = tokenizer.chat_template or ""
+    fmt = detect(template, lambda token: backend.token_to_id(token) is not None)
+    specials = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    markers = {*fmt.call_open, *fmt.call_close}
+    return ModelTools(fmt, re.search(r"\btools\b", template) is not None,
+                      {m: specials[m] for m in markers if m in specials})
 
 
-def grammar(plan: ToolPlan) -> str:
-    """The llguidance Lark grammar of the allowed answers."""
+def chat_inputs(messages: list[dict[str, Any]], plan: ToolPlan | None,
+                model: ModelTools) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages and ``tools`` to render the prompt with (see the module docstring)."""
+    fmt, specs = model.format, plan.specs() if plan is not None else None
+    if model.template_renders and not fmt.system_tools:
+        return messages, specs
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            written = fmt.write([Call(c["function"]["name"], c["function"]["arguments"]) for c in calls])
+            out.append({"role": "assistant", "content": (message.get("content") or "") + written})
+        elif message["role"] == "tool" and not model.template_renders:
+            result = fmt.result.format(content=message["content"])
+            if out and out[-1].get("tool_result"):  # results of one turn's calls: one user turn
+                out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n{result}"}
+            else:
+                out.append({"role": "user", "content": result, "tool_result": True})
+        else:
+            out.append(message)
+    out = [{k: v for k, v in m.items() if k != "tool_result"} for m in out]
+    if specs:
+        out = _with_tools_in_system(out, fmt, specs, model.template_renders)
+    return out, None
+
+
+def _with_tools_in_system(messages: list[dict[str, Any]], fmt: ToolFormat, specs: list[dict[str, Any]],
+                          template_renders: bool) -> list[dict[str, Any]]:
+    """The tools in the (first) system message: as its ``tools`` field for a template that reads them there
+    (Phi-4-mini), else as the format's instructions appended to its text."""
+    first = messages[0] if messages and messages[0]["role"] == "system" else {"role": "system", "content": ""}
+    rest = messages[1:] if first is messages[0] else messages
+    if template_renders:  # system_tools
+        system = {**first, "tools": json.dumps([s["function"] for s in specs])}
+    else:
+        text = fmt.instructions.format(tools=fmt.tool_list(specs))
+        system = {**first, "content": f"{first['content']}\n\n{text}" if first["content"] else text}
+    return [system, *rest]
+
+
+def grammar(plan: ToolPlan, model: ModelTools) -> str:
+    """The llguidance grammar of the allowed answers (checked by llguidance before any generation)."""
     from edgegen.grammar import require_llguidance
 
-    schema = {"anyOf": [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                         "required": ["name", "arguments"], "additionalProperties": False} for t in plan.callable],
-              "x-guidance": _COMPACT}
-    rules = [f'call: "{OPEN}" call_json "{CLOSE}"', f"call_json: %json {json.dumps(schema)}"]
-    if plan.choice == "auto":
-        rules = ["start: call | text", *rules, r"text: /[^<][\s\S]*/"]
-    else:
-        rules = ["start: call", *rules]
-    return require_llguidance().LLMatcher.grammar_from_lark("\n".join(rules) + "\n")
+    matcher = require_llguidance().LLMatcher
+    text = model.format.grammar([(t.name, t.parameters) for t in plan.callable], plan.choice == "auto", model.special)
+    lark = matcher.grammar_from_lark(text)
+    problem = matcher.validate_grammar(lark)
+    if problem and not problem.startswith("WARNING"):
+        raise bad_param("tools", f"a tool's parameters are not a usable JSON schema: {' '.join(problem.split())}")
+    return lark
 
 
-def may_be_call(text: str) -> bool:
-    """Whether ``text`` (an answer's beginning) is, or may still become, a tool call."""
-    return text.startswith(OPEN) or OPEN.startswith(text)
+def openai_call(call: Call, call_id: str) -> dict[str, Any]:
+    """A ``tool_calls`` entry of OpenAI's response."""
+    return {"id": call_id, "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
 
 
-def parse_call(text: str) -> dict[str, Any] | None:
-    """The OpenAI ``tool_calls`` entry of a complete call answer; None when it is not one (cut by length)."""
-    if not (text.startswith(OPEN) and text.rstrip().endswith(CLOSE)):
-        return None
-    try:
-        call = json.loads(text.strip()[len(OPEN) : -len(CLOSE)])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}
+class CallReader:
+    """One answer's text as it grows: the content that may be streamed now, and the calls complete so far.
+
+    Text from where a call begins (or may begin) is held back; a call is sent once it is complete.
+    At the end, a held text that is no complete call is content after all (malformed calls stay text).
+    """
+
+    def __init__(self, fmt: ToolFormat) -> None:
+        self.format = fmt
+        self.text = ""
+        self._sent = 0  # characters of text already streamed as content
+        self.calls: list[dict[str, Any]] = []  # OpenAI tool_calls entries, in order
+        self.content: str | None = None  # the whole content, once ended
+
+    def push(self, piece: str) -> tuple[str, list[dict[str, Any]]]:
+        """Add text: the content to stream now and the calls completed by it."""
+        self.text += piece
+        hold = self.format.hold_from(self.text)
+        if not self.text[:hold].strip():
+            hold = 0  # nothing but blanks before a call: not content
+        new = self.text[self._sent : hold] if hold > self._sent else ""
+        self._sent = max(self._sent, hold)
+        return new, self._new_calls(self.format.scan(self.text, final=False))
+
+    def end(self) -> tuple[str, list[dict[str, Any]]]:
+        """The text is complete: the content not streamed yet and the calls not sent yet."""
+        found = self.format.scan(self.text)
+        self.content = outside(self.text, found)
+        rest = (self.content or "")[self._sent :]
+        return rest, self._new_calls(found)
+
+    def _new_calls(self, found: list[Found]) -> list[dict[str, Any]]:
+        calls = [c for f in found for c in f.calls]
+        new = [openai_call(c, self.format.call_id()) for c in calls[len(self.calls) :]]
+        self.calls.extend(new)
+        return new
 
 
-def call_text(call: Any, where: str) -> str:
-    """An earlier assistant tool call (OpenAI shape) as the model writes it."""
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise bad_param(where, f"{where}: each tool call needs function.name and function.arguments")
-    arguments = function.get("arguments") or "{}"
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError:
-        raise bad_param(where, f"{where}: function.arguments must be a JSON string") from None
-    return f"{OPEN}{json.dumps({'name': function['name'], 'arguments': parsed})}{CLOSE}"
+def request_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls`` (OpenAI shape, arguments a JSON string) with the arguments
+    decoded, as chat templates take them."""
+    if not isinstance(calls, list):
+        raise bad_param(where, "tool_calls must be a list")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_param(where, f"{where}[{i}]: each tool call needs function.name and function.arguments")
+        arguments = function.get("arguments") or "{}"
+        try:
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError:
+            raise bad_param(where, f"{where}[{i}]: function.arguments must be a JSON string") from None
+        if not isinstance(arguments, dict):
+            raise bad_param(where, f"{where}[{i}]: function.arguments must encode a JSON object")
+        out.append({"id": str(call.get("id") or ""), "type": "function",
+                    "function": {"name": function["name"], "arguments": arguments}})
+    return out
