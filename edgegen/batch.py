@@ -7,8 +7,8 @@ its line number (nothing generated). What only generation can tell (a prompt lon
 holds) is recorded on that line as ``{"index", "id", "error"}`` and the run goes on.
 
 Output: ``{"index", "id", "text", "token_ids", "finish_reason", "stats"}`` per line, written in input
-order, each line with one ``write`` on an append-only file. A rerun resumes: the lines already written
-are checked against the input and skipped, and a torn last line (a kill mid-write) is cut off first.
+order into one JSONL file or a folder of JSONL or Parquet shards (batch_output.py). A rerun resumes: what
+was written is checked against the input and skipped (by line, or by shard).
 
 Where the work runs: in this process (one worker), a local pool of worker processes each holding one
 loaded Generator, or Ray Data (batch_ray.py, imported only when asked: the base install never imports Ray).
@@ -16,8 +16,6 @@ loaded Generator, or Ray Data (batch_ray.py, imported only when asked: the base 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from edgegen.batch_output import JsonlOutput, ShardOutput, check_format, open_output
 from edgegen.batch_requests import BatchRequest, generate_record, read_requests
 from edgegen.errors import EdgegenError
 
@@ -42,55 +41,6 @@ class BatchSummary:
     errors: int
     new_tokens: int
     seconds: float
-
-
-# --- output: ordered, append-only, resumable ------------------------------------------------------------------
-
-
-class OrderedOutput:
-    """The output JSONL: records appended in input order, one ``write`` per line; reopening resumes.
-
-    On open, a torn last line (no newline: the process died mid-write) is cut off, and the lines kept
-    must be the first requests of the input (index 0, 1, ... with the same ids), else EdgegenError.
-    """
-
-    def __init__(self, path: str | Path, requests: list[BatchRequest]) -> None:
-        self.path = Path(path)
-        self.done = self._resume(requests)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def _resume(self, requests: list[BatchRequest]) -> int:
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return 0
-        data = self.path.read_bytes()
-        whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(len(whole))
-        lines = whole.decode("utf-8", errors="replace").splitlines()
-        if len(lines) > len(requests):
-            raise EdgegenError(f"{self.path} has {len(lines)} lines but the input only {len(requests)} requests: "
-                               "it is the output of another input")
-        for k, line in enumerate(lines):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise EdgegenError(f"{self.path} line {k + 1} is not JSON: not an edgegen batch output") from None
-            if not isinstance(record, dict) or record.get("index") != k or record.get("id") != requests[k].id:
-                raise EdgegenError(f"{self.path} line {k + 1} is not the record of input request {k}: "
-                                   "the output of another input (remove it or pick another --output)")
-        return len(lines)
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self._fd, line)
-        if written != len(line):  # a short write (disk full): never leave half a line behind
-            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-            raise EdgegenError(f"could not write {self.path} (disk full?)")
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 # --- where the work runs ---------------------------------------------------------------------------------------
@@ -139,19 +89,33 @@ def local_records(requests: list[BatchRequest], load_args: dict[str, Any], worke
 
 def run_batch(input_path: str | Path, output_path: str | Path, *, load_args: dict[str, Any] | None = None,
               defaults: dict[str, Any] | None = None, workers: int = 1, ray: str | None = None,
-              progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
-    """Generate every request of ``input_path`` not yet in ``output_path`` and append its record, in order.
+              output_format: str = "jsonl", shard_rows: int | None = None, progress: bool = True,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
+    """Generate every request of ``input_path`` not yet in ``output_path`` and write its record, in order.
 
     ``load_args``: edgegen.load() arguments each worker loads its Generator with. ``defaults``: generate()
     options for lines that do not set them. ``workers``: generators running at once. ``ray``: None (no
     Ray), "local" (a Ray instance on this machine, or the one already initialized) or a cluster address.
-    ``on_record`` is called with each record once written (tests use it to interrupt a run).
+    ``output_format`` "jsonl" without ``shard_rows``: one JSONL file; else a folder of "jsonl" or "parquet"
+    shards of ``shard_rows`` records (default 1000). ``on_record`` is called with each record once
+    written (tests use it to interrupt a run).
     """
+    check_format(output_format)
+    requests = read_requests(input_path, defaults)
+    return run_requests(requests, output_path, load_args=load_args, workers=workers, ray=ray,
+                        output_format=output_format, shard_rows=shard_rows, progress=progress, on_record=on_record)
+
+
+def run_requests(requests: list[BatchRequest], output_path: str | Path, *, load_args: dict[str, Any] | None = None,
+                 workers: int = 1, ray: str | None = None, output_format: str = "jsonl", shard_rows: int | None = None,
+                 progress: bool = True, desc: str = "batch",
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
+    """run_batch on requests already read (``BatchRequest`` with index 0, 1, ...): what recipes that make their
+    own requests (drafter training data) call. ``desc`` names the progress bar."""
     from edgegen.arguments import check_int
 
     workers = check_int("workers", workers, minimum=1)
-    requests = read_requests(input_path, defaults)
-    output = OrderedOutput(output_path, requests)
+    output = open_output(output_path, requests, output_format, shard_rows)
     todo = requests[output.done:]
     summary = {"generated": 0, "errors": 0, "new_tokens": 0}
     start = time.perf_counter()
@@ -164,7 +128,7 @@ def run_batch(input_path: str | Path, output_path: str | Path, *, load_args: dic
 
                 records = ray_records(todo, load_args or {}, workers, ray)
             try:
-                _drain(records, output, summary, len(requests), output.done, progress, on_record)
+                _drain(records, output, summary, len(requests), output.done, progress, desc, on_record)
             finally:
                 records.close()  # type: ignore[attr-defined]  # stop the pool or Ray at once, also on an error
     finally:
@@ -172,13 +136,14 @@ def run_batch(input_path: str | Path, output_path: str | Path, *, load_args: dic
     return BatchSummary(lines=len(requests), skipped=output.done, seconds=time.perf_counter() - start, **summary)
 
 
-def _drain(records: Iterable[dict[str, Any]], output: OrderedOutput, summary: dict[str, int], total: int,
-           done: int, progress: bool, on_record: Callable[[dict[str, Any]], None] | None) -> None:
+def _drain(records: Iterable[dict[str, Any]], output: JsonlOutput | ShardOutput, summary: dict[str, int],
+           total: int, done: int, progress: bool, desc: str,
+           on_record: Callable[[dict[str, Any]], None] | None) -> None:
     """Write the records as they come, counting them, with a progress bar (lines, tokens/s) on stderr."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    with tqdm(total=total, initial=done, unit="line", desc="batch", disable=not progress, file=sys.stderr,
+    with tqdm(total=total, initial=done, unit="line", desc=desc, disable=not progress, file=sys.stderr,
               dynamic_ncols=True, mininterval=1.0) as bar:
         for record in records:
             output.write(record)

@@ -14,10 +14,16 @@ from edgegen.cli_common import given
               help="JSONL: per line a 'prompt' (text or token ids) or 'messages', an optional 'id' and options "
                    "(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, strategy, chat, "
                    "ignore_eos) that override the ones below.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="JSONL of records in input order; an existing one is resumed (its lines are skipped).")
+@click.option("--output", "output_path", required=True, type=click.Path(),
+              help="JSONL of records in input order, or a folder of shards (--format parquet, --shard-rows); "
+                   "an existing one is resumed (what it holds is skipped).")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
+              show_default=True, help="Records as JSONL, or Parquet shards in the --output folder (needs pyarrow).")
+@click.option("--shard-rows", type=int, default=None,
+              help="Records per shard: --output becomes a folder of shards, each written whole "
+                   "(default with parquet: 1000).")
 @click.option("--model", default=None, help="Exported folder, HF folder or .gguf (default: SmolLM2-135M).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default=None,
               help="Runtime (default: the faster for the device, measured once).")
 @click.option("--device", default=None, help="CPU (default), GPU, NPU, CUDA, DML.")
 @click.option("--profile", default=None, help="Device profile (default: the device's).")
@@ -38,7 +44,7 @@ from edgegen.cli_common import given
 def batch(input_path: str, output_path: str, model: str | None, backend: str | None, device: str | None,
           profile: str | None, draft: str | None, threads: int | None, strategy: str, max_new_tokens: int,
           temperature: float, seed: int | None, raw: bool, workers: int, ray_address: str | None,
-          quiet: bool) -> None:
+          output_format: str, shard_rows: int | None, quiet: bool) -> None:
     """Generate a completion for every line of --input into --output, in order, resumably."""
     from edgegen.arguments import check_int
     from edgegen.batch import run_batch
@@ -50,7 +56,7 @@ def batch(input_path: str, output_path: str, model: str | None, backend: str | N
     defaults = dict(strategy=strategy, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                     chat=not raw)
     s = run_batch(input_path, output_path, load_args=load_args, defaults=defaults, workers=workers,
-                  ray=ray_address, progress=not quiet)
+                  ray=ray_address, output_format=output_format, shard_rows=shard_rows, progress=not quiet)
     rate = f", {s.generated / s.seconds:.2f} lines/s, {s.new_tokens / s.seconds:.1f} tokens/s" if s.generated else ""
     errors = f", {s.errors} with an error field" if s.errors else ""
     click.echo(f"{s.generated} lines generated ({s.skipped} already done) of {s.lines} into {output_path}"

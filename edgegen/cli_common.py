@@ -43,3 +43,23 @@ def training_options(f: Any) -> Any:
     ]):
         f = option(f)
     return f
+
+
+def ray_options(workers_help: str, default: int = 1) -> Any:
+    """``--ray ADDRESS|local`` and ``--workers N``: where a command's work runs (Ray is imported only with --ray)."""
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--workers", type=int, default=default, show_default=True, help=workers_help)(f)
+        return click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
+                            help="Run on Ray: 'local' (a Ray instance on this machine) or a cluster address "
+                                 "(needs the ray extra).")(f)
+
+    return decorate
+
+
+def gendata_options(f: Any) -> Any:
+    """What a recipe's ``gendata`` command adds to its training options: where the target's generations run
+    (a batch job: local worker processes or Ray actors) and how their shards are stored."""
+    f = click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
+                     show_default=True, help="Shards of the generations (parquet needs pyarrow).")(f)
+    return ray_options("Generators running at once: worker processes, or Ray actors with --ray.")(f)

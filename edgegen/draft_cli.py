@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from edgegen.cli_common import training_options
+from edgegen.cli_common import gendata_options, ray_options, training_options
 
 
 @click.group()
@@ -12,41 +14,73 @@ def draft() -> None:
     """Train, pack and export FastDraft drafters (a small model that drafts for a target)."""
 
 
-@draft.command("train")
-@training_options
-@click.option("--layers", type=int, default=2, show_default=True, help="Drafter depth.")
-@click.option("--tokens", type=int, default=None, help="Training tokens over all stages (default 1M).")
-@click.option("--stage", type=click.Choice(["pretrain", "distill", "all"]), default="all", show_default=True)
-@click.option("--init", "init", type=click.Choice(["first", "spread"]), default="first", show_default=True,
-              help="Target layers that seed the drafter: the first N or evenly spaced (first..last).")
-@click.option("--pretrain-frac", type=float, default=0.5, show_default=True, help="Budget share of stage 1 (all).")
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--gen-prompts", type=int, default=240, show_default=True, help="Stage-2 prompts (x3 temperatures).")
-@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
-              help="Train on Ray Train (TorchTrainer, data parallel): 'local' or a cluster address (ray extra).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers (with --ray).")
-def draft_train(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, resume: bool,
-                seed: int, threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float,
-                gen_prompts: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool,
-                ray_address: str | None, workers: int) -> None:
-    """Train a drafter for --target with the FastDraft recipe (resumable)."""
-    from edgegen.export.drafter import TrainConfig, train_drafter
+def recipe_options(f: Any) -> Any:
+    """The FastDraft recipe's options (train and gendata take the same: gendata opens the run train resumes)."""
+    for option in reversed([
+        click.option("--layers", type=int, default=2, show_default=True, help="Drafter depth."),
+        click.option("--tokens", type=int, default=None, help="Training tokens over all stages (default 1M)."),
+        click.option("--stage", type=click.Choice(["pretrain", "distill", "all"]), default="all", show_default=True),
+        click.option("--init", "init", type=click.Choice(["first", "spread"]), default="first", show_default=True,
+                     help="Target layers that seed the drafter: the first N or evenly spaced (first..last)."),
+        click.option("--pretrain-frac", type=float, default=0.5, show_default=True,
+                     help="Budget share of stage 1 (all)."),
+        click.option("--seq-len", type=int, default=256, show_default=True),
+        click.option("--lr", type=float, default=5e-4, show_default=True),
+        click.option("--gen-prompts", type=int, default=240, show_default=True,
+                     help="Stage-2 prompts (x3 temperatures)."),
+    ]):
+        f = option(f)
+    return training_options(f)
+
+
+def _config(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, seed: int,
+            threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
+            ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> Any:
+    from edgegen.export.drafter import TrainConfig
 
     cfg = TrainConfig(target=target, out=out, layers=layers, tokens=tokens, steps=steps, stage=stage, seed=seed,
                       threads=threads, init=init, pretrain_frac=pretrain_frac, batch_size=batch_size,
                       seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, ckpt_minutes=ckpt_minutes,
                       export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
     cfg.validate()
-    if ray_address is not None:
-        from edgegen.export.ray_train import train_drafter_on_ray
+    return cfg
 
-        summary = train_drafter_on_ray(cfg, resume=resume, workers=workers, address=ray_address,
-                                       echo=lambda m: click.echo(m, err=True))
+
+@draft.command("train")
+@recipe_options
+@ray_options("Ray Train workers (with --ray); with --ray, also the Ray Data actors that generate its data.",
+             default=2)
+def draft_train(resume: bool, ray_address: str | None, workers: int, **options: Any) -> None:
+    """Train a drafter for --target with the FastDraft recipe (resumable)."""
+    from edgegen.export.drafter.train import open_run, train_drafter
+
+    cfg = _config(**options)
+    if ray_address is not None:
+        from edgegen.export.ray_train import train_on_ray
+
+        summary = train_on_ray(train_drafter, open_run, cfg, resume=resume, workers=workers, address=ray_address,
+                               echo=lambda m: click.echo(m, err=True))
     else:
         summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     click.echo(f"trained drafter in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s)")
+
+
+@draft.command("gendata")
+@recipe_options
+@gendata_options
+def draft_gendata(resume: bool, ray_address: str | None, workers: int, output_format: str, **options: Any) -> None:
+    """Open the run in --out and build its data (corpus, the target's generations) without training;
+    `edgegen draft train --out ... --resume` then trains on it."""
+    from edgegen.batch_output import check_format
+    from edgegen.export.drafter.gendata import GenWorkers
+    from edgegen.export.drafter.train import open_run
+
+    check_format(output_format)
+    cfg = _config(**options)
+    run = open_run(cfg, resume=resume, echo=lambda m: click.echo(m, err=True),
+                   gen=GenWorkers(workers=workers, ray=ray_address, output_format=output_format))
+    click.echo(f"data built in {run.out}: `edgegen draft train --out {run.out} --resume` trains on it")
 
 
 @draft.command("export")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgegen.cli_common import command_line, training_options
+from edgegen.cli_common import command_line, gendata_options, ray_options, training_options
 
 
 @click.group()
@@ -14,48 +15,86 @@ def lud() -> None:
     """Lexical Unit Decoding: fine-tune placeholder tokens so a model decodes confident multi-token units."""
 
 
-@lud.command("train")
-@training_options
-@click.option("--span", type=int, default=4, show_default=True, help="Placeholders trained (m, the most a step uses).")
-@click.option("--unit-threshold", type=float, default=0.6, show_default=True,
-              help="A token joins a lexical unit when the target's probability of it exceeds this.")
-@click.option("--tokens", type=int, default=None, help="Real tokens to train on (default 400k).")
-@click.option("--seq-len", type=int, default=192, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--gen-prompts", type=int, default=48, show_default=True, help="Prompts the target answers (x3 temps).")
-@click.option("--gen-share", type=float, default=0.5, show_default=True, help="Share of batches from generations.")
-@click.option("--eval-every", type=int, default=0, show_default=True, help="Steps between evaluations (0: start/end).")
-@click.option("--trainable", default="placeholders", show_default=True,
-              help="placeholders: their embedding rows only (AR output unchanged); lora: + LoRA adapters on the top "
-                   "layers, ordinary rows kept on the base by a KL term.")
-@click.option("--lora-rank", type=int, default=16, show_default=True)
-@click.option("--lora-alpha", type=float, default=32.0, show_default=True, help="LoRA scale = alpha / rank.")
-@click.option("--lora-layers", type=int, default=8, show_default=True, help="Top decoder layers that get adapters.")
-@click.option("--lora-lr", type=float, default=1e-3, show_default=True, help="Peak learning rate of the adapters.")
-@click.option("--kl-weight", type=float, default=1.0, show_default=True,
-              help="Weight of KL(base || tuned) at ordinary rows (lora).")
-@click.option("--guard-weight", type=float, default=1.0, show_default=True,
-              help="Weight of the placeholder ids' probability at ordinary rows.")
-@click.option("--max-blocks", type=int, default=24, show_default=True, help="Placeholder blocks per sequence.")
-def lud_train(target: str, out: str, span: int, unit_threshold: float, tokens: int | None, steps: int | None,
-              resume: bool, seed: int, threads: int, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
-              gen_share: float, ckpt_minutes: float, eval_every: int, trainable: str, lora_rank: int,
-              lora_alpha: float, lora_layers: int, lora_lr: float, kl_weight: float, guard_weight: float,
-              max_blocks: int, no_export: bool, no_quality_gate: bool, quiet: bool) -> None:
-    """Fine-tune --target's placeholder rows (and LoRA adapters) on marked lexical units (resumable), export it."""
-    from edgegen.export.lud import LudConfig, train_lud
+def recipe_options(f: Any) -> Any:
+    """The LUD recipe's options (train and gendata take the same: gendata opens the run train resumes)."""
+    for option in reversed([
+        click.option("--span", type=int, default=4, show_default=True,
+                     help="Placeholders trained (m, the most a step uses)."),
+        click.option("--unit-threshold", type=float, default=0.6, show_default=True,
+                     help="A token joins a lexical unit when the target's probability of it exceeds this."),
+        click.option("--tokens", type=int, default=None, help="Real tokens to train on (default 400k)."),
+        click.option("--seq-len", type=int, default=192, show_default=True),
+        click.option("--lr", type=float, default=3e-3, show_default=True),
+        click.option("--gen-prompts", type=int, default=48, show_default=True,
+                     help="Prompts the target answers (x3 temps)."),
+        click.option("--gen-share", type=float, default=0.5, show_default=True,
+                     help="Share of batches from generations."),
+        click.option("--eval-every", type=int, default=0, show_default=True,
+                     help="Steps between evaluations (0: start/end)."),
+        click.option("--trainable", default="placeholders", show_default=True,
+                     help="placeholders: their embedding rows only (AR output unchanged); lora: + LoRA adapters on "
+                          "the top layers, ordinary rows kept on the base by a KL term."),
+        click.option("--lora-rank", type=int, default=16, show_default=True),
+        click.option("--lora-alpha", type=float, default=32.0, show_default=True, help="LoRA scale = alpha / rank."),
+        click.option("--lora-layers", type=int, default=8, show_default=True,
+                     help="Top decoder layers that get adapters."),
+        click.option("--lora-lr", type=float, default=1e-3, show_default=True,
+                     help="Peak learning rate of the adapters."),
+        click.option("--kl-weight", type=float, default=1.0, show_default=True,
+                     help="Weight of KL(base || tuned) at ordinary rows (lora)."),
+        click.option("--guard-weight", type=float, default=1.0, show_default=True,
+                     help="Weight of the placeholder ids' probability at ordinary rows."),
+        click.option("--max-blocks", type=int, default=24, show_default=True,
+                     help="Placeholder blocks per sequence."),
+    ]):
+        f = option(f)
+    return training_options(f)
 
-    cfg = LudConfig(target=target, out=out, span=span, unit_threshold=unit_threshold, tokens=tokens, steps=steps,
-                    seed=seed, threads=threads, batch_size=batch_size, seq_len=seq_len, lr=lr, gen_prompts=gen_prompts,
-                    gen_share=gen_share, ckpt_minutes=ckpt_minutes, eval_every=eval_every, trainable=trainable,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, lora_layers=lora_layers, lora_lr=lora_lr,
-                    kl_weight=kl_weight, guard_weight=guard_weight, max_blocks=max_blocks, export=not no_export,
-                    quality_gate=not no_quality_gate, progress=not quiet)
+
+def _config(no_export: bool, no_quality_gate: bool, quiet: bool, **options: Any) -> Any:
+    from edgegen.export.lud import LudConfig
+
+    cfg = LudConfig(**options, export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
     cfg.validate()
-    summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    return cfg
+
+
+@lud.command("train")
+@recipe_options
+@ray_options("Ray Train workers (with --ray); with --ray, also the Ray Data actors that generate its data.",
+             default=2)
+def lud_train(resume: bool, ray_address: str | None, workers: int, **options: Any) -> None:
+    """Fine-tune --target's placeholder rows (and LoRA adapters) on marked lexical units (resumable), export it."""
+    from edgegen.export.lud.train import open_run, train_lud
+
+    cfg = _config(**options)
+    if ray_address is not None:
+        from edgegen.export.ray_train import train_on_ray
+
+        summary = train_on_ray(train_lud, open_run, cfg, resume=resume, workers=workers, address=ray_address,
+                               echo=lambda m: click.echo(m, err=True))
+    else:
+        summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     model = f"; model {summary['model']}" if "model" in summary else ""
     click.echo(f"trained LUD ({summary['recipe']['trainable']}) in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s){model}")
+
+
+@lud.command("gendata")
+@recipe_options
+@gendata_options
+def lud_gendata(resume: bool, ray_address: str | None, workers: int, output_format: str, **options: Any) -> None:
+    """Open the run in --out and build its data (corpus, the target's generations) without training;
+    `edgegen lud train --out ... --resume` then trains on it."""
+    from edgegen.batch_output import check_format
+    from edgegen.export.drafter.gendata import GenWorkers
+    from edgegen.export.lud.train import open_run
+
+    check_format(output_format)
+    cfg = _config(**options)
+    run = open_run(cfg, resume=resume, echo=lambda m: click.echo(m, err=True),
+                   gen=GenWorkers(workers=workers, ray=ray_address, output_format=output_format))
+    click.echo(f"data built in {run.out}: `edgegen lud train --out {run.out} --resume` trains on it")
 
 
 @lud.command("export")

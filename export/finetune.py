@@ -273,13 +273,14 @@ class FineTune:
     """An opened (or resumed) run: its data, its target (the frozen teacher) and the state a recipe advances.
 
     ``generations``: whether the recipe trains on the target's own generations (they are built once per
-    run). ``state`` holds global_step, tokens_seen, train_seconds, evals and the recipe's own counters.
+    run, as a batch job: ``gen``, a gendata.GenWorkers, says where it runs; None: in this process).
+    ``state`` holds global_step, tokens_seen, train_seconds, evals and the recipe's own counters.
     """
 
     def __init__(self, cfg: Any, *, resume: bool, keep: tuple[str, ...], generations: Callable[[Any], bool],
-                 echo: Callable[[str], None]) -> None:
+                 echo: Callable[[str], None], gen: Any = None) -> None:
         from edgegen.export.drafter.corpus import build_corpus, load_split
-        from edgegen.export.drafter.gendata import build_generations, build_prompts, load_generations
+        from edgegen.export.drafter.gendata import GenWorkers, build_generations, build_prompts, load_generations
         from edgegen.export.drafter.model import load_teacher
         from edgegen.export.drafter.target import resolve_target
 
@@ -308,9 +309,8 @@ class FineTune:
                                     cfg.gen_prompts, cfg.seed,
                                     max_prompt_tokens=max(16, cfg.seq_len - cfg.gen_max_new_tokens))
             t0 = time.perf_counter()
-            gen_dir = build_generations(self.out, self.teacher, prompts, cfg.gen_temperatures, cfg.gen_max_new_tokens,
-                                        cfg.gen_batch, self.eos_ids, self.pad_id, cfg.seed, progress=cfg.progress)
-            self.gen_train, gen_val, self.gen_stats = load_generations(gen_dir, cfg.gen_val_every)
+            gen_dir = build_generations(self.out, self.target.hf_dir, prompts, cfg, gen or GenWorkers())
+            self.gen_train, gen_val, self.gen_stats = load_generations(gen_dir, cfg.gen_val_every, self.eos_ids[0])
             self.gen_stats["build_seconds_this_session"] = round(time.perf_counter() - t0, 1)
             echo(f"target generations: {self.gen_stats}")
             if gen_val:

@@ -122,7 +122,8 @@ def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_
 
     from edgegen.export import checkpoints as ck
     from edgegen.export.drafter import train_drafter
-    from edgegen.export.ray_train import train_drafter_on_ray
+    from edgegen.export.drafter.train import open_run
+    from edgegen.export.ray_train import train_on_ray
 
     text_dir = tmp_path / "text"
     text_dir.mkdir()
@@ -132,8 +133,8 @@ def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_
     one = tmp_path / "one"
     train_drafter(_cfg(target, one, text_dir), echo=lambda m: None)
     two = tmp_path / "two"
-    summary = train_drafter_on_ray(_cfg(target, two, text_dir), resume=False, workers=2, address="local",
-                                   echo=lambda m: None)
+    summary = train_on_ray(train_drafter, open_run, _cfg(target, two, text_dir), resume=False, workers=2,
+                           address="local", echo=lambda m: None)
     assert summary["tokens_seen"] == json.loads((one / "summary.json").read_text())["tokens_seen"]
     a, b = final_losses(one), final_losses(two)
     assert a.keys() == b.keys() and len(a) == 6  # val_code, val_text, val_gen

@@ -1,21 +1,37 @@
-"""Stage-2 data: sequences the TARGET generates (FastDraft's alignment set).
+"""Stage-2 data: sequences the TARGET generates (FastDraft's alignment set; LUD's generated batches).
 
 Prompts are code prefixes cut from the training code files (raw) and instruction prompts (chat-templated
-when the target has a template). Each prompt is sampled at every temperature (0 = greedy) with HF
-`generate` in batches; every batch is written as one shard (atomically), so an interrupted build resumes
-at the next shard and a finished build is reused.
+when the target has a template), as token ids. Each prompt is answered at every temperature (0 = greedy,
+else seeded sampling) by the target's fp32 export on edgegen's own runtime: the generation is a batch job
+(edgegen/batch.py), so it runs in this process, on a local pool of worker processes (``workers``) or on
+Ray Data (``ray``) with the same records, resumably, into shards.
+
+The teacher is the fp32 export of the target's Hugging Face folder (exported once into the edgegen cache,
+keyed by the folder's content): the drafter learns the sequences edgegen's runtime produces for the target,
+greedy outputs token for token, sampled ones from the same distribution (edgegen's sampler, seeded per
+line). Training still scores the sequences with the fp32 torch model, the same weights.
+
+The generic part (``generate_targets``: token-id prompts in, target generations out as batch records,
+``read_sequences``: prompt + generation per record) serves any recipe that distils from the target's
+outputs; ``build_generations`` / ``load_generations`` are the fine-tuning skeleton's use of it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgegen.errors import EdgegenError
+
 GEN_DIR = "gen"
+REQUESTS = "requests.jsonl"  # the batch input: one line per (temperature, prompt)
+RECORDS = "records"  # the batch output: a folder of shards
+TEACHER_RULE = {"weights": "fp32", "formats": ["openvino"]}  # OpenVINO runs every head size; ONNX GQA needs 16k
 
 _TOPICS = [
     "photosynthesis", "the water cycle", "black holes", "supply and demand", "the French Revolution",
@@ -120,96 +136,139 @@ def _chat_renderer(hf_dir: Path):
                                 bos_token="", eos_token="")
 
 
-def build_generations(run_dir: Path, teacher: Any, prompts: list[dict[str, Any]], temperatures: list[float],
-                      max_new_tokens: int, batch: int, eos_ids: list[int], pad_id: int, seed: int,
-                      progress: bool = True) -> Path:
-    """Generate every (prompt, temperature) once into `run_dir/gen/shard-*.npz`; returns the folder."""
-    import torch
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class GenWorkers:
+    """Where the target's generations run and how they are stored: ``workers`` generators at once (local
+    processes, or Ray actors when ``ray`` is "local" or an address), shards as "jsonl" or "parquet"."""
 
-    out = Path(run_dir) / GEN_DIR
-    out.mkdir(exist_ok=True)
-    jobs = [(t, i) for t in temperatures for i in range(len(prompts))]
-    shards = [jobs[k:k + batch] for k in range(0, len(jobs), batch)]
-    done = sum((out / f"shard-{s:05d}.npz").is_file() for s in range(len(shards)))
-    if done == len(shards):
-        return out
-    bar = tqdm(total=len(shards), initial=done, desc="target generations", unit="batch", disable=not progress,
-               dynamic_ncols=True, mininterval=2.0)
-    import time
+    workers: int = 1
+    ray: str | None = None
+    output_format: str = "jsonl"
 
-    t0, made = time.perf_counter(), 0
-    for s, shard in enumerate(shards):
-        path = out / f"shard-{s:05d}.npz"
-        if path.is_file():
+
+def teacher_model(hf_dir: Path, progress: bool = True) -> Path:
+    """The fp32 export of the target's HF folder (OpenVINO graphs), built once into the edgegen cache under
+    a key of the folder's files: every run and worker on this machine reuses it."""
+    from edgegen.artifacts import build_once, cache_dir, input_key
+    from edgegen.export import export_model
+
+    hf_dir = Path(hf_dir)
+    inputs = sorted(p for p in hf_dir.iterdir() if p.suffix == ".safetensors" or p.name in (
+        "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"))
+    out = cache_dir() / "teachers" / f"{hf_dir.name}-{input_key(inputs, TEACHER_RULE)}"
+    return build_once(out, f"the fp32 teacher of {hf_dir}", lambda: export_model(
+        hf_dir, out, formats=TEACHER_RULE["formats"], weights="fp32", quality_gate=False, progress=progress),
+        progress=progress)
+
+
+def generation_requests(prompt_ids: list[list[int]], temperatures: list[float], max_new_tokens: int,
+                        seed: int) -> list[Any]:
+    """One batch request per (temperature, prompt), temperatures outermost: raw token ids, strategy ar,
+    sampled lines seeded from (seed, line) so every worker layout draws the same tokens."""
+    from edgegen.batch_requests import parse_request
+
+    jobs = [(t, i) for t in temperatures for i in range(len(prompt_ids))]
+    return [parse_request(k, {"id": {"prompt": i, "temperature": t}, "prompt": prompt_ids[i], "chat": False,
+                              "strategy": "ar", "temperature": t, "max_new_tokens": max_new_tokens,
+                              "seed": None if t == 0 else seed * 100003 + k}, {})
+            for k, (t, i) in enumerate(jobs)]
+
+
+def generate_targets(prompt_ids: list[list[int]], out_dir: str | Path, *, teacher: str | Path,
+                     temperatures: list[float], max_new_tokens: int, seed: int, threads: int = 1,
+                     shard_rows: int = 16, run: GenWorkers = GenWorkers(), progress: bool = True) -> Any:
+    """Generate every prompt (token ids) at every temperature with ``teacher`` (an exported model folder)
+    into ``out_dir``: ``requests.jsonl`` (the batch input, kept so a rerun checks it asks the same) and
+    ``records/`` (shards of ``shard_rows`` records). Resumes by shard; returns the BatchSummary.
+    ``read_sequences(out_dir)`` gives the prompt + generation pairs."""
+    from edgegen.batch import run_requests
+    from edgegen.batch_output import SHARD_INFO
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    requests = generation_requests(prompt_ids, temperatures, max_new_tokens, seed)
+    text = "".join(r.to_json() + "\n" for r in requests)
+    path = out_dir / REQUESTS
+    if path.is_file() and path.read_text() != text:
+        raise EdgegenError(f"{out_dir} holds the generations of other prompts or settings: pick another folder")
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    records = out_dir / RECORDS
+    fmt = run.output_format
+    info = records / SHARD_INFO
+    if info.is_file():  # the shards already begun decide their format and size
+        saved = json.loads(info.read_text())
+        fmt, shard_rows = saved["format"], saved["rows_per_shard"]
+    return run_requests(requests, records, load_args={"model": str(teacher), "threads": threads},
+                        workers=run.workers, ray=run.ray, output_format=fmt, shard_rows=shard_rows,
+                        progress=progress, desc="target generations")
+
+
+def read_sequences(out_dir: str | Path, eos_id: int | None = None) -> list[dict[str, Any]]:
+    """The generations in ``out_dir`` (generate_targets' folder) in request order: per record without an
+    error, {"prompt", "temperature", "ids": prompt + generation, "prompt_len", "finish_reason"}; a generation
+    that ended on EOS gets ``eos_id`` appended (the runtime drops the EOS token from its output)."""
+    from edgegen.batch_output import read_records
+    from edgegen.batch_requests import BatchRequest
+
+    out_dir = Path(out_dir)
+    if not (out_dir / RECORDS).is_dir():
+        return []  # nothing generated yet
+    requests = [BatchRequest.from_json(line) for line in (out_dir / REQUESTS).read_text().splitlines()]
+    out = []
+    for record in read_records(out_dir / RECORDS):
+        if "error" in record:
             continue
-        temp = shard[0][0]
-        group = [p for p in shard if p[0] == temp]  # jobs are ordered by temperature: a shard may straddle two
-        rest = [p for p in shard if p[0] != temp]
-        rows: list[tuple[int, float, list[int], list[int]]] = []
-        for part in (group, rest):
-            if not part:
-                continue
-            t = part[0][0]
-            torch.manual_seed(seed * 100003 + s)
-            ids_list = [prompts[i]["ids"] for _, i in part]
-            width = max(len(x) for x in ids_list)
-            inp = torch.full((len(part), width), pad_id, dtype=torch.long)
-            att = torch.zeros((len(part), width), dtype=torch.long)
-            for r, x in enumerate(ids_list):
-                inp[r, width - len(x):] = torch.tensor(x)
-                att[r, width - len(x):] = 1
-            kw: dict[str, Any] = {"do_sample": False} if t == 0 else {"do_sample": True, "temperature": t,
-                                                                       "top_k": 0, "top_p": 1.0}
-            with torch.inference_mode():
-                seqs = teacher.generate(input_ids=inp, attention_mask=att, max_new_tokens=max_new_tokens,
-                                        min_new_tokens=1, pad_token_id=pad_id, eos_token_id=eos_ids, **kw)
-            for r, (_, i) in enumerate(part):
-                gen = seqs[r, width:].tolist()
-                for k, tokid in enumerate(gen):
-                    if tokid in eos_ids:
-                        gen = gen[:k + 1]
-                        break
-                rows.append((i, t, prompts[i]["ids"], gen))
-                made += len(gen)
-        _save_shard(path, rows)
-        bar.update(1)
-        bar.set_postfix(tok_s=f"{made / max(time.perf_counter() - t0, 1e-9):.0f}")
-    bar.close()
+        request = requests[record["index"]]
+        gen = list(record["token_ids"]) + ([eos_id] if eos_id is not None and record["finish_reason"] == "eos" else [])
+        out.append({**request.id, "ids": list(request.prompt) + gen, "prompt_len": len(request.prompt),
+                    "finish_reason": record["finish_reason"]})
     return out
 
 
-def _save_shard(path: Path, rows: list[tuple[int, float, list[int], list[int]]]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    flat_p = np.asarray([t for r in rows for t in r[2]], dtype=np.int32)
-    flat_g = np.asarray([t for r in rows for t in r[3]], dtype=np.int32)
-    np.savez(tmp, prompt_index=np.asarray([r[0] for r in rows], dtype=np.int32),
-             temperature=np.asarray([r[1] for r in rows], dtype=np.float32),
-             prompt_len=np.asarray([len(r[2]) for r in rows], dtype=np.int32),
-             gen_len=np.asarray([len(r[3]) for r in rows], dtype=np.int32), prompt_ids=flat_p, gen_ids=flat_g)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def build_generations(run_dir: Path, hf_dir: Path, prompts: list[dict[str, Any]], cfg: Any,
+                      run: GenWorkers = GenWorkers()) -> Path:
+    """The run's target generations (``run_dir/gen``), built once: ``cfg`` gives the temperatures, new tokens,
+    seed, threads and shard size (``gen_batch``); ``run`` where they are generated."""
+    out = Path(run_dir) / GEN_DIR
+    if _legacy_shards(out):
+        return out  # a run begun before generation moved to the runtime: its data is kept
+    generate_targets([p["ids"] for p in prompts], out, teacher=teacher_model(hf_dir, cfg.progress),
+                     temperatures=cfg.gen_temperatures, max_new_tokens=cfg.gen_max_new_tokens, seed=cfg.seed,
+                     threads=cfg.threads, shard_rows=cfg.gen_batch, run=run, progress=cfg.progress)
+    return out
 
 
-def load_generations(gen_dir: Path, val_every: int) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]],
-                                                             dict[str, Any]]:
-    """(train, val, stats): each sequence as (prompt+generation ids, prompt length); every `val_every`-th
-    prompt (all its temperatures) is held out."""
-    train: list[tuple[list[int], int]] = []
-    val: list[tuple[list[int], int]] = []
-    gen_tokens = 0
-    for path in sorted(Path(gen_dir).glob("shard-*.npz")):
-        if path.name.endswith(".tmp.npz"):
-            continue
+def _legacy_shards(gen_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(gen_dir).glob("shard-*.npz") if not p.name.endswith(".tmp.npz"))
+
+
+def _legacy_sequences(gen_dir: Path) -> list[tuple[int, list[int], int]]:
+    """(prompt index, ids, prompt length) of the torch-generated shards of runs begun before (NumPy, no pickle)."""
+    out = []
+    for path in _legacy_shards(gen_dir):
         d = np.load(path)
         po = go = 0
         for idx, pl, gl in zip(d["prompt_index"], d["prompt_len"], d["gen_len"], strict=True):
-            seq = d["prompt_ids"][po:po + pl].tolist() + d["gen_ids"][go:go + gl].tolist()
-            po += int(pl)
-            go += int(gl)
-            gen_tokens += int(gl)
-            (val if val_every > 0 and int(idx) % val_every == 0 else train).append((seq, int(pl)))
-    stats = {"sequences": len(train) + len(val), "train_sequences": len(train), "val_sequences": len(val),
-             "generated_tokens": gen_tokens}
+            out.append((int(idx), d["prompt_ids"][po:po + pl].tolist() + d["gen_ids"][go:go + gl].tolist(), int(pl)))
+            po, go = po + int(pl), go + int(gl)
+    return out
+
+
+def load_generations(gen_dir: Path, val_every: int, eos_id: int | None = None) -> tuple[
+        list[tuple[list[int], int]], list[tuple[list[int], int]], dict[str, Any]]:
+    """(train, val, stats): each sequence as (prompt+generation ids, prompt length); every `val_every`-th
+    prompt (all its temperatures) is held out."""
+    if _legacy_shards(gen_dir):
+        seqs = _legacy_sequences(gen_dir)
+    else:
+        seqs = [(s["prompt"], s["ids"], s["prompt_len"]) for s in read_sequences(gen_dir, eos_id)]
+    train: list[tuple[list[int], int]] = []
+    val: list[tuple[list[int], int]] = []
+    for idx, seq, plen in seqs:
+        (val if val_every > 0 and idx % val_every == 0 else train).append((seq, plen))
+    stats = {"sequences": len(seqs), "train_sequences": len(train), "val_sequences": len(val),
+             "generated_tokens": sum(len(seq) - plen for _, seq, plen in seqs)}
     return train, val, stats

@@ -20,6 +20,7 @@ from edgegen.export.drafter.config import TrainConfig
 from edgegen.export.finetune import FineTune, lr_at
 
 PACKED_NAME = "drafter.safetensors"
+KEEP = ("threads", "progress")  # what a resumed run takes from the command line
 
 
 # --- loss and metrics -------------------------------------------------------------------------------------------
@@ -86,6 +87,13 @@ def evaluate(student: Any, teacher: Any, batches: list[tuple[Any, Any, Any]]) ->
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
+def open_run(cfg: TrainConfig, *, resume: bool, echo: Callable[[str], None], gen: Any = None) -> FineTune:
+    """Open (or resume) the run ``cfg`` and build its data: the corpus and, when a stage distils on them, the
+    target's generations (``gen``: a gendata.GenWorkers saying where they are generated; None: here)."""
+    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, gen=gen,
+                    generations=lambda c: "distill" in [s for s, _ in c.plan()])
+
+
 def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
                   step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg` in `cfg.out`; returns the run summary.
@@ -96,8 +104,7 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
     from edgegen.export.drafter.model import build_student, load_trainable, trainable_state
     from edgegen.export.drafter.ship import export_drafter, pack_drafter
 
-    run = FineTune(cfg, resume=resume, keep=("threads", "progress"), echo=echo,
-                   generations=lambda c: "distill" in [s for s, _ in c.plan()])
+    run = open_run(cfg, resume=resume, echo=echo)
     cfg, state, teacher, target = run.cfg, run.state, run.teacher, run.target
     plan = cfg.plan()  # a resumed run's saved recipe
     state.update(stage_idx=0, stage_step=0)

@@ -36,6 +36,7 @@ from edgegen.export.lud.config import LORA_PREFIX, LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
 
 PACKED_NAME = "lud.safetensors"
+KEEP = ("threads", "progress", "export", "quality_gate")  # what a resumed run takes from the command line
 EVAL_THRESHOLDS = (0.5, 0.7, 0.9)
 
 
@@ -250,6 +251,12 @@ def lora_scale(cfg: LudConfig) -> float:
     return cfg.lora_alpha / cfg.lora_rank
 
 
+def open_run(cfg: LudConfig, *, resume: bool, echo: Callable[[str], None], gen: Any = None) -> FineTune:
+    """Open (or resume) the run ``cfg`` and build its data: the corpus and, when batches come from them, the
+    target's generations (``gen``: a gendata.GenWorkers saying where they are generated; None: here)."""
+    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, gen=gen, generations=lambda c: c.gen_share > 0)
+
+
 def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
               step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the LUD fine-tune described by `cfg` in `cfg.out`; returns the run summary.
@@ -259,8 +266,7 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
 
     from edgegen.export.lud.ship import export_lud, pack_lud
 
-    run = FineTune(cfg, resume=resume, keep=("threads", "progress", "export", "quality_gate"), echo=echo,
-                   generations=lambda c: c.gen_share > 0)
+    run = open_run(cfg, resume=resume, echo=echo)
     cfg, state, model, target = run.cfg, run.state, run.teacher, run.target  # the model is trained in place
     pids = resolve_placeholder_ids(target.hf_dir / "tokenizer.json", target.vocab_size, cfg.span, cfg.placeholder_ids)
     chunks = run.chunks()
@@ -329,12 +335,18 @@ def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], Non
             batch = (gens if use_gen else chunks).batch_at(step)  # type: ignore[union-attr]
             res = lud_batch(model, P, pids, batch, cfg, step_rng, base_off)
             logs: dict[str, float] = {}
+            if res is None and run.parallel.world > 1:
+                # no unit in this rank's rows: a zero loss still takes part in the gradient average and the
+                # step, which every rank must run together
+                res = {"loss": sum(p.sum() for p in trained) * 0.0, "ce": torch.zeros(()), "guard": torch.zeros(()),
+                       "kl": torch.zeros(()), "blocks": 0, "logits": None}
             if res is not None:
                 opt.zero_grad(set_to_none=True)
                 res["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 opt.step()
-                st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,))
+                st = acceptance_stats(res["logits"], res["labels"], res["weights"], cfg.span, (0.7,)) \
+                    if res["logits"] is not None else {"acc_inside": [0.0], "t0.7": {"accepted": 0.0}}
                 logs = {"loss": float(res["loss"].detach()), "ce": float(res["ce"]), "guard": float(res["guard"]),
                         "kl": float(res["kl"]), "acc1": st["acc_inside"][0], "accepted": st["t0.7"]["accepted"]}
                 state["blocks_seen"] += res["blocks"]
