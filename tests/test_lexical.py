@@ -74,10 +74,10 @@ def test_unverified_trusts_confident_wrong_guesses() -> None:
 
 def test_adaptive_stops_appending_useless_placeholders() -> None:
     for verified in (False, True):
-        # each row costs 1 ms: placeholder rows cost more than they give even on a busy machine
-        fixed, cf = _run(Lexical(threshold=0.999, adaptive=False, verified=verified), TinyLexLM(row_s=1e-3),
+        # each row costs 4 ms: placeholder rows cost more than they give even on a busy machine
+        fixed, cf = _run(Lexical(threshold=0.999, adaptive=False, verified=verified), TinyLexLM(row_s=4e-3),
                          PROMPTS[0], n=60)
-        adaptive, ca = _run(Lexical(threshold=0.999, verified=verified), TinyLexLM(row_s=1e-3), PROMPTS[0], n=60)
+        adaptive, ca = _run(Lexical(threshold=0.999, verified=verified), TinyLexLM(row_s=4e-3), PROMPTS[0], n=60)
         assert fixed == adaptive  # nothing passes 0.999: AR tokens either way
         if not verified:
             assert cf.draft_proposed == 3 * cf.target_steps and ca.draft_proposed < cf.draft_proposed / 3

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 
 class DraftLength:
     """Picks each step's draft length from the acceptance history and the measured costs.
@@ -36,13 +34,12 @@ class DraftLength:
         """Predicted seconds of a target forward over ``rows`` rows."""
         if rows in self._forward_s:
             return self._forward_s[rows]
-        counts = sorted(self._forward_s)
-        if len(counts) < 2:  # one measurement: assume each extra row costs a tenth of it
-            base = self._forward_s.get(counts[0], 1.0) if counts else 1.0
-            return base * (1 + 0.1 * (rows - (counts[0] if counts else 1)))
+        if len(self._forward_s) < 2:  # one measurement: assume each extra row costs a tenth of it
+            known = next(iter(self._forward_s), 1)
+            base = self._forward_s.get(known, 1.0)
+            return base * (1 + 0.1 * (rows - known))
         if self._line is None:  # refit once per recorded step, not once per candidate length
-            slope, intercept = np.polyfit(counts, [self._forward_s[c] for c in counts], 1)
-            self._line = (max(float(slope), 0.0), float(intercept))
+            self._line = _fit_line(self._forward_s)
         return max(self._line[1] + self._line[0] * rows, 1e-6)
 
     def choose(self, room: int) -> int:
@@ -70,3 +67,15 @@ class DraftLength:
         if proposed:
             per_token = draft_s / proposed
             self._draft_s = per_token if self._draft_s == 0.0 else 0.8 * self._draft_s + 0.2 * per_token
+
+
+def _fit_line(points: dict[int, float]) -> tuple[float, float]:
+    """Least-squares (slope >= 0, intercept) through {rows: seconds}, in plain floats: called every step,
+    where numpy.polyfit's setup cost more than the decode loop's own work."""
+    n = len(points)
+    mean_x = sum(points) / n
+    mean_y = sum(points.values()) / n
+    sxx = sum((x - mean_x) ** 2 for x in points)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in points.items())
+    slope = sxy / sxx
+    return max(slope, 0.0), mean_y - slope * mean_x

@@ -45,26 +45,36 @@ class PromptLookupDrafter:
     """Copies what followed the most recent earlier occurrence of the context's last n tokens.
 
     Training-free and deterministic (q is one-hot); strong where output repeats input (code edits,
-    summaries, RAG). Tries n = max_ngram down to min_ngram.
+    summaries, RAG). Tries n = max_ngram down to min_ngram. An index from each n-gram to where it last
+    started grows with the context, so a step costs the new tokens, not a scan of the whole context.
     """
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._seen: list[int] = []  # the context indexed so far
+        self._last_start: dict[tuple[int, ...], int] = {}  # n-gram -> its latest start with a token after it
 
     def begin(self, prompt_ids: list[int]) -> None:
-        pass
+        self._seen, self._last_start = [], {}
+
+    def _index(self, context: list[int]) -> None:
+        """Index every n-gram of ``context[:-1]`` (those with a token after them) not indexed yet."""
+        if context[: len(self._seen)] != self._seen:  # not a continuation of what was indexed: start over
+            self.begin(context)
+        done = len(self._seen)
+        for end in range(max(done, 1), len(context)):  # n-grams ending at end - 1, followed by context[end]
+            for n in range(self.min_ngram, min(self.max_ngram, end) + 1):
+                self._last_start[tuple(context[end - n : end])] = end - n
+        self._seen = list(context)
 
     def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
-        ids = np.asarray(context, dtype=np.int64)
-        for n in range(min(self.max_ngram, len(ids) - 1), self.min_ngram - 1, -1):
-            # windows starting at 0 .. len-n-1: every n-gram that has at least one token after it
-            windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)
-            hits = np.flatnonzero((windows == ids[-n:]).all(axis=1))
-            if hits.size:
-                start = int(hits[-1]) + n  # the most recent match
-                return Draft(ids[start : start + max_tokens].tolist())
+        self._index(context)
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            start = self._last_start.get(tuple(context[-n:]))
+            if start is not None:
+                return Draft(context[start + n : start + n + max_tokens])
         return Draft([])
 
     def update(self, context: list[int], accepted: int) -> None:

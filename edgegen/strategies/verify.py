@@ -49,6 +49,8 @@ def verify(target_logits: np.ndarray, draft: Sequence[int], q: np.ndarray | None
     history + draft[:i]. q: (len(draft), vocab) draft distributions, or None if deterministic.
     Returns the accepted draft prefix followed by one target token (the correction or the bonus).
     """
+    if q is None and sampler.config.greedy and sampler.constraint is None:
+        return _verify_greedy(target_logits, draft, history, sampler)
     context = list(history)
     for i, x in enumerate(draft):
         p = sampler.distribution(target_logits[i], context)  # under a constraint: p' at this row's state
@@ -59,3 +61,20 @@ def verify(target_logits: np.ndarray, draft: Sequence[int], q: np.ndarray | None
         sampler.advance([x])
         context.append(x)
     return [*draft, sampler.pick(target_logits[len(draft)], context)]
+
+
+def _verify_greedy(target_logits: np.ndarray, draft: Sequence[int], history: list[int], sampler: Sampler) -> list[int]:
+    """``verify`` for a deterministic draft under unconstrained greedy: accept while the draft is the argmax.
+
+    The general rule gives exactly this (p and q one-hot), without building a one-hot row per token.
+    """
+    penalised = sampler.config.repetition_penalty != 1.0  # only then does a row's pick read its context
+
+    def pick(i: int) -> int:
+        return sampler.pick(target_logits[i], [*history, *draft[:i]] if penalised else history)
+
+    for i, x in enumerate(draft):
+        best = pick(i)
+        if best != x:
+            return [*draft[:i], best]
+    return [*draft, pick(len(draft))]
