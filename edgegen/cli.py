@@ -12,6 +12,7 @@ from edgegen.batch_cli import batch
 from edgegen.cli_common import command_line, given
 from edgegen.draft_cli import draft
 from edgegen.errors import EdgegenError
+from edgegen.heads_cli import heads
 from edgegen.lud_cli import lud
 from edgegen.ngram_cli import ngram
 from edgegen.serve.command import serve
@@ -40,11 +41,11 @@ def _sampling_options(f: Any) -> Any:
 
 
 def _load(model: str | None, backend: str | None, device: str | None, profile: str | None,
-          draft: str | None = None, embeddings: bool = False) -> Any:
+          draft: str | None = None, embeddings: bool = False, draft_device: str | None = None) -> Any:
     import edgegen
 
     return edgegen.load(model=model, backend=backend, device=device, profile=profile, draft=draft,
-                        embeddings=embeddings)
+                        embeddings=embeddings, draft_device=draft_device)
 
 
 def _stats_line(stats: Any) -> str:
@@ -97,12 +98,18 @@ def cli() -> None:
 @click.option("--draft", default=None,
               help="Exported draft model for --strategy speculative ('default': the drafter shipped with the "
                    "default model, used by --strategy speculative when none is given).")
+@click.option("--draft-device", default=None,
+              help="Where the draft model runs (default: the profile's; core-ultra-npu: CPU beside the NPU target).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length (speculative strategies).")
 @click.option("--num-drafts", type=int, default=None, help="Drafts to return (superposed; default 3).")
 @click.option("--alpha", type=float, default=None,
               help="N-gram weight in [0, 1] (superposed; default 0.54 with --ngram, else 0: none).")
 @click.option("--ngram", default=None, type=click.Path(dir_okay=False),
               help="N-gram store file (superposed; default: the model's, built on first use).")
+@click.option("--diversity", type=click.Choice(["lanes", "sample", "distance", "none"]), default=None,
+              help="How superposed drafts are kept apart (default lanes; none: the paper's beam bookkeeping).")
+@click.option("--adaptive", is_flag=True, default=None,
+              help="Superposed: count the prompt and the drafts' own tokens as an n-gram store (with --ngram: on top).")
 @click.option("--threshold", type=float, default=None,
               help="Confidence a placeholder's token needs to join the unit (lexical; default: the model's).")
 @click.option("--span", type=int, default=None, help="Placeholders per step (lexical; default: all trained).")
@@ -114,9 +121,11 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-        seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, num_draft_tokens: int | None,
-        num_drafts: int | None, alpha: float | None, ngram: str | None, threshold: float | None, span: int | None,
-        verified: bool, raw: bool, json_schema: str | None, json_object: bool, as_json: bool) -> None:
+        seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, draft_device: str | None,
+        num_draft_tokens: int | None, num_drafts: int | None, alpha: float | None, ngram: str | None,
+        diversity: str | None, adaptive: bool | None,
+        threshold: float | None, span: int | None, verified: bool, raw: bool, json_schema: str | None,
+        json_object: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
     from edgegen.arguments import check_generation, prompt_kind
     from edgegen.strategies import Strategy, strategy_type
@@ -126,11 +135,12 @@ def run(prompt: str, model: str | None, backend: str | None, device: str | None,
     response_format = _response_format(json_schema, json_object)
     needs = Strategy if strategy == "auto" else strategy_type(strategy)  # its needs (auto: the defaults, none)
     gen = _load(model if model is not None else needs.default_model, backend, device, profile, draft,
-                embeddings=needs.needs_embeddings)
+                embeddings=needs.needs_embeddings, draft_device=draft_device)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
                   **given(response_format=response_format, num_draft_tokens=num_draft_tokens, num_drafts=num_drafts,
-                          alpha=alpha, ngram=ngram, threshold=threshold, span=span, verified=verified or None))
+                          alpha=alpha, ngram=ngram, diversity=diversity, adaptive=adaptive, threshold=threshold,
+                          span=span, verified=verified or None))
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
         return
@@ -255,7 +265,8 @@ def devices() -> None:
 @click.option("--weights", "weights", type=click.Choice(_WEIGHTS), multiple=True,
               help="Precision to benchmark (repeatable; default int8). Ignored for an exported folder.")
 @click.option("--prompts", type=click.Choice(["code", "chat", "all"]), default="all", show_default=True)
-@click.option("--new-tokens", type=int, default=128, show_default=True, help="Tokens per run (EOS ignored).")
+@click.option("--new-tokens", type=int, multiple=True, help="Tokens per run (EOS ignored; default 128). "
+              "--strategy superposed: repeatable, each length measured in the same run (default 16 and 64).")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Timed runs per prompt.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs per engine.")
 @click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
@@ -273,6 +284,9 @@ def devices() -> None:
 @click.option("--alpha", type=float, default=None,
               help="N-gram weight (--strategy superposed; default 0.54 with --ngram, else 0).")
 @click.option("--ngram", default=None, type=click.Path(dir_okay=False), help="N-gram store (--strategy superposed).")
+@click.option("--diversity", type=click.Choice(["lanes", "sample", "distance", "none"]), multiple=True,
+              help="Superposed diversity rule (--strategy superposed; repeatable: each one compared in the same run).")
+@click.option("--adaptive", is_flag=True, default=None, help="Adaptive n-gram store (--strategy superposed).")
 @click.option("--load", "loads", type=click.Choice(["none", "busy"]), multiple=True,
               help="Background load to measure under (repeatable; default none): busy = a spinning process pinned "
                    "to one core, started and stopped by the bench. --load none --load busy runs both.")
@@ -282,11 +296,11 @@ def devices() -> None:
 @click.option("--chat-turns", type=int, default=0, help="Also run a chat of N turns: TTFT per turn, edgegen's API "
               "against openvino-genai's chat mode.")
 @click.option("--chat-new-tokens", type=int, default=64, show_default=True, help="Longest answer per chat turn.")
-def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, repeats: int, warmup: int,
-          limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
+def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: tuple[int, ...], repeats: int,
+          warmup: int, limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
           num_draft_tokens: int | None, num_drafts: int, alpha: float | None, ngram: str | None,
-          loads: tuple[str, ...], no_rss: bool, prompt_tokens: tuple[int, ...], chat_turns: int,
-          chat_new_tokens: int) -> None:
+          diversity: tuple[str, ...], adaptive: bool | None, loads: tuple[str, ...], no_rss: bool,
+          prompt_tokens: tuple[int, ...], chat_turns: int, chat_new_tokens: int) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
     from pathlib import Path
 
@@ -295,11 +309,15 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: int, r
     if strategy == "superposed":
         from edgegen.bench.superposed import run_superposed_bench
 
-        run_superposed_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens,
+        run_superposed_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens or (16, 64),
                              num_drafts=num_drafts, limit=limit, out=Path(out), warmup=warmup,
                              command=command_line(), echo=click.echo, loads=loads or ("none",),
-                             **given(alpha=alpha, ngram=ngram))
+                             variants=[{"diversity": d} for d in diversity] or [{}],
+                             **given(alpha=alpha, ngram=ngram, adaptive=adaptive))
         return
+    if len(new_tokens) > 1:
+        raise EdgegenError("--new-tokens takes one value except with --strategy superposed")
+    new_tokens = new_tokens[0] if new_tokens else 128
     if strategy == "lexical":
         from edgegen.bench.lud import run_lud_bench
         from edgegen.strategies import strategy_type
@@ -327,6 +345,7 @@ def models() -> None:
 
 
 cli.add_command(draft)
+cli.add_command(heads)
 cli.add_command(ngram)
 cli.add_command(lud)
 cli.add_command(serve)

@@ -157,8 +157,8 @@ def window_lengths(orders: Sequence[int]) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------- the store
 
 
-class NgramStore:
-    """A read-only, memory-mapped n-gram store; see the module docstring for the model and the file.
+class NgramCounts:
+    """The interpolated n-gram model over window counts; a subclass says where the counts come from (``_find``).
 
     Look-ups take ``histories`` (k, L) int64, each row a draft's token ids with the most recent last,
     left-padded with negative ids (``PAD``) when drafts have different lengths; ``L`` may be shorter
@@ -166,11 +166,103 @@ class NgramStore:
     for candidates shared by every draft.
     """
 
+    _ctx_len: np.ndarray  # context length (n - 1) of each order n, (O,) int64
+
+    @property
+    def orders(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _find(self, hashes: np.ndarray) -> np.ndarray:
+        """Count (int64) of each window hash, 0 when never seen."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _inputs(histories: Any, candidates: Any) -> tuple[np.ndarray, np.ndarray]:
+        h = np.asarray(histories, dtype=np.int64)
+        if h.ndim == 1:
+            h = h[None, :]
+        if h.ndim != 2:
+            raise ValueError(f"histories must be (k, L), got shape {h.shape}")
+        c = np.asarray(candidates, dtype=np.int64)
+        if c.ndim == 1:
+            c = np.broadcast_to(c, (h.shape[0], c.size))
+        if c.ndim != 2 or c.shape[0] != h.shape[0]:
+            raise ValueError(f"candidates must be (c,) or ({h.shape[0]}, c), got shape {c.shape}")
+        return h, c
+
+    def _all_orders(self, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c(ctx_n v) (O, k, c), c(ctx_n) (O, k)) for every order n of the store, with one search.
+
+        The contexts of all orders end at the same token, so they are hashed together: row n starts
+        its chain at column ``width - (n-1)`` of the right-aligned tail (a where() per column)."""
+        k, length = h.shape
+        width = int(self._ctx_len.max())
+        tail = h[:, -width:] if length >= width else np.concatenate([np.full((k, width - length), PAD), h], axis=1)
+        start = width - self._ctx_len  # (O,)
+        # A context is available when none of its tokens is padding: all() over each row's suffix.
+        ok = np.logical_and.accumulate(tail[:, ::-1] >= 0, axis=1)[:, ::-1][:, start].T  # (O, k)
+        spread = _spread(np.maximum(tail, 0))
+        ctx_hash = np.full((len(start), k), CHAIN_SEED, dtype=_U64)
+        for j in range(width):
+            ctx_hash = np.where((j >= start)[:, None], _mix(ctx_hash + spread[:, j]), ctx_hash)
+        gram_hash = _mix(ctx_hash[:, :, None] + _spread(np.maximum(c, 0))[None])
+        found = self._find(np.concatenate([ctx_hash.ravel(), gram_hash.ravel()]))
+        ctx = np.where(ok, found[:ctx_hash.size].reshape(ctx_hash.shape), 0)
+        gram = np.where(ok[:, :, None] & (c >= 0)[None], found[ctx_hash.size:].reshape(gram_hash.shape), 0)
+        return gram, ctx
+
+    def counts(self, histories: Any, candidates: Any, order: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact corpus counts for one ``order`` n: ``(c(ctx v)`` (k, c) int64, ``c(ctx)`` (k,) int64),
+        ctx = each history's last n-1 tokens. A context that is unavailable (too short, padded) or was
+        pruned counts 0. ``c(ctx)`` counts every occurrence of ctx, also one that ends a document."""
+        if order not in self.orders:
+            raise ValueError(f"order {order} is not in this store (orders {self.orders})")
+        h, c = self._inputs(histories, candidates)
+        gram, ctx = self._all_orders(h, c)
+        i = self.orders.index(order)
+        return gram[i], ctx[i]
+
+    def order_probabilities(self, histories: Any, candidates: Any) -> np.ndarray:
+        """Maximum-likelihood ``P_n(v | ctx_n)`` per order: (len(orders), k, c) float32, 0 where ctx_n is
+        unavailable or unseen (for callers that want their own interpolation)."""
+        h, c = self._inputs(histories, candidates)
+        gram, ctx = self._all_orders(h, c)
+        out = np.zeros(gram.shape, np.float32)
+        np.divide(gram, ctx[:, :, None], out=out, where=ctx[:, :, None] > 0, casting="unsafe")
+        return out
+
+    def probabilities(self, histories: Any, candidates: Any, weights: Mapping[int, float] | None = None) -> np.ndarray:
+        """Interpolated n-gram probability of each candidate after each history: (k, c) float32.
+
+        ``sum_n weights[n] * c(ctx_n v) / c(ctx_n)`` over the store's orders, as the reference does
+        it: orders with an unavailable or unseen context add 0, weights are not renormalised, so a
+        candidate no order has seen gets 0. ``weights`` defaults to ``DEFAULT_WEIGHTS`` (orders 2..6);
+        a store with other orders needs explicit weights for them.
+        """
+        w = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        missing = [n for n in self.orders if n not in w]
+        if missing:
+            raise ValueError(f"no interpolation weight for orders {missing}: pass weights={{order: weight}}")
+        per_order = self.order_probabilities(histories, candidates)
+        coef = np.array([w[n] for n in self.orders], np.float32)
+        return (coef @ per_order.reshape(len(coef), -1)).reshape(per_order.shape[1:])
+
+
+
+class NgramStore(NgramCounts):
+    """A read-only, memory-mapped n-gram store; see the module docstring for the model and the file.
+
+    Look-ups: :class:`NgramCounts`.
+    """
+
     def __init__(self, path: Path, header: dict[str, Any], keys: np.ndarray, counts: np.ndarray) -> None:
         self.path = Path(path)
         self.header = header
         self._keys, self._counts = keys, counts
         self._ctx_len = np.array(self.orders, np.int64) - 1
+
+    def _find(self, hashes: np.ndarray) -> np.ndarray:
+        return _lookup(self._keys, self._counts, hashes)
 
     # -- opening
 
@@ -233,78 +325,60 @@ class NgramStore:
         return (f"NgramStore({str(self.path)!r}, orders={self.orders}, tokens={self.token_count}, "
                 f"min_count={self.header['min_count']})")
 
-    # -- look-ups
 
-    @staticmethod
-    def _inputs(histories: Any, candidates: Any) -> tuple[np.ndarray, np.ndarray]:
-        h = np.asarray(histories, dtype=np.int64)
-        if h.ndim == 1:
-            h = h[None, :]
-        if h.ndim != 2:
-            raise ValueError(f"histories must be (k, L), got shape {h.shape}")
-        c = np.asarray(candidates, dtype=np.int64)
-        if c.ndim == 1:
-            c = np.broadcast_to(c, (h.shape[0], c.size))
-        if c.ndim != 2 or c.shape[0] != h.shape[0]:
-            raise ValueError(f"candidates must be (c,) or ({h.shape[0]}, c), got shape {c.shape}")
-        return h, c
+class AdaptiveNgram(NgramCounts):
+    """N-gram counts that grow with the text being generated (ADED-style), on top of an optional store.
 
-    def _all_orders(self, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(c(ctx_n v) (O, k, c), c(ctx_n) (O, k)) for every order n of the store, with one search.
+    ``observe`` counts the windows of the prompt and of the model's own output as it appears, in an
+    in-memory table keyed by the store's window hash; a look-up adds these counts to ``base``'s (a
+    file store), so the filter knows the conversation's own words without a large offline corpus.
+    Counts are exact (a window counted twice counts 2). Orders: ``base``'s, else 2..6.
+    """
 
-        The contexts of all orders end at the same token, so they are hashed together: row n starts
-        its chain at column ``width - (n-1)`` of the right-aligned tail (a where() per column)."""
-        k, length = h.shape
-        width = int(self._ctx_len.max())
-        tail = h[:, -width:] if length >= width else np.concatenate([np.full((k, width - length), PAD), h], axis=1)
-        start = width - self._ctx_len  # (O,)
-        # A context is available when none of its tokens is padding: all() over each row's suffix.
-        ok = np.logical_and.accumulate(tail[:, ::-1] >= 0, axis=1)[:, ::-1][:, start].T  # (O, k)
-        spread = _spread(np.maximum(tail, 0))
-        ctx_hash = np.full((len(start), k), CHAIN_SEED, dtype=_U64)
-        for j in range(width):
-            ctx_hash = np.where((j >= start)[:, None], _mix(ctx_hash + spread[:, j]), ctx_hash)
-        gram_hash = _mix(ctx_hash[:, :, None] + _spread(np.maximum(c, 0))[None])
-        found = _lookup(self._keys, self._counts, np.concatenate([ctx_hash.ravel(), gram_hash.ravel()]))
-        ctx = np.where(ok, found[:ctx_hash.size].reshape(ctx_hash.shape), 0)
-        gram = np.where(ok[:, :, None] & (c >= 0)[None], found[ctx_hash.size:].reshape(gram_hash.shape), 0)
-        return gram, ctx
+    def __init__(self, base: NgramStore | None = None, orders: Sequence[int] = DEFAULT_ORDERS) -> None:
+        self.base = base
+        self._orders = base.orders if base is not None else parse_orders(orders)
+        self._ctx_len = np.array(self._orders, np.int64) - 1
+        self._lengths = window_lengths(self._orders)
+        self._table: dict[int, int] = {}  # window hash -> occurrences observed
 
-    def counts(self, histories: Any, candidates: Any, order: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact corpus counts for one ``order`` n: ``(c(ctx v)`` (k, c) int64, ``c(ctx)`` (k,) int64),
-        ctx = each history's last n-1 tokens. A context that is unavailable (too short, padded) or was
-        pruned counts 0. ``c(ctx)`` counts every occurrence of ctx, also one that ends a document."""
-        if order not in self.orders:
-            raise ValueError(f"order {order} is not in this store (orders {self.orders})")
-        h, c = self._inputs(histories, candidates)
-        gram, ctx = self._all_orders(h, c)
-        i = self.orders.index(order)
-        return gram[i], ctx[i]
+    @property
+    def orders(self) -> tuple[int, ...]:
+        return self._orders
 
-    def order_probabilities(self, histories: Any, candidates: Any) -> np.ndarray:
-        """Maximum-likelihood ``P_n(v | ctx_n)`` per order: (len(orders), k, c) float32, 0 where ctx_n is
-        unavailable or unseen (for callers that want their own interpolation)."""
-        h, c = self._inputs(histories, candidates)
-        gram, ctx = self._all_orders(h, c)
-        out = np.zeros(gram.shape, np.float32)
-        np.divide(gram, ctx[:, :, None], out=out, where=ctx[:, :, None] > 0, casting="unsafe")
-        return out
+    @property
+    def vocab_size(self) -> int | None:
+        return self.base.vocab_size if self.base is not None else None
 
-    def probabilities(self, histories: Any, candidates: Any, weights: Mapping[int, float] | None = None) -> np.ndarray:
-        """Interpolated n-gram probability of each candidate after each history: (k, c) float32.
+    @property
+    def windows(self) -> int:
+        """Distinct windows observed (all lengths)."""
+        return len(self._table)
 
-        ``sum_n weights[n] * c(ctx_n v) / c(ctx_n)`` over the store's orders, as the reference does
-        it: orders with an unavailable or unseen context add 0, weights are not renormalised, so a
-        candidate no order has seen gets 0. ``weights`` defaults to ``DEFAULT_WEIGHTS`` (orders 2..6);
-        a store with other orders needs explicit weights for them.
-        """
-        w = dict(DEFAULT_WEIGHTS if weights is None else weights)
-        missing = [n for n in self.orders if n not in w]
-        if missing:
-            raise ValueError(f"no interpolation weight for orders {missing}: pass weights={{order: weight}}")
-        per_order = self.order_probabilities(histories, candidates)
-        coef = np.array([w[n] for n in self.orders], np.float32)
-        return (coef @ per_order.reshape(len(coef), -1)).reshape(per_order.shape[1:])
+    def observe(self, tokens: Sequence[int], context: Sequence[int] = ()) -> None:
+        """Count every window that ends in ``tokens``; ``context`` holds the tokens just before them (a
+        draft's history, not counted again). Windows never reach into tokens before ``context``."""
+        reach = max(self._lengths) - 1  # context tokens a window ending in a new token can include
+        seq = np.asarray([*list(context)[max(0, len(context) - reach):], *tokens], np.int64)
+        first_end = seq.size - len(tokens)  # index of the first new token
+        h = np.full(seq.size, CHAIN_SEED, dtype=_U64)
+        for m in range(1, max(self._lengths) + 1):
+            width = seq.size - m + 1
+            if width <= 0:
+                break
+            h = chain_step(h[:width], seq[m - 1 : m - 1 + width])  # h[p]: window seq[p : p + m]
+            if m in self._lengths:
+                ends_new = np.arange(width) + m - 1 >= first_end
+                keys, counts = np.unique(h[ends_new], return_counts=True)
+                for key, n in zip(keys.tolist(), counts.tolist(), strict=True):
+                    self._table[key] = self._table.get(key, 0) + n
+
+    def _find(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.fromiter((self._table.get(h, 0) for h in hashes.tolist()), np.int64, hashes.size)
+        return found if self.base is None else found + self.base._find(hashes)
+
+    def __repr__(self) -> str:
+        return f"AdaptiveNgram(base={self.base!r}, orders={self.orders}, windows={self.windows})"
 
 
 # ------------------------------------------------------------------------------------------- npz with aligned members

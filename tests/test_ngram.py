@@ -342,3 +342,34 @@ def test_default_store_for_the_real_default_model(int8_model: Path, monkeypatch:
     cands = np.array([tok.encode(",")[0], tok.encode(")")[0], tok.encode(" zebra")[0]])
     p = store.probabilities(hist, cands)
     assert p[0, 0] > 0.1 and p[0, 1] > 0 and p[0, 2] == 0
+
+
+def test_adaptive_counts_are_exact_and_add_to_the_base_store(hand: NgramStore) -> None:
+    """AdaptiveNgram (ADED-style counts of the prompt and the model's own output): every window counted once,
+    pieces observed with their context count exactly as the whole text would, on top of the file store."""
+    from edgegen.ngram import AdaptiveNgram
+
+    rng = np.random.default_rng(0)
+    text = rng.integers(1, 5, size=60).tolist()  # ids of a b c d: dense enough for repeats at every order
+    alone, over = AdaptiveNgram(), AdaptiveNgram(hand)
+    for store in (alone, over):
+        store.observe(text[:20])  # the prompt
+        for i in range(20, 60, 7):  # the output, a few tokens at a time, each piece with its history
+            store.observe(text[i : i + 7], context=text[:i])
+    windows = Counter(tuple(text[i : i + m]) for m in range(1, 7) for i in range(len(text) - m + 1))
+    assert alone.windows == len(windows)
+    for window, count in windows.items():
+        if len(window) < 2:
+            continue
+        history, token, order = list(window[:-1]), window[-1], len(window)
+        gram, ctx = alone.counts([history], [token], order=order)
+        assert (int(gram[0, 0]), int(ctx[0])) == (count, windows[window[:-1]])
+        base_gram, base_ctx = hand.counts([history], [token], order=order)
+        gram, ctx = over.counts([history], [token], order=order)
+        assert (int(gram[0, 0]), int(ctx[0])) == (count + int(base_gram[0, 0]), windows[window[:-1]] + int(base_ctx[0]))
+    # the interpolation is the store's: same formula over the summed counts
+    p = over.probabilities([text[-5:]], [1, 2, 3, 4])
+    per_order = over.order_probabilities([text[-5:]], [1, 2, 3, 4])
+    weights = np.array([DEFAULT_WEIGHTS[n] for n in over.orders], np.float32)
+    assert np.allclose(p, np.tensordot(weights, per_order, axes=1))
+    assert alone.vocab_size is None and over.vocab_size == hand.vocab_size

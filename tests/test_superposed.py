@@ -16,7 +16,7 @@ from edgegen.sampling import Sampler, SamplingConfig
 from edgegen.strategies import make_strategy
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
-from edgegen.strategies.superposed import Superposed, candidates, interpolate, superposition
+from edgegen.strategies.superposed import DIVERSITY, Superposed, candidates, interpolate, log_softmax, superposition
 
 VOCAB, EOS = EmbeddingLM.VOCAB, EmbeddingLM.EOS
 PROMPT = [5, 9, 3]
@@ -38,8 +38,8 @@ class BigramStore:
         return (np.take_along_axis(rows, candidates, axis=1) / totals).astype(np.float32)
 
 
-def run(strategy, model: EmbeddingLM, new: int = 24, eos: bool = True) -> list[int]:
-    request = DecodeRequest(model, list(PROMPT), Sampler(SamplingConfig()), new,
+def run(strategy, model: EmbeddingLM, new: int = 24, eos: bool = True, prompt: list[int] = PROMPT) -> list[int]:
+    request = DecodeRequest(model, list(prompt), Sampler(SamplingConfig()), new,
                             eos_token_ids=frozenset({EOS}) if eos else frozenset())
     tokens: list[int] = []
     for step in strategy.decode(request):
@@ -60,7 +60,7 @@ def test_one_draft_without_ngram_is_greedy(seed: int) -> None:
 
 def test_k_drafts_are_distinct_ranked_and_cost_one_pass() -> None:
     model = EmbeddingLM(1)
-    sup = Superposed(num_drafts=4, alpha=0.0)
+    sup = Superposed(num_drafts=4, alpha=0.0, rescore=False)  # the decoding alone (rescoring: below)
     best = run(sup, model, new=20, eos=False)
     assert len(sup.drafts) == 4 and best == sup.drafts[0].tokens
     assert len({tuple(d.tokens) for d in sup.drafts}) == 4
@@ -85,7 +85,10 @@ def test_ngram_scores_steer_the_drafts() -> None:
     model = EmbeddingLM(2, sharpness=0.3)  # an unsure LM: the n-gram model decides among candidates
     corpus = list(np.random.default_rng(0).integers(1, VOCAB, size=400))
     store = BigramStore(corpus)
-    plain, mixed = Superposed(3, alpha=0.0), Superposed(3, alpha=0.9, ngram=store)
+    # the paper's beam bookkeeping: a draft whose candidates the filter all rejects loses its slot ("lanes"
+    # keeps every draft, so a lane may have to take an unseen transition)
+    plain = Superposed(3, alpha=0.0, diversity="none")
+    mixed = Superposed(3, alpha=0.9, ngram=store, diversity="none")
     run(plain, model, new=16, eos=False)
     run(mixed, model, new=16, eos=False)
     assert store.calls == 16  # one batched lookup per step, all drafts at once
@@ -227,3 +230,112 @@ def test_cli_superposed(fp32_model) -> None:
     assert_one_line_error(edgegen(*bad, "--num-drafts", "0", "hi"), "num_drafts must be >= 1")
     assert_one_line_error(edgegen(*bad, "--alpha", "1.5", "hi"), "alpha must be in [0, 1]")
     assert_one_line_error(edgegen(*bad, "--ngram", "/no/store.npz", "hi"), "n-gram store not found")
+
+
+# ---- diversity rules and exact scores (issue 18)
+
+
+def one_pass_score(model: EmbeddingLM, prompt: list[int], draft: list[int]) -> float:
+    """Mean log-probability of ``draft`` under ``model``: ONE forward over prompt + draft from an empty cache."""
+    model.reset()
+    logits = model.forward(np.array(prompt + draft))[len(prompt) - 1 : -1]
+    return float(np.mean(log_softmax(logits)[np.arange(len(draft)), draft]))
+
+
+@pytest.mark.parametrize("diversity", DIVERSITY)
+@pytest.mark.parametrize("seed", range(3))
+def test_one_draft_is_greedy_for_every_rule(diversity: str, seed: int) -> None:
+    model = EmbeddingLM(seed, eos_bias=-1.0 if seed % 2 else -6.0)
+    greedy = run(Autoregressive(), model)
+    sup = Superposed(num_drafts=1, alpha=0.0, diversity=diversity, diversity_penalty=5.0)
+    assert run(sup, model) == greedy and [d.tokens for d in sup.drafts] == [greedy]
+
+
+@pytest.mark.parametrize("diversity", DIVERSITY)
+@pytest.mark.parametrize("seed", range(4))
+def test_drafts_are_distinct_valid_continuations_with_exact_scores(diversity: str, seed: int) -> None:
+    """Every rule returns k distinct drafts, each re-scored by the model in one forward to its reported score:
+    a draft is the model's own continuation of the prompt, and its score is the model's, not the pass's."""
+    model = EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0)  # odd seeds: some drafts end on EOS
+    sup = Superposed(num_drafts=3, alpha=0.0, diversity=diversity)
+    best = run(sup, model, new=16)
+    assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
+    assert best == sup.drafts[0].tokens
+    for d in sup.drafts:
+        assert EOS not in d.tokens[:-1]
+        assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
+    assert [d.score for d in sup.drafts] == sorted((d.score for d in sup.drafts), reverse=True)
+
+
+def test_rescoring_costs_one_forward_per_draft_at_most() -> None:
+    model = EmbeddingLM(1)
+    sup = Superposed(num_drafts=4, alpha=0.0)
+    run(sup, model, new=20, eos=False)
+    assert 20 < model.forwards <= 20 + 4  # drafts sharing a prefix share its forward
+
+
+def test_lanes_penalty_keeps_drafts_apart_at_every_position() -> None:
+    model = EmbeddingLM(4)
+    apart = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=1e6)
+    run(apart, model, new=12, eos=False)
+    for i, a in enumerate(apart.drafts):
+        for b in apart.drafts[i + 1 :]:
+            assert all(x != y for x, y in zip(a.tokens, b.tokens, strict=True))  # never the same token at a step
+    # without a penalty the lanes split on their first token only: the shared distribution decides the rest
+    split = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=0.0)
+    run(split, EmbeddingLM(4), new=12, eos=False)
+    assert len({d.tokens[0] for d in split.drafts}) == 3 and len({tuple(d.tokens[1:]) for d in split.drafts}) == 1
+
+
+def test_distance_rule_keeps_a_minimum_hamming_distance() -> None:
+    sup = Superposed(num_drafts=3, alpha=0.0, diversity="distance", min_distance=3)
+    run(sup, EmbeddingLM(5), new=12, eos=False)
+    for i, a in enumerate(sup.drafts):
+        for b in sup.drafts[i + 1 :]:
+            assert sum(x != y for x, y in zip(a.tokens, b.tokens, strict=True)) >= 3
+
+
+def test_sample_rule_is_reproducible_per_seed() -> None:
+    def drafts(seed: int) -> list[list[int]]:
+        sup = Superposed(num_drafts=3, alpha=0.0, diversity="sample", seed=seed, sample_temperature=2.0)
+        run(sup, EmbeddingLM(2, sharpness=0.5), new=12, eos=False)
+        return sorted(d.tokens for d in sup.drafts)
+
+    assert drafts(0) == drafts(0) and drafts(0) != drafts(1)
+
+
+def test_adaptive_store_counts_the_prompt_and_the_drafts_exactly() -> None:
+    from collections import Counter
+
+    from edgegen.ngram import AdaptiveNgram
+
+    store = AdaptiveNgram()
+    prompt = [5, 9, 3, 5, 9, 3, 7]
+    sup = Superposed(num_drafts=2, alpha=0.5, ngram=store, adaptive=True, rescore=False)
+    run(sup, EmbeddingLM(0), new=8, eos=False, prompt=prompt)
+    assert len(sup.drafts) == 2
+    # lanes never swap histories: the store holds every window of the prompt, then of each draft's
+    # text the windows ending in a generated token
+    expected: Counter = Counter()
+    for text, first in [(prompt, 0)] + [(prompt + d.tokens, len(prompt)) for d in sup.drafts]:
+        for end in range(first, len(text)):
+            for m in range(1, 7):
+                if end - m + 1 >= 0:
+                    expected[tuple(text[end - m + 1 : end + 1])] += 1
+    assert store.windows == len(expected)
+    for window, count in expected.items():
+        if len(window) >= 2:
+            gram, ctx = store.counts([list(window[:-1])], [window[-1]], order=len(window))
+            assert (int(gram[0, 0]), int(ctx[0])) == (count, expected[window[:-1]])
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"diversity": "beam"}, "diversity must be one of"),
+    ({"diversity_penalty": -1.0}, "diversity_penalty must be"),
+    ({"sample_temperature": 0.0}, "sample_temperature must be"),
+    ({"min_distance": 0}, "min_distance must be >= 1"),
+])
+def test_bad_diversity_options_are_one_line(options: dict, needle: str) -> None:
+    with pytest.raises(EdgegenError) as e:
+        make_strategy("superposed", **options)
+    assert needle in str(e.value) and "\n" not in str(e.value)
