@@ -6,6 +6,7 @@ share the cache (the bug of issue 12) give other tokens than each alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,19 +41,21 @@ class PrefixSumLM(ListSession):
         return row
 
 
-def fake_generator(folder: Path, delay_s: float = 0.0005) -> Generator:
-    """A Generator on a byte-level BPE tokenizer trained on a few lines, written into ``folder``."""
+def fake_generator(folder: Path, delay_s: float = 0.0005, extra_specials: Sequence[str] = (),
+                   template: str = CHATML, max_length: int = 512) -> Generator:
+    """A Generator on a byte-level BPE tokenizer trained on a few lines, written into ``folder``
+    (``extra_specials``: more special tokens, after SPECIALS; ``template``: its chat template)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[*SPECIALS, *extra_specials],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_CORPUS, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "chat_template.jinja").write_text(CHATML)
+    (folder / "chat_template.jinja").write_text(template)
     manifest = SimpleNamespace(name="fake", tokenizer="tokenizer.json", chat_template="chat_template.jinja",
                                bos_token_id=None, add_bos=False, eos_token_ids=[EOS], vocab_size=tok.get_vocab_size(),
                                static_shapes={}, extras={})
-    session = PrefixSumLM(manifest, tok.get_vocab_size(), row_s=delay_s)
+    session = PrefixSumLM(manifest, tok.get_vocab_size(), max_length=max_length, row_s=delay_s)
     return Generator(folder, manifest, session, load_profile("cpu"))  # type: ignore[arg-type]

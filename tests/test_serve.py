@@ -451,3 +451,199 @@ def test_greedy_n_is_one_superposed_pass(fp32_model: Path) -> None:
     drafts = gen.generate(ASK, max_new_tokens=12, strategy="superposed", num_drafts=3).drafts
     assert [c["message"]["content"] for c in body["choices"]] == [d.text for d in drafts]
     assert body["usage"]["completion_tokens"] == sum(len(d.token_ids) for d in drafts)
+
+
+# -- tool-call formats (no model) --------------------------------------------------------------------
+TEMPLATES = Path(__file__).parent / "data" / "templates"
+# format, realistic model text, the content around the calls, the calls (name, arguments)
+READS = [
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>',
+     None, [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+    ("hermes", 'I will look that up.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>',
+     "I will look that up.\n", [("get_time", {"zone": "CET"})]),
+    ("hermes", '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>\n<tool_call>\n'
+               '{"name": "get_time", "arguments": "{\\"zone\\": \\"CET\\"}"}\n</tool_call>',
+     None, [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]),
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>',
+     '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>', []),
+    ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}',
+     None, [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+    ("llama3_json", '<|python_tag|>{"name": "get_time", "parameters": {"zone": "UTC"}}; '
+                    '{"name": "get_time", "parameters": {"zone": "CET"}}',
+     None, [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]),
+    ("llama3_json", 'Calling it: {"name": "get_time", "parameters": {"zone": "UTC"}}',
+     "Calling it: ", [("get_time", {"zone": "UTC"})]),
+    ("llama3_json", '{"name": "get_time", "parameters": {"zone": "UTC"}',
+     '{"name": "get_time", "parameters": {"zone": "UTC"}', []),
+    ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]',
+     None, [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+    ("mistral", '[{"name": "get_time", "arguments": {"zone": "UTC"}}, {"name": "get_time", "arguments": '
+                '{"zone": "CET"}}]',  # [TOOL_CALLS] is a special token: decoding drops it
+     None, [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]),
+    ("mistral", '[TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": "UTC"}',
+     '[TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": "UTC"}', []),
+    ("mistral", "It is sunny in Paris.", "It is sunny in Paris.", []),
+    ("phi4_mini", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]'
+                  '<|/tool_call|>', None, [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+    ("phi4_mini", 'Let me check. [{"name": "get_time", "arguments": {"zone": "UTC"}}]',
+     "Let me check. ", [("get_time", {"zone": "UTC"})]),
+    ("phi4_mini", '<|tool_call|>[{"name": 3}]<|/tool_call|>', '<|tool_call|>[{"name": 3}]<|/tool_call|>', []),
+    ("gemma", '```tool_code\nget_weather(city="Paris", unit="celsius")\n```',
+     None, [("get_weather", {"city": "Paris", "unit": "celsius"})]),
+    ("gemma", '```tool_code\n[get_time(zone="UTC"), print(get_time(zone="CET"))]\n```',
+     None, [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]),
+    ("gemma", 'Sure!\n```json\n{"name": "get_time", "parameters": {"zone": "UTC"}}\n```',
+     "Sure!\n", [("get_time", {"zone": "UTC"})]),
+    ("gemma", '{"name": "get_time", "parameters": {"zone": "UTC"}}', None, [("get_time", {"zone": "UTC"})]),
+    ("gemma", '```tool_code\nimport os; os.remove("x")\n```', '```tool_code\nimport os; os.remove("x")\n```', []),
+]
+
+
+@pytest.mark.parametrize("name,text,content,calls", READS, ids=[f"{r[0]}-{i}" for i, r in enumerate(READS)])
+def test_each_format_reads_realistic_model_text(name: str, text: str, content: str | None, calls: list[Any]) -> None:
+    from edgegen.serve.tool_formats import BY_NAME, Call
+    from edgegen.serve.tools import CallReader
+
+    fmt = BY_NAME[name]
+    assert fmt.parse(text) == (content, [Call(n, a) for n, a in calls])
+    reader, streamed, sent = CallReader(fmt), [], []
+    for i in range(0, len(text), 3):  # streamed in 3-character pieces: the same content and calls
+        piece, new = reader.push(text[i : i + 3])
+        streamed.append(piece)
+        sent += new
+    rest, new = reader.end()
+    assert "".join(streamed) + rest == (content or "") and reader.content == content
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in sent + new] == calls
+    if calls:  # no opener ever went out as content
+        assert content is None or "".join(streamed) == content[: len("".join(streamed))]
+        assert not any(s.literal[:2] in "".join(streamed) for s in fmt.syntaxes)
+
+
+WEATHER_PARAMS = WEATHER["function"]["parameters"]
+OSLO = {"city": "Oslo", "unit": "celsius"}
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(OSLO)}}]},
+    {"role": "tool", "tool_call_id": "abcDEF123", "name": "get_weather", "content": "-3 degrees"},
+    {"role": "assistant", "content": "It is -3 degrees."}, {"role": "user", "content": "And in Rome?"}]
+# template, the special tokens of the family's vocabulary, its format, whether the template renders tools,
+# what the prompt must hold: the tool list, the earlier call and its result, each in the family's form
+FAMILIES = {
+    "qwen2.5": ((), "hermes", True, [
+        '<tools>\n{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city", '
+        f'"parameters": {json.dumps(WEATHER_PARAMS)}}}}}\n</tools>',
+        f'<tool_call>\n{{"name": "get_weather", "arguments": {json.dumps(OSLO)}}}\n</tool_call>',
+        "<|im_start|>user\n<tool_response>\n-3 degrees\n</tool_response><|im_end|>"]),
+    "llama3.1": (("<|python_tag|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "llama3_json", True, [
+        f"value}}.Do not use variables.\n\n{json.dumps(WEATHER, indent=4)}\n\nWeather in Oslo?",
+        f'{{"name": "get_weather", "parameters": {json.dumps(OSLO)}}}<|eot_id|>',
+        '<|start_header_id|>ipython<|end_header_id|>\n\n"-3 degrees"<|eot_id|>']),
+    "mistral-v3": (("[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+                    "[/TOOL_RESULTS]"), "mistral", True, [
+        '[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "get_weather", "description": "Current weather '
+        f'of a city", "parameters": {json.dumps(WEATHER_PARAMS)}}}}}][/AVAILABLE_TOOLS][INST] Be brief.',
+        f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {json.dumps(OSLO)}, "id": "abcDEF123"}}]',
+        '[TOOL_RESULTS] {"content": -3 degrees, "call_id": "abcDEF123"}[/TOOL_RESULTS]']),
+    "phi-4-mini": (("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>", "<|tool_call|>",
+                    "<|/tool_call|>"), "phi4_mini", True, [
+        f"<|system|>Be brief.<|tool|>{json.dumps([WEATHER['function']])}<|/tool|><|end|>",
+        f'<|assistant|><|tool_call|>[{{"name": "get_weather", "arguments": {json.dumps(OSLO)}}}]<|/tool_call|><|end|>',
+        "<|tool|>-3 degrees<|end|>"]),
+    "gemma-3": (("<start_of_turn>", "<end_of_turn>"), "gemma", False, [
+        "<start_of_turn>user\nBe brief.\n\nYou have access to functions. If you decide to invoke any of the "
+        f"function(s), you MUST put it in the format of\n{{\"name\": function name, \"parameters\": dictionary of "
+        f"argument name and its value}}\n\nYou SHOULD NOT include any other text in the response if you call a "
+        f"function\n{json.dumps([WEATHER])}\n\nWeather in Oslo?<end_of_turn>",
+        f'<start_of_turn>model\n{{"name": "get_weather", "parameters": {json.dumps(OSLO)}}}<end_of_turn>',
+        "<start_of_turn>user\n```tool_output\n-3 degrees\n```<end_of_turn>"]),
+    "chatml": ((), "hermes", False, [  # SmolLM2's kind of template: no tools in it
+        "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query."
+        "\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        f"{json.dumps(WEATHER)}\n</tools>",
+        f'<|im_start|>assistant\n<tool_call>\n{{"name": "get_weather", "arguments": {json.dumps(OSLO)}}}\n</tool_call>',
+        "<|im_start|>user\n<tool_response>\n-3 degrees\n</tool_response><|im_end|>"]),
+}
+
+
+def _family_generator(folder: Path, family: str) -> Any:
+    from fake_generator import CHATML, fake_generator
+
+    specials = FAMILIES[family][0]
+    template = CHATML if family == "chatml" else (TEMPLATES / f"{family}.jinja").read_text()
+    return fake_generator(folder, delay_s=0.0, extra_specials=specials, template=template, max_length=2048)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_tools_render_through_the_family_template(family: str, tmp_path: Path) -> None:
+    """Detection from template and vocabulary; the prompt holds the tools, an earlier call and its result in
+    the family's own form, and equals transformers' rendering of the same messages."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from edgegen.serve.protocol import parse_chat
+    from edgegen.serve.tools import chat_inputs, model_tools
+
+    _, name, renders, expected = FAMILIES[family]
+    tok = _family_generator(tmp_path, family).tokenizer
+    model = model_tools(tok)
+    assert (model.format.name, model.template_renders) == (name, renders)
+    request = parse_chat({"messages": CONVERSATION, "tools": [WEATHER]})
+    messages, specs = chat_inputs(request.messages, request.tools, model)
+    prompt = tok.render_chat(messages, specs)
+    for part in expected:
+        assert part in prompt
+    assert prompt == render_jinja_template([messages], tools=specs, chat_template=tok.chat_template,
+                                           add_generation_prompt=True, bos_token=tok.bos_token,
+                                           eos_token=tok.eos_token)[0][0]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_format_grammar_admits_its_calls_only(family: str, tmp_path: Path) -> None:
+    """The grammar of the family's call format (special-token markers forced as those tokens) accepts the
+    call the format writes with arguments on the schema, refuses them off the schema, and under tool_choice
+    auto accepts plain text but no call hidden in it."""
+    import llguidance
+
+    from edgegen.grammar import grammars_for
+    from edgegen.serve.tool_formats import Call
+    from edgegen.serve.tools import ToolPlan, grammar, model_tools, parse_tools
+
+    gen = _family_generator(tmp_path, family)
+    model = model_tools(gen.tokenizer)
+    tokenizer = grammars_for(gen.folder, gen.manifest)._tokenizer
+    plan = parse_tools({"tools": [WEATHER, TIME], "tool_choice": "required"})
+
+    def accepts(plan: ToolPlan, text: str) -> bool:
+        matcher = llguidance.LLMatcher(tokenizer, grammar(plan, model), log_level=0)
+        ids = gen.tokenizer.encode(text)
+        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+    good = model.format.write([Call("get_weather", OSLO)])
+    assert all(gen.tokenizer.backend.token_to_id(m) in gen.tokenizer.encode(good) for m in model.special)
+    assert accepts(plan, good) and accepts(ToolPlan(plan.tools, "auto"), good)
+    assert not accepts(plan, model.format.write([Call("get_weather", {"city": "Oslo", "unit": "kelvin"})]))
+    assert not accepts(plan, model.format.write([Call("get_weather", {"city": "Oslo"})]))
+    assert not accepts(plan, "It is cold.") and accepts(ToolPlan(plan.tools, "auto"), "It is cold.")
+    assert not accepts(ToolPlan(plan.tools, "auto"), f"Sure. {good}")
+    assert not accepts(ToolPlan(plan.tools, "get_time"), good)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_call_comes_back_in_tool_calls(family: str, tmp_path: Path) -> None:
+    """A fake model (no export) behind the server, through each family's template and format: the forced
+    call comes back parsed, its arguments on the schema, the same streamed and not."""
+    gen = _family_generator(tmp_path, family)
+    request = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER, TIME],
+               "tool_choice": "required", "max_tokens": 300, "temperature": 0}
+    with TestClient(create_app(gen)) as client:
+        whole = client.post("/v1/chat/completions", json=request).json()["choices"][0]
+        chunks = _events(client.post("/v1/chat/completions", json={**request, "stream": True}).text)[:-1]
+    assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] is None
+    (call,) = whole["message"]["tool_calls"]
+    tool = {"get_weather": WEATHER, "get_time": TIME}[call["function"]["name"]]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])
+    assert (len(call["id"]), call["id"].isalnum()) == (9, True) if family == "mistral-v3" else \
+        call["id"].startswith("call_")
+    (streamed,) = _streamed_calls(chunks)
+    assert streamed["function"] == call["function"] and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert all(c["choices"][0]["delta"].get("content") in (None, "") for c in chunks)

@@ -307,15 +307,14 @@ HERMES = ToolFormat(
                  "</tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": "
                  "<args-json-object>}}\n</tool_call>",
     result="<tool_response>\n{content}\n</tool_response>", tool_list=lambda tools: "\n".join(map(json.dumps, tools)))
-_NAME_PARAMETERS = ('Respond in the format {{"name": function name, "parameters": dictionary of argument name and its '
-                    'value}}.')
+_NAME_PARAMETERS = '{{"name": function name, "parameters": dictionary of argument name and its value}}'
 LLAMA3_JSON = ToolFormat(
     "llama3_json", markers=("<|python_tag|>",),
     syntaxes=(_marker("<|python_tag|>", after_marker()), JSON_OBJECT), arguments_key="parameters",
     call_open=(), call_close=(), array=False,
     instructions="Given the following functions, please respond with a JSON for a function call with its proper "
-                 f"arguments that best answers the given prompt.\n\n{_NAME_PARAMETERS}Do not use variables.\n\n"
-                 "{tools}",
+                 "arguments that best answers the given prompt.\n\n"
+                 f"Respond in the format {_NAME_PARAMETERS}. Do not use variables.\n\n{{tools}}",
     result="{content}", tool_list=lambda tools: "".join(json.dumps(t, indent=4) + "\n\n" for t in tools))
 MISTRAL = ToolFormat(
     "mistral", markers=("[TOOL_CALLS]",), syntaxes=(_marker("[TOOL_CALLS]", after_marker()), JSON_ARRAY),
