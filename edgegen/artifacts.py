@@ -38,6 +38,7 @@ DEFAULT_DRAFT = "default"  # load(draft="default"), --draft default: the shipped
 DEFAULT_LUD = "default-lud"  # load(model="default-lud"), --model default-lud: the LUD-tuned default model
 SHIPPED_DRAFTER = "drafter-smollm2-135m.safetensors"  # in edgegen/data
 SHIPPED_LUD_DELTA = "lud-smollm2-135m.safetensors"
+SHIPPED_HEADS = "hydra-smollm2-135m.safetensors"  # Hydra heads of the default model (run in NumPy: edgegen.heads)
 
 
 def cache_dir() -> Path:
@@ -100,6 +101,11 @@ def default_drafter_model(profile: str = "cpu", progress: bool = True) -> Path:
         return export_drafter(pack, out, target="default", progress=progress)
 
     return build_once(out, "the default model's drafter", build, progress)
+
+
+def default_heads_file() -> Path:
+    """The default model's Hydra heads (strategy "hydra"): read from the package as they are, nothing to build."""
+    return shipped_file(SHIPPED_HEADS)
 
 
 def default_lud_model(profile: str = "cpu", progress: bool = True) -> Path:

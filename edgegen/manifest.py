@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 # GraphInfo.edits: what edgegen changed in a built graph (export/graph_edits.py), read by the runtimes
 ROW_PAD = "row_pad"  # attention computes a lone row as one of several (token identity at one-row cost)
 LOGITS_TO_KEEP = "logits_to_keep"  # an int64 [1] input: the LM head sees only the last k rows (0: all)
+HIDDEN_STATE = "hidden_state"  # an output [1, rows, hidden]: the LM head's input (after the final norm), same rows
 BACKEND_CHOICE = "backend-choice.json"  # written next to the graphs after export (models.choose_backend)
 EXPORT_LOG = "export.log"  # the libraries' output during export
 UNRECORDED = (MANIFEST_NAME, BACKEND_CHOICE, EXPORT_LOG)  # files of a model folder without a size/sha256 record

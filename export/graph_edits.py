@@ -22,6 +22,15 @@ treatment; MatMulNBits is left alone.
 the last ``logits_to_keep`` rows of the final hidden state (0 keeps all)::
 
     hidden [1,S,H] ── Slice(-k:) ── LM head ── logits [1,k,V]
+
+``hidden_state`` (draft heads read the target's own features): the LM head's input, after the final norm
+and the ``logits_to_keep`` cut, becomes an extra output too (the same tensor: no compute, no copy of weights),
+so it has exactly the rows the logits have::
+
+    Slice(-k:) ──┬── LM head ── logits [1,k,V]
+                 └── Identity ── hidden_state [1,k,H]
+
+Left out where the LM head's input is not the logits' float type (a Cast between them: fp16 I/O graphs).
 """
 
 from __future__ import annotations
@@ -29,20 +38,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import LOGITS_TO_KEEP, ROW_PAD
+from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, ROW_PAD
 
 EDITED_SUFFIX = ".edgegen.onnx"
 _INT64_MAX = 2**63 - 1
 
 
 def edit_onnx(graph_path: Path, logits_name: str) -> tuple[Path, list[str]]:
-    """Save ``graph_path`` with both edits as ``<stem>.edgegen.onnx`` beside it; returns (path, edits)."""
+    """Save ``graph_path`` with the edits as ``<stem>.edgegen.onnx`` beside it; returns (path, edits)."""
     import onnx
 
     model = onnx.load(str(graph_path), load_external_data=False)  # weights stay in the shared data file
     graph = model.graph
     _add_logits_to_keep(graph, logits_name)  # first: the LM head's row pad then goes after the cut
+    hidden = _add_hidden_output(graph, logits_name)  # the cut rows, before any row pad of the LM head
     edits = [ROW_PAD, LOGITS_TO_KEEP] if _pad_rows(graph) else [LOGITS_TO_KEEP]
+    edits += [HIDDEN_STATE] if hidden else []
     out = graph_path.with_name(graph_path.stem + EDITED_SUFFIX)
     tmp = out.with_name("." + out.name + ".tmp")
     onnx.save(model, str(tmp))
@@ -126,16 +137,40 @@ def _pad_rows(graph) -> bool:
     return True
 
 
-def _add_logits_to_keep(graph, logits_name: str) -> None:
-    from onnx import TensorProto, helper
-
+def _lm_head(graph, logits_name: str) -> tuple:
+    """(the LM head MatMul node, the op types between it and the logits output)."""
     producers = {o: n for n in graph.node for o in n.output}
     node = producers.get(logits_name)
+    between = []
     # The builder may follow the LM head with a Cast (fp16 I/O) or a softcap: walk back to the MatMul.
     while node is not None and node.op_type not in ("MatMul", "MatMulNBits"):
+        between.append(node.op_type)
         node = producers.get(node.input[0])
     if node is None:
         raise EdgegenError(f"cannot find the LM head that produces '{logits_name}' in the built ONNX graph")
+    return node, between
+
+
+def _add_hidden_output(graph, logits_name: str) -> bool:
+    """Expose the LM head's input as the output ``hidden_state`` (see the module docstring); False: left out."""
+    from onnx import helper
+
+    node, between = _lm_head(graph, logits_name)
+    logits = next(o for o in graph.output if o.name == logits_name)
+    if "Cast" in between:
+        return False
+    b = _Builder(graph, "hidden_state")
+    b.node("Identity", [node.input[0]], "out", output=HIDDEN_STATE)
+    graph.output.append(helper.make_tensor_value_info(HIDDEN_STATE, logits.type.tensor_type.elem_type,
+                                                      ["batch_size", "sequence_length", "hidden_size"]))
+    _insert_sorted(graph, b.new_nodes)
+    return True
+
+
+def _add_logits_to_keep(graph, logits_name: str) -> None:
+    from onnx import TensorProto, helper
+
+    node, _ = _lm_head(graph, logits_name)
     b = _Builder(graph, "logits_to_keep")
     graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
     start = b.node("Neg", [LOGITS_TO_KEEP], "start")  # rows -k: (0 keeps all)

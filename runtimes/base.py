@@ -36,12 +36,21 @@ class Session(Protocol):
         """Tokens the cache can hold (static shapes on NPU; a large cap elsewhere)."""
         ...
 
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+    has_hidden: bool  # forward(..., hidden=True) works: the graph outputs the final hidden state
+
+    def forward(self, token_ids: np.ndarray, last_only: bool = False, hidden: bool = False) -> np.ndarray:
         """Run ``token_ids`` (int64, shape (n,)) at positions position..position+n-1.
 
         Returns float32 logits of shape (n, vocab), or (1, vocab) for the last token when
-        ``last_only`` (prefill needs only that one). Advances ``position`` by n.
+        ``last_only`` (prefill needs only that one). Advances ``position`` by n. ``hidden``: also keep
+        the same rows' final hidden states for ``hidden_states`` (an EdgegenError where ``has_hidden``
+        is False); a plain forward never fetches them.
         """
+        ...
+
+    def hidden_states(self) -> np.ndarray:
+        """Float32 (rows, hidden_size): the last forward's final hidden states (after the final norm: the LM
+        head's input), one per logits row it returned. Only after ``forward(..., hidden=True)``."""
         ...
 
     def trim(self, length: int) -> None:
@@ -159,18 +168,35 @@ class EmbeddingInputs:
     """
 
     _table: EmbeddingTable | None = None
+    has_hidden: bool = False  # a backend sets it when its graph outputs HIDDEN_STATE (manifest)
+    # _forward fills _hidden with the returned rows' hidden states when _want_hidden (set per forward here)
+    _want_hidden: bool = False
+    _hidden: np.ndarray | None = None
 
     def _forward(self, x: np.ndarray, last_only: bool) -> np.ndarray:
         raise NotImplementedError
+
+    def _ask_hidden(self, hidden: bool) -> None:
+        if hidden and not self.has_hidden:
+            raise EdgegenError(f"model '{self.manifest.name}' gives no hidden states on {self.backend} (an export "
+                               "made before edgegen added them): re-export it, or use the openvino backend")
+        self._want_hidden, self._hidden = hidden, None
+
+    def hidden_states(self) -> np.ndarray:
+        """Session.hidden_states: the rows the last forward(..., hidden=True) kept."""
+        if self._hidden is None:
+            raise EdgegenError("hidden_states() needs a forward(..., hidden=True) before it")
+        return self._hidden
 
     def _open_embeddings(self, folder: Path, manifest: Manifest) -> None:
         self._table = EmbeddingTable(folder, manifest)
         self.embed = self._table.embed
         self.forward_embeddings = self._forward_embeddings
 
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+    def forward(self, token_ids: np.ndarray, last_only: bool = False, hidden: bool = False) -> np.ndarray:
         """Session.forward: the ids (or their embeddings on an embeddings graph), remembered once run."""
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
+        self._ask_hidden(hidden)
         start = self._position
         logits = self._forward(ids if self._table is None else self._table.embed(ids)[None], last_only)
         self._held(start, ids[0].tolist())
@@ -179,6 +205,7 @@ class EmbeddingInputs:
     def _forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
         assert self._table is not None
         x = self._table.batch(embeddings)
+        self._ask_hidden(False)
         start = self._position
         logits = self._forward(x, last_only)
         self._held(start, [-1] * x.shape[1])

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import LOGITS_TO_KEEP, ROW_PAD, Manifest
+from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, ROW_PAD, Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 # device name (CLI/profile) -> execution provider
@@ -83,6 +83,10 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
         self._kv_dtype = np.dtype(graph.kv.dtype)
         self._row_pad = ROW_PAD in graph.edits
         self._keep_input = LOGITS_TO_KEEP in graph.edits
+        self.has_hidden = HIDDEN_STATE in graph.edits
+        kinds = {o.name: o.type for o in self._session.get_outputs()}
+        self._hidden_dtype = np.float16 if kinds.get(HIDDEN_STATE) == "tensor(float16)" else np.float32
+        self._hidden_bound = False  # an output stays bound once bound: then every run binds it (to a scratch buffer)
         # The in-graph pad writes one slot past the last token, and gives it a rotary position: one spare.
         self._spare = 1 if self._row_pad else 0
         self._limit = min(max_length or manifest.context_length, manifest.context_length - self._spare)
@@ -131,6 +135,8 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             # An export without the in-graph pad: run the token twice, keep the first row, drop the copy.
             logits = self._run(np.concatenate([x, x], axis=1), last_only=False)
             self._position -= 1
+            if self._hidden is not None:
+                self._hidden = self._hidden[:1]
             return logits[:1]
         return self._run(x, last_only)
 
@@ -151,6 +157,11 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
         if self._keep_input:
             rows = 1 if last_only else n
             self._binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep[1 if last_only else 0])
+        hidden = None
+        if self._want_hidden or self._hidden_bound:  # a plain step never binds it: nothing fetched, nothing copied
+            hidden = np.empty((1, rows, self.manifest.hidden_size), self._hidden_dtype)
+            self._binding.bind_output(HIDDEN_STATE, "cpu", 0, self._hidden_dtype, hidden.shape, hidden.ctypes.data)
+            self._hidden_bound = True
         if self._buffer_device == "cpu":
             logits = np.empty((1, rows, self.manifest.vocab_size), np.float32)
             self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
@@ -160,6 +171,9 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             self._session.run_with_iobinding(self._binding)
             logits = self._binding.get_outputs()[0].numpy()
         self._position = end
+        if self._want_hidden:
+            rows_kept = hidden[0, -1:] if last_only else hidden[0]
+            self._hidden = rows_kept.astype(np.float32, copy=False)
         return logits[0, -1:] if last_only else logits[0]
 
     def trim(self, length: int) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import openvino as ov
 
 from edgegen.errors import EdgegenError
-from edgegen.manifest import LOGITS_TO_KEEP, Manifest
+from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs
 
 _core: ov.Core | None = None
@@ -97,6 +97,7 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             # The NPU's static graph computes logits for its one new row anyway; elsewhere a prefill
             # needs only the last position's logits.
             self._keep = not self._static and _add_logits_to_keep(model)
+            self.has_hidden = not self._static and _add_hidden_output(model)  # after the cut: the logits' rows
             compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
@@ -110,6 +111,7 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._positions = np.arange(self._limit, dtype=np.int64).reshape(1, -1)  # position_ids are views of it
         self._mask = np.zeros((1, 512), np.int64)
         self._logits_port = compiled.output(graph.logits)
+        self._hidden_port = compiled.output(HIDDEN_STATE) if self.has_hidden else None
         self._window = _sliding_window(folder / graph.path)
         self.reset()
 
@@ -143,6 +145,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
         self._slots, self._position = mask[0], end
         logits = outputs[self._logits_port][0]
+        if self._want_hidden:
+            hidden = outputs[self._hidden_port][0]
+            self._hidden = np.array(hidden[-1:] if last_only else hidden, np.float32)
         return np.array(logits[-1:] if last_only else logits, np.float32)
 
     def _mask_buffer(self, count: int) -> np.ndarray:
@@ -194,10 +199,7 @@ def _add_logits_to_keep(model: ov.Model) -> bool:
 
     if LOGITS_TO_KEEP in {n for p in model.inputs for n in p.get_names()}:
         return True
-    node = next((r.input_value(0).get_node() for r in model.get_results() if "logits" in r.output(0).get_names()
-                 or "logits" in r.input_value(0).get_names()), None)
-    while node is not None and node.get_type_name() != "MatMul":  # past a Convert or a softcap
-        node = node.input_value(0).get_node() if node.get_input_size() else None
+    node = _lm_head(model)
     if node is None:
         return False
     keep = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name=LOGITS_TO_KEEP)
@@ -207,6 +209,32 @@ def _add_logits_to_keep(model: ov.Model) -> bool:
     node.input(0).replace_source_output(rows.output(0))
     model.add_parameters([keep])
     model.validate_nodes_and_infer_types()
+    return True
+
+
+def _lm_head(model: ov.Model) -> ov.Node | None:
+    """The LM head's MatMul: walked back from the logits output, past a Convert or a softcap."""
+    node = next((r.input_value(0).get_node() for r in model.get_results() if "logits" in r.output(0).get_names()
+                 or "logits" in r.input_value(0).get_names()), None)
+    while node is not None and node.get_type_name() != "MatMul":
+        node = node.input_value(0).get_node() if node.get_input_size() else None
+    return node
+
+
+def _add_hidden_output(model: ov.Model) -> bool:
+    """Expose the LM head's input (the final norm's output, after the logits_to_keep cut) as the output
+    ``hidden_state``, the same tensor the LM head reads (export.graph_edits makes the ONNX twin); False where no
+    LM head MatMul is found."""
+    from openvino import opset13 as ops
+
+    if HIDDEN_STATE in {n for p in model.outputs for n in p.get_names()}:
+        return True
+    node = _lm_head(model)
+    if node is None:
+        return False
+    result = ops.result(node.input_value(0))
+    result.output(0).set_names({HIDDEN_STATE})
+    model.add_results([result])
     return True
 
 

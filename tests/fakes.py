@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,10 +22,12 @@ class ListSession:
 
     backend, device = "numpy", "CPU"
     row_s = 0.0  # seconds each forwarded row costs: makes measured costs grow with rows despite a busy machine
+    has_hidden = True  # the "final hidden state" of a row is its prefix itself (hidden_of): fake heads read it
 
     def __init__(self, max_length: int) -> None:
         self.cache: list[Any] = []  # token ids (or states), one per cached position
         self.max_length = max_length
+        self._hidden: np.ndarray | None = None
 
     @property
     def position(self) -> int:
@@ -41,12 +44,27 @@ class ListSession:
             rows.append(self._row(self.cache))
         return np.stack(rows)
 
-    def forward(self, token_ids: np.ndarray, last_only: bool = False) -> np.ndarray:
+    def forward(self, token_ids: np.ndarray, last_only: bool = False, hidden: bool = False) -> np.ndarray:
         ids = [int(t) for t in np.asarray(token_ids).tolist()]
         if self.row_s:
             time.sleep(self.row_s * len(ids))
+        start = len(self.cache)
         logits = self._append(ids)
+        self._hidden = None
+        if hidden:
+            rows = np.stack([self.hidden_of(self.cache[: start + i + 1]) for i in range(len(ids))])
+            self._hidden = rows[-1:] if last_only else rows
         return logits[-1:] if last_only else logits
+
+    def hidden_of(self, prefix: Sequence[int]) -> np.ndarray:
+        """The fake final hidden state after ``prefix``: its ids, then -1 (max_length values)."""
+        out = np.full(self.max_length, -1.0, np.float32)
+        out[: len(prefix)] = prefix
+        return out
+
+    def hidden_states(self) -> np.ndarray:
+        assert self._hidden is not None, "forward(..., hidden=True) first"
+        return self._hidden
 
     def common_prefix(self, token_ids: Sequence[int]) -> int:
         return 0  # keeps nothing: every prefill starts from an empty cache
@@ -130,6 +148,7 @@ class EmbeddingLM(ListSession):
     """
 
     VOCAB, HIDDEN, EOS = 40, 16, 0
+    has_hidden = False
 
     def __init__(self, seed: int = 0, sharpness: float = 2.0, eos_bias: float = -4.0) -> None:
         super().__init__(max_length=512)
@@ -165,6 +184,7 @@ class TorchSession(ListSession):
     """A Session over a Hugging Face causal LM, recomputing the whole cache per call (exact; tiny models only)."""
 
     backend = "torch"
+    has_hidden = False
 
     def __init__(self, model: Any, manifest: Any = None, max_length: int = 200) -> None:
         super().__init__(max_length)
@@ -192,6 +212,35 @@ class BrokenLM(ListSession):
         if len(cache) > self.broken_at:
             row[len(cache) % self.vocab] = self.value
         return row
+
+
+class TinyHeads:
+    """Fake Hydra heads (the edgegen.heads.HydraHeads surface the drafter runs) over a ListSession's hidden
+    states, which hold the prefix: head k scores the next token after prefix + the tokens taken so far with a
+    TinyLM of its own (``seed``; the target's seed gives heads that agree with it), over ``vocab``."""
+
+    def __init__(self, seed: int, sharpness: float = 1.0, num_heads: int = 3, vocab: Sequence[int] = range(5),
+                 vocab_size: int = 5) -> None:
+        self.num_heads, self.vocab_size = num_heads, vocab_size
+        self.vocab = np.asarray(list(vocab), np.int64)
+        self.seed, self.sharpness = seed, sharpness
+
+    def head(self, k: int, state: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert 0 <= k < self.num_heads
+        state = state.copy()
+        logits = []
+        for row, token in zip(state, tokens, strict=True):
+            assert (row < 0).any(), "the fake hidden state is full"
+            row[int(np.argmax(row < 0))] = token  # the prefix gains the token
+            scores = _tiny_scores(self.seed, self.sharpness, self.vocab_size, tuple(int(t) for t in row[row >= 0]))
+            logits.append(scores[self.vocab])
+        return state, np.stack(logits)
+
+
+@lru_cache(maxsize=100_000)
+def _tiny_scores(seed: int, sharpness: float, vocab: int, prefix: tuple[int, ...]) -> np.ndarray:
+    """TinyLM's logits, remembered: the chi-square runs ask for the same short prefixes thousands of times."""
+    return TinyLM(seed, sharpness, vocab=vocab).logits_after(prefix)
 
 
 def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, vocab_extra: int = 0) -> Path:

@@ -13,12 +13,13 @@ from edgegen.errors import EdgegenError
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeCounters, DecodeRequest, MultiDraftStrategy, RankedDraft, Strategy
 from edgegen.strategies.drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.hydra import Hydra
 from edgegen.strategies.lexical import Lexical
 from edgegen.strategies.speculative import PromptLookup, Speculative
 from edgegen.strategies.superposed import Superposed
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Autoregressive, PromptLookup, Speculative, Superposed, Lexical)
+    cls.name: cls for cls in (Autoregressive, PromptLookup, Speculative, Hydra, Superposed, Lexical)
 }
 
 

@@ -98,11 +98,12 @@ class MultiDraftStrategy(Protocol):
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]: ...
 
 
-def prefill(request: DecodeRequest) -> np.ndarray:
+def prefill(request: DecodeRequest, hidden: bool = False) -> np.ndarray:
     """Run the prompt on the target and return the last position's logits (vocab,).
 
     The cache keeps what it already holds of the prompt (the previous chat turn, a repeated system
     prompt) and only the rest is forwarded: at least the last token, whose logits start the decoding.
+    ``hidden``: the session also keeps that row's final hidden state (Session.hidden_states).
     """
     target, ids = request.target, request.prompt_ids
     keep = min(target.common_prefix(ids), len(ids) - 1)
@@ -111,8 +112,13 @@ def prefill(request: DecodeRequest) -> np.ndarray:
     else:
         target.reset()
     with request.counters.timing("prefill_s"):
-        logits = target.forward(np.asarray(ids[keep:], np.int64), last_only=True)
+        # hidden is passed only when asked: a Session without hidden states (a test fake) runs every other strategy
+        logits = target.forward(np.asarray(ids[keep:], np.int64), last_only=True, **_asked(hidden))
     return check_finite(logits[-1])  # a corrupt model stops before its first token
+
+
+def _asked(hidden: bool) -> dict[str, bool]:
+    return {"hidden": True} if hidden else {}
 
 
 def check_finite(logits: np.ndarray) -> np.ndarray:
@@ -128,10 +134,11 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def step(request: DecodeRequest, token_ids: list[int]) -> tuple[np.ndarray, float]:
-    """One target forward after prefill, counted and timed: its (len(token_ids), vocab) logits and seconds."""
+def step(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> tuple[np.ndarray, float]:
+    """One target forward after prefill, counted and timed: its (len(token_ids), vocab) logits and seconds.
+    ``hidden``: the session also keeps the rows' final hidden states (Session.hidden_states)."""
     start = time.perf_counter()
-    logits = request.target.forward(np.asarray(token_ids, np.int64))
+    logits = request.target.forward(np.asarray(token_ids, np.int64), **_asked(hidden))
     return _counted(request, logits, time.perf_counter() - start)
 
 

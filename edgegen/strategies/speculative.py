@@ -18,8 +18,8 @@ from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDr
 from edgegen.strategies.verify import verify
 
 
-def verified_step(request: DecodeRequest, history: list[int], draft: Draft,
-                  extra: Sequence[int] = ()) -> tuple[list[int], np.ndarray, float]:
+def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extra: Sequence[int] = (),
+                  hidden: bool = False) -> tuple[list[int], np.ndarray, float]:
     """One target forward over [newest token] + draft + ``extra``, the draft verified against its rows.
 
     ``history`` (every token so far; the target has cached all but the newest) is extended by the
@@ -30,11 +30,12 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft,
     Under a constraint the draft is first cut before its first token the grammar refuses: the target
     would reject that token for sure (p'(x) = 0), and for a deterministic draft the residual it would
     draw from is p' itself, what the bonus draw after the cut draft uses (a sampled draft is drawn
-    under the constraint, so it is never cut).
+    under the constraint, so it is never cut). ``hidden``: the target keeps the forward's final hidden
+    states (row i: after [newest token] + draft[:i]; Session.hidden_states).
     """
     cached = request.target.position
     draft = draft.prefix(request.sampler.admissible(draft.tokens))
-    logits, seconds = step(request, [history[-1], *draft.tokens, *extra])
+    logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
     n = len(draft.tokens)
     new = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler)
     accepted = len(new) - 1
@@ -50,6 +51,9 @@ class Speculative(Strategy):
 
     name: ClassVar[str] = "speculative"
     takes_constraint: ClassVar[bool] = True
+    # The target keeps its final hidden states at prefill and at every verification, before the drafter's
+    # begin and update: a drafter built on the target's features (strategies.hydra) reads them there.
+    reads_hidden: ClassVar[bool] = False
 
     @classmethod
     def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
@@ -72,7 +76,7 @@ class Speculative(Strategy):
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
         sampler, counters, target = request.sampler, request.counters, request.target
         history = list(request.prompt_ids)
-        logits = prefill(request)
+        logits = prefill(request, self.reads_hidden)
         with counters.timing("draft_s"):
             self.drafter.begin(history)
         token = sampler.pick(logits, history)
@@ -87,7 +91,7 @@ class Speculative(Strategy):
             with counters.timing("draft_s"):
                 draft = self.drafter.propose(history, n, sampler) if n else Draft([])
             drafted_s = counters.draft_s - started
-            new, _, forward_s = verified_step(request, history, draft)
+            new, _, forward_s = verified_step(request, history, draft, hidden=self.reads_hidden)
             accepted = len(new) - 1
             self.length.update(len(draft.tokens), accepted, len(draft.tokens) + 1, forward_s, drafted_s)
             with counters.timing("draft_s"):
