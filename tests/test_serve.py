@@ -363,6 +363,45 @@ def test_openai_client_json_schema_answers_validate(server: str, gen: Any) -> No
     assert tool_call.function.name in ("get_weather", "get_time") and json.loads(tool_call.function.arguments)
 
 
+def test_openai_client_tool_call_through_the_model_template(gen: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 model under a template that renders tools (Qwen2.5's; ChatML like SmolLM2's own): the tools
+    go through the template, the call comes back in tool_calls (streamed and not), and the call and its
+    result go back through the template in the next turn."""
+    from dataclasses import replace
+
+    from edgegen.tokenizer import TextTokenizer
+
+    template = str(TEMPLATES / "qwen2.5.jinja")  # an absolute path: the folder's own template is left alone
+    monkeypatch.setattr(gen, "tokenizer", TextTokenizer(gen.folder, replace(gen.manifest, chat_template=template)))
+    app = create_app(gen)
+    assert (app.state.tools.format.name, app.state.tools.template_renders) == ("hermes", True)
+    messages = [{"role": "user", "content": "What is the weather like in Paris?"}]
+    ask = {"model": gen.manifest.name, "messages": messages, "tools": [WEATHER, TIME], "tool_choice": "required",
+           "max_tokens": 80, "temperature": 0}
+    with running(app) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        reply = api.chat.completions.create(**ask)
+        deltas = [d for c in api.chat.completions.create(**ask, stream=True) if c.choices
+                  for d in c.choices[0].delta.tool_calls or []]
+        (call,) = reply.choices[0].message.tool_calls
+        result = [*messages, reply.choices[0].message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"}]
+        answer = api.chat.completions.create(**{**ask, "messages": result, "tool_choice": "none", "max_tokens": 12})
+    assert reply.usage.prompt_tokens == len(gen.tokenizer.encode_prompt(messages, chat=True,
+                                                                        tools=[WEATHER, TIME]))
+    tool = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+    assert [d.index for d in deltas] == [0, 0] and deltas[0].function.name == call.function.name
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+    called = f'<tool_call>\n{{"name": "{call.function.name}", "arguments": {call.function.arguments}}}\n</tool_call>'
+    function = {"name": call.function.name, "arguments": json.loads(call.function.arguments)}
+    tokens = gen.tokenizer.encode_prompt([*messages, {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": function}]}, {"role": "tool", "content": "18 degrees, sunny"}], chat=True)
+    assert called in gen.tokenizer.decode(tokens) and answer.usage.prompt_tokens == len(tokens)
+
+
 def _health(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/health", timeout=10).json()
 
