@@ -97,8 +97,12 @@ def default_drafter_model(profile: str = "cpu", progress: bool = True) -> Path:
 
     def build() -> Path:
         from edgegen.export.drafter.ship import export_drafter
+        from edgegen.profiles import load_profile
 
-        return export_drafter(pack, out, target="default", progress=progress)
+        # a torch profile's drafter is torch weights like its target; every other profile runs the int8 graphs
+        prof = load_profile(profile)
+        torch_weights = {"formats": ("torch",), "weights": prof.weights} if "torch" in prof.formats else {}
+        return export_drafter(pack, out, target="default", progress=progress, **torch_weights)
 
     return build_once(out, "the default model's drafter", build, progress)
 

@@ -22,7 +22,7 @@ _WEIGHTS = ["fp32", "fp16", "int8", "int4"]
 
 def _model_options(f: Any) -> Any:
     f = click.option("--model", default=None, help="Exported folder, HF folder or .gguf (default: SmolLM2-135M).")(f)
-    f = click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+    f = click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default=None,
                      help="Runtime (default: the faster for the device, measured once).")(f)
     f = click.option("--device", default=None, help="CPU (default), GPU, NPU, CUDA, DML.")(f)
     f = click.option("--profile", default=None, help="Device profile (default: the device's).")(f)
@@ -202,7 +202,7 @@ def chat(model: str | None, backend: str | None, device: str | None, profile: st
 
 @cli.command()
 @click.option("--model", default="default", show_default=True, help="'default', an HF folder or a .gguf file.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "both"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "both", "torch"]), default=None,
               help="Graphs to build (default: the profile's, else both).")
 @click.option("--weights", type=click.Choice(_WEIGHTS), default=None, help="Weight precision (default: profile's).")
 @click.option("--sym", is_flag=True, default=None, help="Symmetric int4/int8 weights.")

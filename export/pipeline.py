@@ -14,7 +14,7 @@ from edgegen.export.progress import Stages, library_output, warn
 from edgegen.files import atomic_folder, check_output_dir
 from edgegen.manifest import EXPORT_LOG, GraphInfo, Manifest
 
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "torch")  # torch: the HF weights themselves, for the torch backend
 WEIGHTS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_FORMATS = ("onnx", "openvino")
 DEFAULT_WEIGHTS = "int8"
@@ -70,11 +70,11 @@ def export_model(
         raise EdgegenError(f"unknown export format(s) {bad or '(none)'}: choose from {', '.join(FORMATS)}")
     if weights not in WEIGHTS:
         raise EdgegenError(f"unknown weight precision '{weights}': choose from {', '.join(WEIGHTS)}")
-    embeddings = embeddings if embeddings is not None else (prof.embeddings if prof else False)
-    if embeddings and prof is not None and prof.static_shapes:
-        from edgegen.export.embeddings import STATIC_REFUSAL
+    if "torch" in formats:
+        from edgegen.export.torch_format import check_weights
 
-        raise EdgegenError(STATIC_REFUSAL)
+        check_weights(weights)
+    embeddings = embeddings if embeddings is not None else (prof.embeddings if prof else False)
 
     src = resolve_source(source)  # validates before any heavy import or work
     check_output_dir(out_dir)
@@ -99,13 +99,17 @@ def export_model(
 def _stage_names(formats: Sequence[str], weights: str, gate: bool, embeddings: bool = False) -> list[str]:
     names: list[str] = []
     for fmt in formats:
+        if fmt == "torch":
+            names.append(f"save torch weights ({weights})")
+            continue
         names.append(f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} ({weights})")
         if fmt == "openvino" and weights in ("int8", "int4"):
             names.append(f"compress OpenVINO weights ({weights})")
     if gate:
         names.append("quality gate")
     if embeddings:
-        names += [f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} embeddings graph" for fmt in formats]
+        names += [f"build {'ONNX' if fmt == 'onnx' else 'OpenVINO'} embeddings graph" for fmt in formats
+                  if fmt != "torch"]  # the torch model takes input embeddings itself
         names += ["save embedding table", "check embeddings graphs"]
     return names
 
@@ -149,6 +153,11 @@ def _export_into(
                     execution_provider=ep,
                     cache_dir=work / "onnx-cache",
                 )
+        elif fmt == "torch":
+            from edgegen.export.torch_format import build_torch
+
+            with stages.stage(f"save torch weights ({weights})"):
+                graphs["torch"] = build_torch(hf_dir, tmp, weights)
         else:
             from edgegen.export.openvino import build_openvino_ir, compress_openvino_weights, describe_openvino
 

@@ -11,7 +11,7 @@ _NEEDS = "edgegen serve needs the serve extra: pip install 'edgegen[serve]'"
 
 @click.command()
 @click.option("--model", default=None, help="Exported folder, HF folder or .gguf (default: SmolLM2-135M).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default=None,
               help="Runtime (default: the faster for the device, measured once).")
 @click.option("--device", default=None, help="CPU (default), GPU, NPU, CUDA, DML.")
 @click.option("--profile", default=None, help="Device profile (default: the device's).")
