@@ -2,6 +2,12 @@
 Ray instance, and Ray's overhead per line (docs/scale-out.md).
 
     python scripts/batch_figures.py [--lines 16] [--new-tokens 32] [--out bench-out/batch.json]
+    python scripts/batch_figures.py --gendata TEACHER --hf HF_DIR [--lines 16] [--new-tokens 32]
+
+--gendata measures a drafter's training-data generation instead (gendata.generate_targets, the recipe's own
+prompts: code prefixes and chat-templated instructions as token ids, half greedy and half sampled at 0.6,
+EOS honoured), with TEACHER an fp32 export of the target and HF_DIR its Hugging Face folder (tokenizer,
+chat template).
 
 Every run generates the same greedy lines (EOS ignored: each line makes exactly --new-tokens tokens), one
 runtime thread per worker, into a fresh output file. Rates are over the run's wall time, loading the model
@@ -41,13 +47,49 @@ def measure(data: Path, out: Path, workers: int, ray: str | None) -> dict[str, f
             "gen_s": round(sum(gen_ms) / 1e3, 2)}
 
 
+def measure_gendata(prompts: list[list[int]], teacher: Path, out: Path, new_tokens: int, workers: int,
+                    ray: str | None) -> dict[str, float]:
+    from edgegen.export.drafter.gendata import GenWorkers, generate_targets
+
+    start = time.perf_counter()
+    s = generate_targets(prompts, out, teacher=teacher, temperatures=[0.0, 0.6], max_new_tokens=new_tokens, seed=0,
+                         shard_rows=4, run=GenWorkers(workers=workers, ray=ray), progress=False)
+    wall = time.perf_counter() - start
+    return {"gendata": True, "workers": workers, "ray": ray is not None, "lines": s.generated,
+            "new_tokens": s.new_tokens, "wall_s": round(wall, 2), "lines_per_s": round(s.generated / wall, 3),
+            "tokens_per_s": round(s.new_tokens / wall, 2)}
+
+
+def gendata_figures(args: argparse.Namespace, root: Path) -> None:
+    import sysconfig
+
+    from edgegen.export.drafter.gendata import build_prompts
+
+    hf = Path(args.hf)
+    code = sorted(str(p) for p in Path(sysconfig.get_paths()["stdlib"], "json").glob("*.py"))
+    prompts = [p["ids"] for p in build_prompts(hf / "tokenizer.json", hf, code, args.lines // 2, seed=0,
+                                               max_prompt_tokens=128)]
+    rows = [measure_gendata(prompts, Path(args.gendata), root / f"gen-{w}", args.new_tokens, w, None) for w in (1, 2)]
+    connect("local")
+    rows += [measure_gendata(prompts, Path(args.gendata), root / f"gen-ray-{w}", args.new_tokens, w, "local")
+             for w in (1, 2)]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"runs": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--out", default="bench-out/batch.json")
+    ap.add_argument("--gendata", default=None, metavar="TEACHER", help="Measure training-data generation with it.")
+    ap.add_argument("--hf", default=None, help="The target's HF folder (with --gendata).")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="batch-figures-"))
+    if args.gendata:
+        return gendata_figures(args, root)
     data = root / "in.jsonl"
     data.write_text("".join(json.dumps({"prompt": PROMPTS[k % len(PROMPTS)] + f" ({k})", "strategy": "ar",
                                         "max_new_tokens": args.new_tokens, "ignore_eos": True}) + "\n"

@@ -153,3 +153,146 @@ def test_pool_worker_that_cannot_load_is_one_error(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert lines == [f"error: model not found: {tmp_path / 'missing'}"], proc.stderr  # not "a worker died"
     assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+# --- shards: JSONL or Parquet, resumable by shard (a fake Generator in this process: no export) -------------------
+
+SHARD_LINES = [{"prompt": f"Line {k}.", "id": f"l{k}", "max_new_tokens": 3 + k % 3} for k in range(7)]
+SHARD_LINES[4] = {"prompt": "Too long.", "id": "l4", "max_new_tokens": 100_000}  # an error record in a shard
+
+
+@pytest.fixture
+def fake_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_batch's in-process worker loads a fake Generator (tests/fake_generator.py) instead of a model."""
+    from fake_generator import fake_generator
+
+    import edgegen.batch
+
+    generator = fake_generator(tmp_path / "fake")
+    monkeypatch.setattr(edgegen.batch, "_load", lambda load_args: generator)
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    """Records without their measured times (a rerun generates the same tokens in other times)."""
+    return [{**r, "stats": {k: v for k, v in r["stats"].items() if not k.endswith(("_ms", "_s"))}} if "stats" in r
+            else r for r in records]
+
+
+def test_jsonl_and_parquet_shards_read_back_equal_the_jsonl_file(tmp_path: Path, fake_load: None) -> None:
+    import pyarrow.parquet as pq
+
+    from edgegen.batch_output import ShardOutput, read_records
+
+    data = write_jsonl(tmp_path / "in.jsonl", SHARD_LINES)
+    run_batch(data, tmp_path / "one.jsonl", progress=False)
+    expected = read_records(tmp_path / "one.jsonl")
+    assert len(expected) == 7 and "error" in expected[4] and expected[0]["token_ids"]
+    for fmt in ("jsonl", "parquet"):
+        out = tmp_path / f"shards-{fmt}"
+        summary = run_batch(data, out, output_format=fmt, shard_rows=3, progress=False)
+        assert (summary.generated, summary.errors) == (7, 1)
+        assert sorted(p.name for p in out.glob("part-*")) == [f"part-0000{k}.{fmt}" for k in range(3)]
+        assert untimed(read_records(out)) == untimed(expected)  # ids, texts, token ids, the error record
+    # the same records through Parquet and back: equal in every field, stats and id values included
+    shards = ShardOutput(tmp_path / "copy", read_requests(data), "parquet", 3)
+    for record in expected:
+        shards.write(record)
+    assert read_records(tmp_path / "copy") == expected
+    table = pq.read_table(tmp_path / "shards-parquet" / "part-00001.parquet")
+    assert table.num_rows == 3 and str(table.schema.field("token_ids").type.value_type) == "int32"
+
+
+def test_shards_resume_after_a_torn_shard(tmp_path: Path, fake_load: None) -> None:
+    from edgegen.batch_output import read_records
+
+    data = write_jsonl(tmp_path / "in.jsonl", SHARD_LINES)
+    run_batch(data, tmp_path / "one.jsonl", progress=False)
+    out = tmp_path / "shards"
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(record: dict) -> None:
+        if record["index"] == 4:
+            raise Killed
+
+    with pytest.raises(Killed):  # shards 0 and 1 (records 0-3) written, record 4 waiting for shard 2
+        run_batch(data, out, output_format="parquet", shard_rows=2, progress=False, on_record=kill_at)
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    whole = (out / "part-00001.parquet").read_bytes()
+    (out / "part-00001.parquet").write_bytes(whole[: len(whole) // 2])  # torn (copied half, disk trouble)
+    (out / ".part-00002.parquet.tmp").write_bytes(b"PAR1")  # a kill while shard 2 was being written
+    with pytest.raises(EdgegenError, match="resume with --format parquet --shard-rows 2"):
+        run_batch(data, out, output_format="parquet", shard_rows=3, progress=False)
+    summary = run_batch(data, out, output_format="parquet", shard_rows=2, progress=False)
+    assert (summary.skipped, summary.generated) == (2, 5)  # shard 0 kept, the torn shard 1 made again
+    assert not list(out.glob(".*.tmp"))
+    assert untimed(read_records(out)) == untimed(read_records(tmp_path / "one.jsonl"))
+    again = run_batch(data, out, output_format="parquet", shard_rows=2, progress=False)
+    assert (again.skipped, again.generated) == (7, 0)
+
+
+def test_parquet_without_pyarrow_is_one_line(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
+    no_pyarrow = NO_RAY + "sys.modules['pyarrow'] = None; "
+    for args in (["batch", "--input", str(data), "--output", str(tmp_path / "out"), "--format", "parquet"],
+                 ["draft", "gendata", "--out", str(tmp_path / "run"), "--format", "parquet"]):
+        proc = edgegen(*args, prelude=no_pyarrow)
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert proc.returncode != 0 and lines == ["error: --format parquet needs pyarrow: pip install pyarrow "
+                                                  "(the ray extra has it)"], proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()  # nothing begun
+
+
+# --- drafter training data: the target's generations as a batch job --------------------------------------------
+
+GEN_PROMPTS = [[40, 41, 42, 43], [100, 7, 9], [250, 251], [12, 13, 14, 15, 16]]
+GEN_TEMPERATURES = [0.0, 0.9]
+
+
+@pytest.fixture(scope="module")
+def gen_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny training target, its fp32 teacher export and its generations made in this process."""
+    from test_drafter_train import _tiny_target
+
+    from edgegen.export.drafter.gendata import generate_targets, teacher_model
+
+    root = tmp_path_factory.mktemp("gendata")
+    target = _tiny_target(root / "target")
+    teacher = teacher_model(target, progress=False)
+    summary = generate_targets(GEN_PROMPTS, root / "one", teacher=teacher, temperatures=GEN_TEMPERATURES,
+                               max_new_tokens=12, seed=5, shard_rows=3, progress=False)
+    assert (summary.generated, summary.errors) == (8, 0)
+    return {"root": root, "target": target, "teacher": teacher, "one": root / "one"}
+
+
+def test_gendata_is_the_targets_greedy_output(gen_reference: dict[str, Path]) -> None:
+    """The greedy lines are what the fp32 torch target generates, token for token (EOS kept)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgegen.export.drafter.gendata import read_sequences
+
+    model = AutoModelForCausalLM.from_pretrained(gen_reference["target"], dtype=torch.float32).eval()
+    seqs = read_sequences(gen_reference["one"], eos_id=0)
+    greedy = [s for s in seqs if s["temperature"] == 0.0]
+    assert [s["prompt"] for s in greedy] == [0, 1, 2, 3] and len(seqs) == 8
+    for s in greedy:
+        prompt = GEN_PROMPTS[s["prompt"]]
+        out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=[0],
+                             pad_token_id=1)[0, len(prompt):].tolist()
+        assert s["ids"] == prompt + out[: out.index(0) + 1 if 0 in out else None], s
+
+
+def test_gendata_pool_equals_in_process_line_for_line(gen_reference: dict[str, Path]) -> None:
+    from edgegen.export.drafter.gendata import GenWorkers, generate_targets, read_sequences
+
+    out = gen_reference["root"] / "pool"
+    generate_targets(GEN_PROMPTS, out, teacher=gen_reference["teacher"], temperatures=GEN_TEMPERATURES,
+                     max_new_tokens=12, seed=5, shard_rows=3, run=GenWorkers(workers=2, output_format="parquet"),
+                     progress=False)
+    assert sorted(p.name for p in (out / "records").glob("part-*")) == [f"part-0000{k}.parquet" for k in range(3)]
+    assert read_sequences(out, eos_id=0) == read_sequences(gen_reference["one"], eos_id=0)
+    with pytest.raises(EdgegenError, match="other prompts or settings"):  # a folder of other generations
+        generate_targets(GEN_PROMPTS, out, teacher=gen_reference["teacher"], temperatures=[0.0], max_new_tokens=12,
+                         seed=5, progress=False)
