@@ -34,7 +34,7 @@ class DraftResult:
 
     text: str
     token_ids: list[int]  # generated tokens only (EOS excluded)
-    score: float  # the strategy's ranking score, higher is better (superposed: mean log score per token)
+    score: float  # the strategy's ranking score, higher is better (superposed: mean log-prob per token)
     finish_reason: str  # "eos" | "stop" | "length"
 
 
