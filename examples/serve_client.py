@@ -1,4 +1,5 @@
-"""Talk to `edgegen serve` with the official `openai` package: a streamed chat, a JSON extraction, a tool call.
+"""Talk to `edgegen serve` with the official `openai` package: a streamed chat, a JSON extraction, a tool call
+and its result sent back for the answer.
 
     edgegen serve &                      # http://127.0.0.1:8000/v1, the default model
     python examples/serve_client.py      # or: python examples/serve_client.py http://127.0.0.1:8000/v1
@@ -40,12 +41,18 @@ def main() -> None:
         response_format={"type": "json_schema", "json_schema": {"name": "contact", "schema": CONTACT}})
     print(json.loads(reply.choices[0].message.content))
 
-    print("--- tool call")
-    reply = client.chat.completions.create(
-        model=model, max_tokens=60, temperature=0, tools=[WEATHER_TOOL], tool_choice="required",
-        messages=[{"role": "user", "content": "Do I need an umbrella in Dublin today?"}])
-    for call in reply.choices[0].message.tool_calls or []:
+    print("--- tool call (in the model's own call format, read back into tool_calls)")
+    messages = [{"role": "user", "content": "Do I need an umbrella in Dublin today?"}]
+    reply = client.chat.completions.create(model=model, max_tokens=60, temperature=0, tools=[WEATHER_TOOL],
+                                           tool_choice="required", messages=messages)
+    message = reply.choices[0].message
+    messages.append(message.model_dump(exclude_none=True))
+    for call in message.tool_calls or []:
         print(call.function.name, json.loads(call.function.arguments))
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": "light rain, 11 degrees"})
+    answer = client.chat.completions.create(model=model, max_tokens=40, temperature=0, tools=[WEATHER_TOOL],
+                                            tool_choice="none", messages=messages)
+    print(answer.choices[0].message.content)
 
 
 if __name__ == "__main__":
