@@ -272,14 +272,18 @@ def devices() -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N prompts of each set (quick runs).")
 @click.option("--no-baselines", is_flag=True, help="Skip openvino-genai and onnxruntime-genai.")
 @click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "superposed", "lexical"]),
+@click.option("--strategy", type=click.Choice(["ar", "speculative", "prompt-lookup", "hydra", "superposed",
+                                               "lexical"]),
               default="ar", show_default=True, help="Also run this speculative strategy (edgegen's and "
-              "openvino-genai's); superposed: k drafts against k nucleus samples, speed and quality "
+              "openvino-genai's); hydra: the heads beside speculative (shipped drafter) and prompt lookup "
+              "(docs/hydra.md); superposed: k drafts against k nucleus samples, speed and quality "
               "(docs/superposed.md); lexical: the LUD-tuned model (--model default: the shipped one) against AR of "
               "the base and tuned models on both backends, speed and quality (docs/lud.md; sweeps: edgegen lud bench).")
 @click.option("--draft", default=None,
               help="Exported draft model folder (--strategy speculative; default: the default model's shipped one).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length of edgegen's strategy.")
+@click.option("--heads", default=None, type=click.Path(dir_okay=False),
+              help="Hydra heads file (--strategy hydra; default: the default model's shipped heads).")
 @click.option("--num-drafts", type=int, default=3, show_default=True, help="Drafts (--strategy superposed).")
 @click.option("--alpha", type=float, default=None,
               help="N-gram weight (--strategy superposed; default 0.54 with --ngram, else 0).")
@@ -298,7 +302,7 @@ def devices() -> None:
 @click.option("--chat-new-tokens", type=int, default=64, show_default=True, help="Longest answer per chat turn.")
 def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: tuple[int, ...], repeats: int,
           warmup: int, limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
-          num_draft_tokens: int | None, num_drafts: int, alpha: float | None, ngram: str | None,
+          num_draft_tokens: int | None, heads: str | None, num_drafts: int, alpha: float | None, ngram: str | None,
           diversity: tuple[str, ...], adaptive: bool | None, loads: tuple[str, ...], no_rss: bool,
           prompt_tokens: tuple[int, ...], chat_turns: int, chat_new_tokens: int) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
@@ -328,7 +332,7 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: tuple[
                           new_tokens=new_tokens, warmup=warmup, backend=backend, out=Path(out) / f"lexical-{backend}",
                           command=command_line(), echo=click.echo)
         return
-    options = given(num_draft_tokens=num_draft_tokens)
+    options = given(num_draft_tokens=num_draft_tokens, heads=heads)
     run_bench(model=model, weights=weights, prompts=prompts, new_tokens=new_tokens, repeats=repeats,
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
               command=command_line(), echo=click.echo, strategy=strategy, draft=draft,

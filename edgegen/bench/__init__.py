@@ -37,6 +37,10 @@ from edgegen.bench.runner import (
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 
+# The drafting strategies a bench of one strategy also runs, in the same take-turns loop: hydra against the
+# shipped drafter (openvino-genai's speculative pipeline runs it too) and prompt lookup.
+ALONGSIDE = {"hydra": ("speculative", "prompt-lookup")}
+
 
 def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: str = "all",
               new_tokens: int = 128, repeats: int = 1, warmup: int = 1, baselines: bool = True,
@@ -52,7 +56,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     N prompts of each set only (quick runs). strategy: "ar", or "speculative" (with ``draft``, an exported
     draft model folder; the default model's shipped drafter when omitted) / "prompt-lookup" to compare
     edgegen's speculative decoding with its own AR, the AR anchors and openvino-genai's pipeline for
-    the same strategy; ``options`` go to the strategy.
+    the same strategy; "hydra" also runs speculative (the shipped drafter) and prompt lookup
+    (``ALONGSIDE``); ``options`` go to the strategy.
     loads: background loads to measure under ("none", "busy": one core spinning; ``bench.load``).
     peak_rss: measure each engine's peak RSS in a process of its own (``bench.memory``).
     prompt_tokens: prompt lengths to measure TTFT at (``bench.ttft``). chat_turns: also run a chat of that
@@ -69,7 +74,9 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         raise EdgegenError(f"unknown --load {'/'.join(loads)} (known: {', '.join(LOADS)})")
     if any(n < 1 for n in prompt_tokens) or chat_turns < 0 or chat_new_tokens < 1:
         raise EdgegenError("--prompt-tokens must be >= 1, --chat-turns >= 0 and --chat-new-tokens >= 1")
-    if strategy == "speculative" and draft in (None, DEFAULT_DRAFT):
+    also = [s for s in ALONGSIDE.get(strategy, ()) if s != "speculative" or draft is not None
+            or model in (None, "default")]  # a drafter model to compare with: given, or the shipped one
+    if "speculative" in (strategy, *also) and draft in (None, DEFAULT_DRAFT):
         if draft is None and model not in (None, "default"):
             raise EdgegenError("--strategy speculative needs --draft DIR (an exported draft model) for this model")
         draft = str(default_drafter_model())  # the drafter shipped with the default model
@@ -103,9 +110,10 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         eos |= set(manifest.eos_token_ids)
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
-        specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, **options)
+        specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, **options)
         if baselines:
-            anchors, lines = anchor_specs(path, precision, strategy, exported_folder(draft))
+            anchor_strategy = "speculative" if "speculative" in also else strategy  # the anchors' nearest pipeline
+            anchors, lines = anchor_specs(path, precision, anchor_strategy, exported_folder(draft))
             specs += anchors
             for line in lines:
                 note(line)

@@ -115,7 +115,8 @@ class EdgegenEngine:
             steps.close()
         c = request.counters
         return {"prefill_ms": c.prefill_s * 1e3, "target_ms": c.target_s * 1e3, "target_steps": c.target_steps,
-                "draft_ms": c.draft_s * 1e3, "draft_proposed": c.draft_proposed, "draft_accepted": c.draft_accepted}
+                "draft_ms": c.draft_s * 1e3, "draft_proposed": c.draft_proposed, "draft_accepted": c.draft_accepted,
+                **c.extra}  # the strategy's own figures (hydra: per-head counts)
 
 
 def open_engine(spec: EngineSpec, device: str = "CPU") -> TokenEngine:

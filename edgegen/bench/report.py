@@ -244,6 +244,35 @@ def loop_overhead_lines(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+def drafting_lines(runs: Sequence[Run]) -> list[str]:
+    """Per edgegen drafting engine (quiet runs): where a step's time goes. Rows per target step (the newest token
+    plus the draft), target time per row, the drafter's time per step against a target step, and acceptance
+    per head where the strategy counts it (hydra: ``head<k>_proposed`` / ``head<k>_accepted``)."""
+    lines = []
+    for label, weights in dict.fromkeys((r.label, r.weights) for r in runs if r.load == "none"
+                                        and r.engine.kind == "edgegen" and r.engine.drafts):
+        totals: dict[str, float] = {}
+        for r in runs:
+            if (r.load, r.label, r.weights) == ("none", label, weights):
+                for key, value in r.timing.engine_metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+        steps = totals.get("target_steps", 0.0)
+        if not steps:
+            continue
+        rows = steps + totals.get("draft_proposed", 0.0)
+        target_step = totals["target_ms"] / steps
+        line = (f"{label} {weights}: {rows / steps:.2f} rows/step, {totals['target_ms'] / rows:.2f} ms/row, target "
+                f"step {target_step:.1f} ms, drafter {totals.get('draft_ms', 0.0) / steps:.2f} ms/step "
+                f"({totals.get('draft_ms', 0.0) / totals['target_ms']:.0%} of a target step)")
+        heads = sorted(int(k[4:-9]) for k in totals if k.startswith("head") and k.endswith("_proposed"))
+        if heads:
+            line += "; acceptance per head " + ", ".join(
+                f"{k}: {totals[f'head{k}_accepted'] / totals[f'head{k}_proposed']:.0%}"
+                if totals[f"head{k}_proposed"] else f"{k}: —" for k in heads)
+        lines.append(line)
+    return lines
+
+
 def write_report(out: Path, stem: str, data: Mapping[str, Any], markdown: str) -> list[Path]:
     """THE report writer: ``out``/<stem>.json (``data``) and <stem>.md (``markdown``), each swapped in whole."""
     out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +335,11 @@ def markdown_report(runs: Sequence[Run], rows: Sequence[Row], settings: dict[str
     if overhead:
         parts += ["Python/NumPy loop overhead per token (decode time outside session.forward): "
                   + "; ".join(overhead), ""]
+    drafting = drafting_lines(runs)
+    if drafting:
+        parts += ["Drafting, where the time goes (sums over the prompts; acceptance per head: accepted / proposed "
+                  "drafts of that head, a head proposing only after every head before it):", "",
+                  *[f"- {line}" for line in drafting], ""]
     if settings.get("folders"):
         parts += ["Models: " + ", ".join(f"{w} `{p}`" for w, p in settings["folders"].items()), ""]
     gates = [f"{w} {fmt} x{ratio:.3f}"

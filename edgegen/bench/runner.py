@@ -206,10 +206,11 @@ def timed_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], prompts: Seque
 
 
 def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path | None = None,
-                  note: Callable[[str], None] = print, **options: object) -> list[EngineSpec]:
+                  note: Callable[[str], None] = print, also: Sequence[str] = (), **options: object) -> list[EngineSpec]:
     """edgegen's engines on ``folder``: the headline (``edgegen.load()`` + the default strategy), then per backend
     whose graph the folder has: AR (the speed and token reference: every step computes its rows alike) and,
-    for a drafting ``strategy``, the strategy itself."""
+    for a drafting ``strategy``, the strategy itself (with ``options``) and the drafting strategies ``also``
+    compared with it (their defaults)."""
     from edgegen import runtimes
     from edgegen.bench.engines import DEFAULT_STRATEGY, edgegen_spec
 
@@ -223,8 +224,9 @@ def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path 
         specs.append(edgegen_spec(folder, backend, weights))
         if strategy == "ar":
             continue
-        extra = {"draft": draft} if strategy == "speculative" else {}
-        specs.append(edgegen_spec(folder, backend, weights, strategy, **extra, **options))
+        for name in (strategy, *also):
+            extra = {"draft": draft} if name == "speculative" else {}
+            specs.append(edgegen_spec(folder, backend, weights, name, **extra, **(options if name == strategy else {})))
     return specs
 
 
