@@ -321,6 +321,37 @@ def test_tool_results_go_back_into_the_conversation(client: TestClient) -> None:
     assert body["choices"][0]["message"]["content"] and "tool_calls" not in body["choices"][0]["message"]
 
 
+def test_only_the_latest_conversation_keeps_its_prefix(client: TestClient, gen: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Generator, one cache: a conversation's next turn forwards only what follows the prefix the cache
+    still holds; after another conversation ran, it forwards all but the prefix they share."""
+    import os
+
+    rows: list[int] = []
+    forward = gen.session.forward
+
+    def counted(ids: Any, *args: Any, **options: Any) -> Any:
+        rows.append(len(ids))
+        return forward(ids, *args, **options)
+
+    monkeypatch.setattr(gen.session, "forward", counted)
+
+    def turn(messages: list[dict[str, Any]]) -> tuple[str, int, int]:
+        rows.clear()
+        body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 6, "temperature": 0,
+                                                         "strategy": "ar"}).json()
+        return body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens"], rows[0]
+
+    answer, prompt, _ = turn(ASK)
+    second = [*ASK, {"role": "assistant", "content": answer}, {"role": "user", "content": "And three lakes?"}]
+    _, prompt2, prefilled = turn(second)
+    assert prefilled <= prompt2 - prompt  # the first turn's prompt was not forwarded again
+    other = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Bonjour"}]
+    turn(other)
+    shared = len(os.path.commonprefix([gen.tokenizer.encode_prompt(m, chat=True) for m in (other, second)]))
+    assert turn(second)[2] == prompt2 - shared
+
+
 # -- a real server -----------------------------------------------------------------------------------
 def test_openai_client_chat_completions_models(server: str, gen: Any) -> None:
     api = openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=120)
