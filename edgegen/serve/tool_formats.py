@@ -275,11 +275,11 @@ class ToolFormat:
         call = " ".join([*pieces, body, *(_lark_piece(p, special) for p in self.call_close)])
         if not auto:
             return f"start: {call}\n"
-        # a text answer contains no call's opener, and starts with none of their first characters (the
-        # grammar's lexer cannot let a text that starts like a JSON call hand over to the call's JSON)
+        # a text answer contains no call's opener; when the call is bare JSON, the text does not start like
+        # it either (llguidance's lexer cannot hand a text that began with "{" over to the call's JSON)
         openers = "|".join(f"(?:{s.pattern})" for s in self.syntaxes)
-        firsts = "".join(sorted({re.escape(s.literal[0]) for s in self.syntaxes}))
-        return f"start: {call} | TEXT\nTEXT: /[^{firsts}](?s:.*)/ & ~/(?s:.*)(?:{openers})(?s:.*)/\n"
+        first = "/(?s:.+)/" if self.call_open else ("/[^[](?s:.*)/" if self.array else "/[^{](?s:.*)/")
+        return f"start: {call} | TEXT\nTEXT: {first} & ~/(?s:.*)(?:{openers})(?s:.*)/\n"
 
 
 def _lark_piece(text: str, special: dict[str, int]) -> str:

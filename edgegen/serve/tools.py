@@ -181,6 +181,8 @@ class CallReader:
             hold = 0  # nothing but blanks before a call: not content
         new = self.text[self._sent : hold] if hold > self._sent else ""
         self._sent = max(self._sent, hold)
+        if hold == len(self.text):  # no call begins: nothing to read
+            return new, []
         return new, self._new_calls(self.format.scan(self.text, final=False))
 
     def end(self) -> tuple[str, list[dict[str, Any]]]:
