@@ -275,11 +275,13 @@ class ToolFormat:
         call = " ".join([*pieces, body, *(_lark_piece(p, special) for p in self.call_close)])
         if not auto:
             return f"start: {call}\n"
-        # a text answer contains no call's opener; when the call is bare JSON, the text does not start like
-        # it either (llguidance's lexer cannot hand a text that began with "{" over to the call's JSON)
+        # a text answer contains no call's opener, and does not start with the call's first character
+        # (llguidance's lexer cannot hand a text that began like a bare JSON call over to the call's JSON);
+        # a call that starts with a special token cannot be confused with text
         openers = "|".join(f"(?:{s.pattern})" for s in self.syntaxes)
-        first = "/(?s:.+)/" if self.call_open else ("/[^[](?s:.*)/" if self.array else "/[^{](?s:.*)/")
-        return f"start: {call} | TEXT\nTEXT: {first} & ~/(?s:.*)(?:{openers})(?s:.*)/\n"
+        start = self.call_open[0] if self.call_open else "[" if self.array else "{"
+        text = "/(?s:.+)/" if start in special else f"/[^{re.escape(start[0])}](?s:.*)/"
+        return f"start: {call} | TEXT\nTEXT: {text} & ~/(?s:.*)(?:{openers})(?s:.*)/\n"
 
 
 def _lark_piece(text: str, special: dict[str, int]) -> str:
