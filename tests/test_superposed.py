@@ -211,6 +211,27 @@ def test_real_model_three_drafts(fp32_model, tiny_store: str) -> None:
 
 
 @pytest.mark.slow
+def test_real_model_drafts_are_apart_and_scored_by_the_model(fp32_model) -> None:
+    """The default rule on the real model: 3 distinct drafts, each draft's score = the model's mean log-prob of
+    its tokens when prompt + draft are re-scored in one forward from an empty cache."""
+    import edgegen
+    from edgegen import runtimes
+    from edgegen.manifest import read_manifest
+
+    gen = edgegen.load(fp32_model, backend="onnxruntime", embeddings=True)
+    prompt = gen.tokenizer.encode_prompt("def fibonacci(n):", False)
+    r = gen.generate(prompt, max_new_tokens=16, strategy="superposed", num_drafts=3, ignore_eos=True)
+    assert len({tuple(d.token_ids) for d in r.drafts}) == 3
+    assert len({d.token_ids[0] for d in r.drafts}) == 3  # lanes: k distinct first tokens
+    fresh = runtimes.open_session(fp32_model, read_manifest(fp32_model), "onnxruntime")
+    for d in r.drafts:
+        logits = fresh.forward(np.asarray(prompt + d.token_ids, np.int64))[len(prompt) - 1 : -1]
+        fresh.reset()
+        exact = float(np.mean(log_softmax(logits)[np.arange(len(d.token_ids)), d.token_ids]))
+        assert abs(d.score - exact) < 2e-3, (d.score, exact)  # fp32 sums in another order: ~1e-5 apart
+
+
+@pytest.mark.slow
 def test_cli_superposed(fp32_model) -> None:
     import json as json_module
 
@@ -226,6 +247,10 @@ def test_cli_superposed(fp32_model) -> None:
     proc = edgegen(*args)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("--- draft ") == 3 and out["drafts"][1]["text"] in proc.stdout
+    proc = edgegen("run", "--model", str(fp32_model), "--strategy", "superposed", "--diversity", "none",
+                   "--max-new-tokens", "6", "--raw", "--json", "def add(a, b):")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json_module.loads(proc.stdout)["drafts"]) == 3
     bad = ["run", "--model", str(fp32_model), "--strategy", "superposed"]
     assert_one_line_error(edgegen(*bad, "--num-drafts", "0", "hi"), "num_drafts must be >= 1")
     assert_one_line_error(edgegen(*bad, "--alpha", "1.5", "hi"), "alpha must be in [0, 1]")

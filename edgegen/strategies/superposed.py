@@ -8,7 +8,7 @@ draft scores those tokens with the n-gram model on its own context:
     log s = (1 - alpha) log p_LM + alpha log p_ngram
 
 Tokens the n-gram model gives probability 0 are dropped for that draft; a draft left with none keeps
-(1 - alpha) log p_LM - 200. How the k drafts continue is the ``diversity`` rule (``SELECTIONS``):
+(1 - alpha) log p_LM - 200. How the k drafts continue is the ``diversity`` rule:
 
 - "none": the paper's beam bookkeeping over the k x c continuations (top 2k; the k best alive stay).
   The best draft's continuations take over all k slots, so drafts end up near-copies.
