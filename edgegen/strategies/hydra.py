@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
@@ -72,26 +73,27 @@ class HydraDrafter:
         state, token = self._hidden[None], np.array([context[-1]])
         tokens: list[int] = []
         rows: list[np.ndarray] = []
-        for k in range(min(max_tokens, heads.num_heads)):
-            state, logits = heads.head(k, state, token)
-            row = logits[0]
-            best = int(np.argmax(row))
-            # the head's own top probability (softmax at temperature 1) says how sure it is
-            if tokens and self.confidence and 1.0 / float(np.exp(row - row[best]).sum()) < self.confidence:
-                break  # unsure: a short draft wastes less target work than a rejected long one
-            if plain:  # the argmax over the heads' own vocabulary: no full-vocabulary row needed
-                choice = int(heads.vocab[best])
-            else:
-                full = self._full.copy()
-                full[heads.vocab] = row
-                q = sampler.distribution(full, context + tokens)
-                choice = int(np.argmax(q)) if greedy else sample(q, sampler.rng)
-            if not sampler.admit(choice):
-                break  # under a constraint the heads may hold none of the allowed tokens
-            tokens.append(choice)
-            if not greedy:
-                rows.append(q)
-            token = np.array([choice])
+        with _one_blas_thread():
+            for k in range(min(max_tokens, heads.num_heads)):
+                state, logits = heads.head(k, state, token)
+                row = logits[0]
+                best = int(np.argmax(row))
+                # the head's own top probability (softmax at temperature 1) says how sure it is
+                if tokens and self.confidence and 1.0 / float(np.exp(row - row[best]).sum()) < self.confidence:
+                    break  # unsure: a short draft wastes less target work than a rejected long one
+                if plain:  # the argmax over the heads' own vocabulary: no full-vocabulary row needed
+                    choice = int(heads.vocab[best])
+                else:
+                    full = self._full.copy()
+                    full[heads.vocab] = row
+                    q = sampler.distribution(full, context + tokens)
+                    choice = int(np.argmax(q)) if greedy else sample(q, sampler.rng)
+                if not sampler.admit(choice):
+                    break  # under a constraint the heads may hold none of the allowed tokens
+                tokens.append(choice)
+                if not greedy:
+                    rows.append(q)
+                token = np.array([choice])
         sampler.rollback(len(tokens))  # drafted tokens join the sequence only once verified
         self._drafted = len(tokens)
         return Draft(tokens, np.stack(rows) if rows else None)
@@ -105,6 +107,18 @@ class HydraDrafter:
         self.proposed[: self._drafted] += 1
         self.accepted[: min(accepted, self._drafted)] += 1
         self._drafted = 0
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """A context in which NumPy's BLAS runs one thread. A head is a few one-row products, bound by memory:
+    more threads only synchronise, and wait for any core another process holds (docs/hydra.md: 4-5x the
+    time on a loaded 2-core machine)."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 class LookupOrHydra:
