@@ -22,7 +22,8 @@ LINES = [{"prompt": p, "id": k} for k, p in enumerate([
     "Name a river.", "Say hi.", "What is two plus two?", "Name a colour.", "Write a haiku about rain.",
     "What is the capital of France?", "Give me a word that rhymes with cat.", "Count to three."])]
 LINES[3] = {**LINES[3], "temperature": 0.9, "seed": 11}  # seeded sampling: the same draw on every worker
-LUD_TOLERANCE = 0.01  # relative, on LUD's final held-out CE and guard: as above, the two ranks' rows weigh unequally
+LUD_TOLERANCE = 0.02  # relative, on LUD's final held-out CE (measured 0.6-0.8 %): as below, the two ranks' rows
+#                       carry different numbers of placeholder blocks; the guard (~0.003) within 3e-4 absolute
 TOLERANCE = 0.005  # relative, on the final held-out losses: 2 workers average 2 half-batch losses (exact on the
 #                   corpus stage, where every row counts as many positions; close on the generations, where not)
 DEFAULTS = {"max_new_tokens": 5}
@@ -169,7 +170,8 @@ def test_toy_lud_on_torchtrainer_matches_one_process(cluster: str, tmp_path: Pat
     assert two["tokens_seen"] == one["tokens_seen"]
     a, b = one["evals"][-1], two["evals"][-1]
     assert a["global_step"] == b["global_step"] == 24 and a["sets"].keys() == b["sets"].keys()
+    assert two["evals"][0]["sets"] == one["evals"][0]["sets"]  # the same start: data, blocks, placeholders
     for name in a["sets"]:
-        for key in ("ce", "guard"):
-            assert b["sets"][name][key] == pytest.approx(a["sets"][name][key], rel=LUD_TOLERANCE), (name, key, a, b)
+        assert b["sets"][name]["ce"] == pytest.approx(a["sets"][name]["ce"], rel=LUD_TOLERANCE), (name, a, b)
+        assert b["sets"][name]["guard"] == pytest.approx(a["sets"][name]["guard"], abs=3e-4), (name, a, b)
     assert b["sets"]["val_code"]["ce"] < two["evals"][0]["sets"]["val_code"]["ce"]  # and it learned
