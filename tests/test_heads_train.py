@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,131 @@ def test_heads_file_reader_matches_safetensors_and_refuses_bad_files(heads_file,
         HydraHeads.open(tmp_path / "missing.safetensors")
     with pytest.raises(EdgegenError, match="hidden state"):
         HydraHeads.open(heads_file).chain(np.zeros(5, np.float32), 1)
+
+
+# --- the recipe on a tiny target ------------------------------------------------------------------------------
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Rivers flow to the sea and the sea returns rain to the hills. "
+        "A function takes arguments and returns a value; a class groups data with the functions that act on it. ")
+
+
+def _cfg(target, out, text_dir, **kw):
+    from edgegen.export.drafter.config import STDLIB
+    from edgegen.export.hydra import HydraConfig
+
+    base = dict(target=str(target), out=str(out), steps=24, seq_len=32, batch_size=4, lr=3e-3, warmup=3, heads=3,
+                head_vocab=64, feature_tokens=3000, code_globs=[f"{STDLIB}/json/*.py"],
+                text_globs=[f"{text_dir}/*.txt"], corpus_tokens=8000, val_tokens=600, eval_tokens=256,
+                gen_prompts=8, gen_max_new_tokens=16, gen_batch=8, gen_val_every=4, ckpt_every=5,
+                ckpt_minutes=1e9, eval_every=12, progress=False, seed=3)
+    base.update(kw)
+    return HydraConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from fakes import tiny_llama
+
+    from edgegen.export.drafter.config import STDLIB
+    from edgegen.export.hydra import train_heads
+
+    root = tmp_path_factory.mktemp("hydra")
+    text_dir = root / "text"
+    text_dir.mkdir()
+    for i in range(6):
+        (text_dir / f"doc{i}.txt").write_text((TEXT + f" Document {i}. ") * (10 + i))
+    code = "".join(p.read_text() for p in sorted(Path(STDLIB, "json").glob("*.py")))
+    target = tiny_llama(root / "target", [TEXT * 20, code], vocab_size=320, layers=2)
+    summary = train_heads(_cfg(target, root / "run-a", text_dir), echo=lambda m: None)
+    return {"root": root, "text": text_dir, "target": target, "run": root / "run-a", "summary": summary}
+
+
+def test_recipe_trains_the_heads(run):
+    records = [json.loads(x) for x in (run["run"] / "metrics.jsonl").read_text().splitlines()]
+    evals = {e["label"]: e["sets"] for e in records if e["event"] == "eval"}
+    assert list(evals) == ["init", "step 12", "step 24"]
+    assert {"val_code", "val_text", "gen_code", "bench_code"} <= set(evals["init"])
+    train = [e for e in records if e["event"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    for name in ("val_code", "gen_code"):  # held out: the heads' loss falls on text they did not train on
+        assert evals["step 24"][name]["ce1"] < evals["init"][name]["ce1"]
+    for sets in evals.values():
+        for m in sets.values():
+            assert 0 <= m["chain3"] <= m["chain2"] <= m["chain1"] == m["head1"] <= m["coverage"] <= 1
+    # The packed file runs in NumPy and gives the torch heads' predictions on the run's own features.
+    heads = HydraHeads.open(run["run"] / "heads.safetensors")
+    assert heads.info["vocab_size"] == 320 and heads.num_heads == 3 and heads.head_vocab_size == 64
+    assert heads.info["evals"][-1]["label"] == "step 24"
+
+
+def test_resume_is_exact(run):
+    from edgegen.export import checkpoints as ck
+    from edgegen.export.hydra import train_heads
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(n):
+        def hook(step):
+            if step == n:
+                raise Stop
+
+        return hook
+
+    out = run["root"] / "run-b"
+    with pytest.raises(Stop):
+        train_heads(_cfg(run["target"], out, run["text"]), step_hook=stop_at(8), echo=lambda m: None)
+    assert ck.latest_checkpoint(out).name == "ckpt-00000005"
+    with pytest.raises(EdgegenError, match="--resume"):
+        train_heads(_cfg(run["target"], out, run["text"]), echo=lambda m: None)
+    with pytest.raises(Stop):
+        train_heads(_cfg(run["target"], out, run["text"]), resume=True, step_hook=stop_at(17), echo=lambda m: None)
+    assert ck.latest_checkpoint(out).name == "ckpt-00000015"
+    train_heads(_cfg(run["target"], out, run["text"]), resume=True, echo=lambda m: None)
+    a = ck.load_checkpoint(ck.latest_checkpoint(run["run"]))[0]
+    b = ck.load_checkpoint(ck.latest_checkpoint(out))[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_write_failure_leaves_the_last_one(run, tmp_path, monkeypatch):
+    import shutil
+
+    from edgegen.export import checkpoints as ck
+    from edgegen.export.hydra import pack_heads
+
+    out = tmp_path / "run"
+    shutil.copytree(run["run"], out)
+    before = ck.latest_checkpoint(out)
+
+    def broken(obj, path, *a, **k):  # half a file, then the disk is full
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+
+    monkeypatch.setattr(torch, "save", broken)
+    tensors, state, meta = ck.load_checkpoint(before)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(out, 99, tensors, state, meta)
+    assert ck.latest_checkpoint(out) == before and not list(out.glob(".tmp-ckpt-*"))
+    packed = pack_heads(out, tmp_path / "h.safetensors")  # the last complete checkpoint still packs
+    assert HydraHeads.open(packed).info["checkpoint"] == before.name
+
+
+def test_resume_refuses_a_pickled_state(run, tmp_path):
+    import pickle
+    import shutil
+
+    from edgegen.export import checkpoints as ck
+    from edgegen.export.hydra import train_heads
+
+    out = tmp_path / "run"
+    shutil.copytree(run["run"], out)
+    state = ck.latest_checkpoint(out) / "state.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    state.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(EdgegenError, match="refusing to resume"):
+        train_heads(_cfg(run["target"], out, run["text"]), resume=True, echo=lambda m: None)
