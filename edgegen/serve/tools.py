@@ -107,20 +107,21 @@ def chat_inputs(messages: list[dict[str, Any]], plan: ToolPlan | None,
     if model.template_renders and not fmt.system_tools:
         return messages, specs
     out: list[dict[str, Any]] = []
+    after_result = False  # the previous message was a tool result: the next one joins its user turn
     for message in messages:
-        calls = message.get("tool_calls")
-        if calls:
+        is_result = message["role"] == "tool" and not model.template_renders
+        if is_result:
+            result = fmt.result.format(content=message["content"])
+            if after_result:
+                out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n{result}"}
+            else:
+                out.append({"role": "user", "content": result})
+        elif calls := message.get("tool_calls"):
             written = fmt.write([Call(c["function"]["name"], c["function"]["arguments"]) for c in calls])
             out.append({"role": "assistant", "content": (message.get("content") or "") + written})
-        elif message["role"] == "tool" and not model.template_renders:
-            result = fmt.result.format(content=message["content"])
-            if out and out[-1].get("tool_result"):  # results of one turn's calls: one user turn
-                out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n{result}"}
-            else:
-                out.append({"role": "user", "content": result, "tool_result": True})
         else:
             out.append(message)
-    out = [{k: v for k, v in m.items() if k != "tool_result"} for m in out]
+        after_result = is_result
     if specs:
         out = _with_tools_in_system(out, fmt, specs, model.template_renders)
     return out, None
@@ -130,8 +131,8 @@ def _with_tools_in_system(messages: list[dict[str, Any]], fmt: ToolFormat, specs
                           template_renders: bool) -> list[dict[str, Any]]:
     """The tools in the (first) system message: as its ``tools`` field for a template that reads them there
     (Phi-4-mini), else as the format's instructions appended to its text."""
-    first = messages[0] if messages and messages[0]["role"] == "system" else {"role": "system", "content": ""}
-    rest = messages[1:] if first is messages[0] else messages
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    first, rest = (messages[0], messages[1:]) if has_system else ({"role": "system", "content": ""}, messages)
     if template_renders:  # system_tools
         system = {**first, "tools": json.dumps([s["function"] for s in specs])}
     else:
