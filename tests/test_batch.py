@@ -296,3 +296,21 @@ def test_gendata_pool_equals_in_process_line_for_line(gen_reference: dict[str, P
     with pytest.raises(EdgegenError, match="other prompts or settings"):  # a folder of other generations
         generate_targets(GEN_PROMPTS, out, teacher=gen_reference["teacher"], temperatures=[0.0], max_new_tokens=12,
                          seed=5, progress=False)
+
+
+def test_runs_begun_with_torch_made_generations_keep_them(tmp_path: Path) -> None:
+    """A run folder whose gen/ holds the earlier torch-made shards (NumPy .npz) reads and keeps them."""
+    import numpy as np
+
+    from edgegen.export.drafter.gendata import build_generations, load_generations
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    np.savez(gen / "shard-00000.npz", prompt_index=np.int32([0, 1]), temperature=np.float32([0, 0]),
+             prompt_len=np.int32([2, 1]), gen_len=np.int32([3, 2]), prompt_ids=np.int32([5, 6, 7]),
+             gen_ids=np.int32([8, 9, 0, 10, 0]))
+    cfg = type("Cfg", (), {"gen_temperatures": [0.0], "gen_batch": 2})()
+    assert build_generations(tmp_path, tmp_path / "no-target", [{"ids": [5, 6]}, {"ids": [7]}], cfg) == gen
+    train, val, stats = load_generations(gen, val_every=2)
+    assert val == [([5, 6, 8, 9, 0], 2)] and train == [([7, 10, 0], 1)]
+    assert stats["generated_tokens"] == 5 and not (gen / "requests.jsonl").exists()

@@ -233,8 +233,9 @@ def build_generations(run_dir: Path, hf_dir: Path, prompts: list[dict[str, Any]]
     """The run's target generations (``run_dir/gen``), built once: ``cfg`` gives the temperatures, new tokens,
     seed, threads and shard size (``gen_batch``); ``run`` where they are generated."""
     out = Path(run_dir) / GEN_DIR
-    if _legacy_shards(out):
-        return out  # a run begun before generation moved to the runtime: its data is kept
+    jobs = len(prompts) * len(cfg.gen_temperatures)
+    if not (out / REQUESTS).is_file() and len(_legacy_shards(out)) == -(-jobs // cfg.gen_batch):
+        return out  # a run that built its data before generation moved to the runtime: that data is kept
     generate_targets([p["ids"] for p in prompts], out, teacher=teacher_model(hf_dir, cfg.progress),
                      temperatures=cfg.gen_temperatures, max_new_tokens=cfg.gen_max_new_tokens, seed=cfg.seed,
                      threads=cfg.threads, shard_rows=cfg.gen_batch, run=run, progress=cfg.progress)
@@ -261,7 +262,7 @@ def load_generations(gen_dir: Path, val_every: int, eos_id: int | None = None) -
         list[tuple[list[int], int]], list[tuple[list[int], int]], dict[str, Any]]:
     """(train, val, stats): each sequence as (prompt+generation ids, prompt length); every `val_every`-th
     prompt (all its temperatures) is held out."""
-    if _legacy_shards(gen_dir):
+    if not (Path(gen_dir) / REQUESTS).is_file() and _legacy_shards(gen_dir):
         seqs = _legacy_sequences(gen_dir)
     else:
         seqs = [(s["prompt"], s["ids"], s["prompt_len"]) for s in read_sequences(gen_dir, eos_id)]
