@@ -3,12 +3,14 @@
 Tiny fakes (tests/fakes.py: a ListSession's hidden state holds its prefix, TinyHeads read it) run the real
 loop; the chi-square check of test_speculative_sampling is applied to the heads' drafts, with and without
 prompt lookup, and shown to catch an off-by-one rejection. On the real int8 model: the hidden states are the
-LM head's input on both backends, greedy hydra equals AR, and an export without them refuses in one line.
+LM head's input on both backends, greedy hydra equals AR (heads of the real shape), and an export without the
+hidden-state output still loads and hydra refuses it in one line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from edgegen.strategies import make_strategy
 from edgegen.strategies import verify as verify_module
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
-from edgegen.strategies.hydra import Hydra
+from edgegen.strategies.hydra import Hydra, open_heads
 
 
 def hydra(seed: int = 2, lookup: bool = False, **options) -> Hydra:
@@ -103,6 +105,10 @@ def test_hydra_options_and_missing_hidden_states() -> None:
     with pytest.raises(EdgegenError, match="needs the target's hidden states"):
         next(steps)
     assert no_hidden.position == 0  # refused before any work
+    other = TinyLM(seed=1, sharpness=1.5)
+    other.manifest = SimpleNamespace(name="tiny", hidden_size=64, vocab_size=5)
+    with pytest.raises(EdgegenError, match="no heads for model 'tiny'"):
+        open_heads(other, None)  # heads ship for the default model only
 
 
 # --- the real default model -------------------------------------------------------------------------------
@@ -126,22 +132,32 @@ def test_hidden_states_are_the_lm_head_input(backend: str, int8_model: Path) -> 
         session.hidden_states()  # a plain forward keeps none
 
 
+@pytest.fixture(scope="module")
+def real_shape_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random heads of the default model's shape (hidden 576, its vocabulary): greedy identity with AR must hold
+    whatever the heads say, so it needs no trained run (the shipped heads' acceptance is the bench's)."""
+    from edgegen.export.hydra.ship import random_heads
+
+    return random_heads(tmp_path_factory.mktemp("heads") / "heads.safetensors", hidden_size=576, vocab_size=49152,
+                        head_vocab=512, num_heads=4)
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_hydra_greedy_equals_ar_on_the_default_model(backend: str, int8_model: Path) -> None:
+def test_hydra_greedy_equals_ar_on_the_default_model(backend: str, int8_model: Path, real_shape_heads: Path) -> None:
     from test_speculative import PROMPTS
 
     import edgegen
 
-    gen = edgegen.load(backend=backend)  # the default model: hydra finds the shipped heads
-    assert gen.folder == int8_model
+    gen = edgegen.load(int8_model, backend=backend)
     proposed = accepted = 0
     for prompt, chat in PROMPTS:
         ar = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar")
-        out = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="hydra", lookup=False)
+        out = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="hydra", heads=real_shape_heads,
+                           num_draft_tokens=4, adaptive=False)  # every step drafts: the heads' rows are verified
         assert out.token_ids == ar.token_ids, f"hydra on {backend} differs from AR on {prompt!r}"
         proposed += out.stats.draft_proposed
         accepted += out.stats.draft_accepted
-    assert 0 < accepted < proposed
+    assert 0 < accepted < proposed  # prompt lookup's drafts beside the heads': accepted and rejected
 
 
 def test_an_export_without_hidden_states_loads_and_hydra_says_why(int8_model: Path, tmp_path: Path) -> None:
@@ -152,13 +168,7 @@ def test_an_export_without_hidden_states_loads_and_hydra_says_why(int8_model: Pa
     assert not gen.session.has_hidden
     assert gen.generate("def f(x):", max_new_tokens=4, chat=False).token_ids  # plain strategies still run
     with pytest.raises(EdgegenError, match="re-export"):
-        gen.generate("def f(x):", max_new_tokens=4, chat=False, strategy="hydra", heads=shipped_heads())
-
-
-def shipped_heads() -> Path:
-    from edgegen.artifacts import default_heads_file
-
-    return default_heads_file()
+        gen.generate("def f(x):", max_new_tokens=4, chat=False, strategy="hydra")  # refused before the heads
 
 
 def _without_hidden_output(folder: Path, out: Path) -> Path:
