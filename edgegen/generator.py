@@ -126,7 +126,7 @@ class Generator:
         used as given); roles are system, user, assistant and tool. ``strategy`` names a decode strategy
         and ``options`` go to it. The default, "auto", is "speculative" when a draft model was loaded,
         else "prompt-lookup" when greedy (the same tokens as "ar", faster where the output repeats the
-        context), else "ar" (also on static-shape NPU graphs, which decode one token per call).
+        context), else "ar".
         Greedy when ``temperature`` is 0; otherwise sampling with top_k/top_p/repetition_penalty
         and ``seed`` (an int >= 0). ``stop``: a string or a list of non-empty strings; a single
         string is one stop string. ``ignore_eos`` generates exactly ``max_new_tokens`` (benchmarks).
@@ -173,6 +173,10 @@ class Generator:
         decoder = make_strategy(name, self._drafter_for(name), **options)
         session = self._session_for(decoder)
         limit = session.max_length
+        prompt_limit = getattr(session, "max_prompt_length", limit)  # a static NPU prefill graph's length
+        if len(prompt_ids) > prompt_limit:
+            raise EdgegenError(f"prompt of {len(prompt_ids)} tokens exceeds the {prompt_limit} tokens the "
+                               f"{session.device} graph takes as a prompt (the profile's max_prompt_len)")
         if len(prompt_ids) + max_new_tokens > limit:
             raise EdgegenError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                                f"the {limit} tokens this {session.device} session holds")
@@ -210,8 +214,6 @@ class Generator:
         return name
 
     def _auto_strategy(self, temperature: float) -> str:
-        if self.manifest.static_shapes:  # the NPU graph forwards one token at a time after the prompt
-            return "ar"
         if self.drafter is not None:
             return "speculative"
         return "prompt-lookup" if temperature == 0 else "ar"

@@ -28,7 +28,8 @@ BACKEND_PROFILES = {"torch": {"CPU": "torch-cpu", "CUDA": "torch-cuda"}}
 
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
-         threads: int | None = None, draft_confidence: float = 0.0, embeddings: bool = False) -> Generator:
+         threads: int | None = None, draft_confidence: float = 0.0, embeddings: bool = False,
+         draft_device: str | None = None) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
@@ -40,7 +41,8 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     default model (which strategy="speculative" also opens on first use when none is given);
     draft_confidence in [0, 1] stops a draft early when the drafter's top probability falls below
     it. embeddings: run the export's input-embedding graph (superposed decoding needs it; the
-    default model gets it on first use).
+    default model gets it on first use). draft_device: where the draft model runs (default: the
+    profile's draft_device, else ``device``; the NPU profile puts the target on the NPU, its drafter on the CPU).
     Every argument is checked first: a bad one is an EdgegenError.
     """
     model, draft = check_path("model", model), check_path("draft", draft)
@@ -51,12 +53,18 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     if not 0 <= draft_confidence <= 1:
         raise EdgegenError(f"draft_confidence must be in [0, 1], got {draft_confidence}")
     embeddings = check_bool("embeddings", embeddings)
+    draft_device = check_optional_text("draft_device", draft_device)
     device = (check_optional_text("device", device) or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(DEVICE_PROFILES)})")
     if backend is not None:
         runtimes.check_backend(backend)  # unknown or not installed -> clear error before loading anything
     _check_present(device, backend)
+    if draft_device is not None:
+        draft_device = draft_device.upper()
+        if draft_device not in DEVICE_PROFILES:
+            raise EdgegenError(f"unknown draft device '{draft_device}' (known: {', '.join(DEVICE_PROFILES)})")
+        _check_present(draft_device, backend)
     if profile is None:
         profile = BACKEND_PROFILES.get(backend or "", {}).get(device) or DEVICE_PROFILES[device]
     prof = load_profile(profile)
@@ -66,7 +74,7 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     manifest = read_manifest(folder)
 
     def open_session(name: str, with_embeddings: bool = embeddings) -> runtimes.Session:
-        options: dict[str, Any] = {"max_length": max_length, "threads": threads}
+        options: dict[str, Any] = {"max_length": max_length, "threads": threads, **_npu_options(device, prof)}
         where, info = folder, manifest
         if with_embeddings and not embeddings and runtimes.needs_embeddings_graph(name):  # asked later (superposed)
             where = ensure_embeddings(folder)  # a cached auto-export gains the graphs once; others: clear error
@@ -85,8 +93,10 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
             draft_folder = resolve_model(name, prof)
         draft_manifest = read_manifest(draft_folder)
         check_draft_compatible(folder, manifest, draft_folder, draft_manifest)
-        draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=device,
-                                              max_length=session.max_length, threads=threads)
+        where = draft_device or prof.draft_device or device
+        draft_session = runtimes.open_session(draft_folder, draft_manifest, backend, device=where,
+                                              max_length=session.max_length, threads=threads,
+                                              **_npu_options(where, prof))
         head = (draft_manifest.extras.get("drafter") or {}).get("head_vocab")
         return ModelDrafter(draft_session, confidence=draft_confidence,
                             head_vocab=np.asarray(head) if head else None, target_vocab=manifest.vocab_size)
@@ -95,6 +105,12 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     is_default = model is None or str(model) == "default"
     return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True),
                      open_default_drafter=(lambda: open_drafter(DEFAULT_DRAFT)) if is_default else None)
+
+
+def _npu_options(device: str, profile: Any) -> dict[str, Any]:
+    """Session options for a static-shape NPU graph: the profile's shapes, for what an export does not record
+    (a drafter or LUD model exported without them, an NPU export made before max_generation_len)."""
+    return {"static_shapes": dict(profile.static_shapes)} if device == "NPU" else {}
 
 
 def _check_present(device: str, backend: str | None) -> None:

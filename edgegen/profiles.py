@@ -20,10 +20,12 @@ class DeviceProfile:
     sym: bool
     group_size: int
     backend: str  # "auto" | "onnxruntime" | "openvino"
-    device: str  # "CPU", "GPU", "NPU", "CUDA", "DML"
+    device: str  # "CPU", "GPU", "NPU", "CUDA", "DML": where the target model runs
     onnx_execution_provider: str = "cpu"
-    static_shapes: dict[str, int] = field(default_factory=dict)  # NPU: max_prompt_len, min_response_len
-    embeddings: bool = False  # export input-embedding graphs too (superposed decoding); not with static shapes
+    # NPU: max_prompt_len, min_response_len, max_generation_len (tokens per call after the prompt)
+    static_shapes: dict[str, int] = field(default_factory=dict)
+    embeddings: bool = False  # export input-embedding graphs too (superposed decoding)
+    draft_device: str | None = None  # where a draft model runs (None: beside the target, on ``device``)
 
 
 def available_profiles() -> list[str]:
@@ -50,4 +52,5 @@ def load_profile(name: str) -> DeviceProfile:
         device=run.get("device", "CPU"),
         static_shapes={k: int(v) for k, v in data.get("static_shapes", {}).items()},
         embeddings=bool(exp.get("embeddings", False)),
+        draft_device=run.get("draft_device"),
     )

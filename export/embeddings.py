@@ -26,10 +26,6 @@ TABLE_FILE = "embeddings.npy"
 _MIN_AGREEMENT = 0.8
 _CHECK_TOKENS = 32
 _LINK_MIN_BYTES = 1 << 20
-STATIC_REFUSAL = ("the NPU static-shape profile has no input-embedding graphs (NPUW compiles input_ids "
-                  "graphs); run superposed decoding on CPU or GPU")
-
-
 def embedding_scale(hf_dir: Path) -> float:
     """The factor a model multiplies its embedding rows by, as the ONNX model builder applies it."""
     from transformers import AutoConfig
@@ -146,8 +142,6 @@ def add_embeddings(folder: Path, progress: bool = True) -> Path:
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.static_shapes:
-        raise EdgegenError(STATIC_REFUSAL)
     source = manifest.source.get("path")
     if not source or not Path(source).exists():
         raise EdgegenError(f"the source of {folder} ({source or 'unknown'}) is gone: "
@@ -178,10 +172,6 @@ def add_embeddings(folder: Path, progress: bool = True) -> Path:
         manifest.write(tmp)
     stages.summary(folder)
     return folder
-
-
-STATIC_REFUSAL = ("the NPU static-shape profile has no input-embedding graphs (NPUW compiles input_ids "
-                   "graphs); run superposed decoding on CPU or GPU")
 
 
 def _table_weights(manifest: Manifest) -> str:

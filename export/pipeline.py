@@ -75,10 +75,6 @@ def export_model(
 
         check_weights(weights)
     embeddings = embeddings if embeddings is not None else (prof.embeddings if prof else False)
-    if embeddings and prof is not None and prof.static_shapes:
-        from edgegen.export.embeddings import STATIC_REFUSAL
-
-        raise EdgegenError(STATIC_REFUSAL)
 
     src = resolve_source(source)  # validates before any heavy import or work
     check_output_dir(out_dir)

@@ -20,6 +20,10 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "openvino": ("edgegen.runtimes.openvino_session", "OpenVINOSession", "openvino"),
     "torch": ("edgegen.runtimes.torch_session", "TorchSession", "torch"),
 }
+# (backend, device) -> (module, session class) where a device needs its own session: NPUW's static graphs
+DEVICE_SESSIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("openvino", "NPU"): ("edgegen.runtimes.openvino_npu", "OpenVINONPUSession"),
+}
 # Backends whose model takes input embeddings itself: superposed decoding needs no input-embedding graph.
 NATIVE_EMBEDDINGS = frozenset({"torch"})
 # How to install a backend that is not part of the base install.
@@ -71,6 +75,9 @@ def open_session(folder: str | Path, manifest: Manifest, backend: str, device: s
     ``forward_embeddings`` (an export without one is a one-line EdgegenError).
     """
     cls = _entry(backend)[1]
+    if (backend, device.upper()) in DEVICE_SESSIONS:  # a device with its own session class (static NPU shapes)
+        module, cls = DEVICE_SESSIONS[backend, device.upper()]
+        return getattr(importlib.import_module(module), cls)(Path(folder), manifest, embeddings=embeddings, **options)
     if embeddings:
         if needs_embeddings_graph(backend):
             manifest.embeddings_graph(graph_format(backend))  # the clear error before importing the runtime

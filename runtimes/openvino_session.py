@@ -1,7 +1,7 @@
 """OpenVINO native backend: stateful IR, the KV cache lives in the infer request's state.
 
-CPU and GPU take any number of tokens per call. The NPU runs through NPUW with static shapes
-(a prompt of at most max_prompt_len tokens, then one token per call up to min_response_len more).
+CPU and GPU take any number of tokens per call. The NPU, compiled by NPUW with static shapes, has its own
+session (runtimes.openvino_npu).
 
 Rolling the cache back (`trim`) does not touch the state: reading and rewriting it costs more than a forward
 (2026-11-26, SmolLM2-135M on CPU: 22 ms to read the f16 state, +7 ms to write it, +10 ms on the next forward,
@@ -13,8 +13,6 @@ before the live tokens would no longer fit a sliding attention window that count
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,64 +38,39 @@ def available_devices() -> list[str]:
     return list(core().available_devices)
 
 
-def _npu_config(static_shapes: dict[str, int]) -> dict[str, object]:
-    config: dict[str, object] = {
-        "NPU_USE_NPUW": "YES",
-        "NPUW_LLM": "YES",
-        "NPUW_LLM_MAX_PROMPT_LEN": static_shapes.get("max_prompt_len", 1024),
-        "NPUW_LLM_MIN_RESPONSE_LEN": static_shapes.get("min_response_len", 128),
-    }
-    return config
-
-
 class OpenVINOSession(CachePosition, EmbeddingInputs):
     """A Session (see runtimes.base) over a compiled stateful OpenVINO model.
 
-    embeddings=True runs the export's input-embedding IR (embed / forward_embeddings); not on the NPU.
+    embeddings=True runs the export's input-embedding IR (embed / forward_embeddings). CPU and GPU; the NPU's
+    session is runtimes.openvino_npu.OpenVINONPUSession (runtimes.DEVICE_SESSIONS).
     """
 
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, npuw_devices: str | None = None, embeddings: bool = False) -> None:
+                 threads: int | None = None, embeddings: bool = False) -> None:
         device = device.upper()
-        if device == "NPU" and npuw_devices is None:
-            npuw_devices = os.environ.get(NPUW_ENV) or None
-        if embeddings and device == "NPU":
-            raise EdgegenError("the NPU static graph has no input-embedding path: run superposed decoding on "
-                               "CPU or GPU")
         graph = manifest.embeddings_graph("openvino") if embeddings else manifest.graph("openvino")
         if not graph.kv.stateful:
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
         present = available_devices()
-        # NPUW can place the NPU graph on the CPU (NPUW_DEVICES=CPU): the NPU path, tested without an NPU.
-        if device not in present and not (device == "NPU" and npuw_devices):
+        if device not in present:
             raise EdgegenError(f"device '{device}' is not present: OpenVINO has {', '.join(present)}")
         # No pinning: a thread pinned to a core that another process holds waits for it at every op,
         # where an unpinned one moves (2026-12-01, 2 cores under load: 179 vs 261 ms per step; docs/performance.md).
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if device == "CPU":
             config["ENABLE_CPU_PINNING"] = False
-        self._static = device == "NPU"
         self._limit = min(max_length or manifest.context_length, manifest.context_length)
-        if self._static:
-            shapes = manifest.static_shapes or {"max_prompt_len": 1024, "min_response_len": 128}
-            config = _npu_config(shapes)
-            if npuw_devices:
-                config["NPUW_DEVICES"] = npuw_devices
-            self._max_prompt = shapes.get("max_prompt_len", 1024)
-            self._limit = self._max_prompt + shapes.get("min_response_len", 128)
-        elif threads:
+        if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.manifest = manifest
         self.device = device
         self._graph = graph
         try:
             model = core().read_model(str(folder / graph.path))
-            # The NPU's static graph computes logits for its one new row anyway; elsewhere a prefill
-            # needs only the last position's logits.
-            self._keep = not self._static and _add_logits_to_keep(model)
-            self.has_hidden = not self._static and _add_hidden_output(model)  # after the cut: the logits' rows
+            self._keep = _add_logits_to_keep(model)  # a prefill needs only the last position's logits
+            self.has_hidden = _add_hidden_output(model)  # after the cut: the logits' rows
             compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
@@ -121,11 +94,6 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         start, end = self._position, self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
-        if self._static:
-            if start == 0 and n > self._max_prompt:
-                raise EdgegenError(f"prompt of {n} tokens exceeds the NPU graph's {self._max_prompt}")
-            if start > 0 and n > 1:
-                raise EdgegenError("the NPU static graph forwards one token at a time after the prompt")
         if self._window and len(self._slots) + n > self._window and len(self._slots) > start:
             self._compact()  # the window counts slots: dead ones would push live tokens out of it
         used = len(self._slots)
@@ -158,14 +126,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             self._mask = grown
         return self._mask[:, :count]
 
-    def common_prefix(self, token_ids: Sequence[int]) -> int:
-        return 0 if self._static else super().common_prefix(token_ids)  # NPUW: no rollback, one prefill
-
     def trim(self, length: int) -> None:
         if not self._check_trim(length):
             return
-        if self._static:
-            raise EdgegenError("the NPU static graph cannot roll back its cache")
         live = np.flatnonzero(self._slots)
         self._slots[live[length:]] = 0
         self._held(length)

@@ -10,6 +10,7 @@ yields ``[]`` after each step, then the best draft's tokens once, and exposes al
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,6 +133,12 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
         raise EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
                            "quantized (`edgegen verify MODEL` checks its files; re-export it, or quantize it less)")
     return logits
+
+
+def step_limit(target: Session) -> int:
+    """Tokens one forward after the prompt runs in one call: a static NPU graph's generation step length
+    (Session.max_step; a longer forward still works, in several calls), unbounded elsewhere."""
+    return getattr(target, "max_step", sys.maxsize)
 
 
 def step(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> tuple[np.ndarray, float]:

@@ -28,7 +28,7 @@ import numpy as np
 from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import Session
 from edgegen.sampling import Sampler
-from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_limit
 from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import Draft
 from edgegen.strategies.speculative import verified_step
@@ -108,7 +108,8 @@ class Lexical(Strategy):
         """The placeholders to append after ``fed`` real rows: as many as pay for themselves and fit the cache."""
         if threshold >= 1.0:
             return []
-        room = request.target.max_length - request.target.position - fed
+        target = request.target
+        room = min(target.max_length - target.position, step_limit(target)) - fed  # one call on a static graph
         return pids[: length.choose(max(0, min(len(pids), room)))]
 
     def _verified_steps(self, request: DecodeRequest, history: list[int], pids: list[int], threshold: float,
@@ -122,7 +123,8 @@ class Lexical(Strategy):
             length.update(len(unit), accepted, 1 + len(unit) + len(extra), forward_s, 0.0)
             # the placeholders followed the unit: after a rejection they predicted a continuation not taken
             room = request.max_new_tokens - (len(history) - len(request.prompt_ids)) if accepted == len(unit) else 0
-            unit = self.unit(rows, history, request.sampler, threshold, room)
+            # the unit is the next step's draft: with its token before it, one call on a static graph
+            unit = self.unit(rows, history, request.sampler, threshold, min(room, step_limit(request.target) - 1))
             yield new
 
     def _unverified_steps(self, request: DecodeRequest, history: list[int], pids: list[int], threshold: float,
@@ -136,7 +138,8 @@ class Lexical(Strategy):
             out, forward_s = step(request, pending + extra)
             history.append(sampler.pick(out[fed - 1], history))
             room = request.max_new_tokens - (len(history) - len(request.prompt_ids))
-            unit = self.unit(out[fed:], history, sampler, threshold, room)
+            # the unit is fed after its first token next step: one call on a static graph
+            unit = self.unit(out[fed:], history, sampler, threshold, min(room, step_limit(target) - 1))
             length.update(len(extra), len(unit), fed + len(extra), forward_s, 0.0)
             counters.draft_proposed += len(extra)  # placeholders offered, and how many of them joined the unit
             counters.draft_accepted += len(unit)

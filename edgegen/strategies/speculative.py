@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_limit
 from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
 from edgegen.strategies.verify import verify
@@ -84,8 +84,9 @@ class Speculative(Strategy):
         produced = 1
         yield [token]
         while True:
-            # Never draft past what the caller wants or the cache holds.
-            room = max(0, min(request.max_new_tokens - produced - 1, target.max_length - len(history) - 1))
+            # Never draft past what the caller wants, the cache holds or one call takes (static NPU graphs).
+            room = max(0, min(request.max_new_tokens - produced - 1, target.max_length - len(history) - 1,
+                              step_limit(target) - 1))
             n = self.length.choose(room)
             started = counters.draft_s
             with counters.timing("draft_s"):
