@@ -25,7 +25,8 @@ whole vocabulary and speculative sampling stays lossless.
 
 The file is read without torch or safetensors (neither is a runtime dependency): a safetensors file is an
 8-byte little-endian header length, a JSON header (dtype, shape, byte offsets; ``__metadata__``) and the
-raw little-endian tensors, read here with ``np.frombuffer`` (no pickle). Weights are kept as float32.
+raw little-endian tensors, read here with ``np.frombuffer`` (no pickle). Weights (fp32, fp16 or int8 blocks
+of 32 with fp16 scales) are kept as float32.
 """
 
 from __future__ import annotations
@@ -67,6 +68,23 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         arr = np.frombuffer(data[begin:end], dtype=np.dtype(dtype).newbyteorder("<"))
         tensors[name] = arr.reshape(spec["shape"]).astype(dtype, copy=True)
     return tensors, meta
+
+
+def dequantize(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """float32 weights from a heads file: int8 blocks (``NAME.q8`` (rows, cols) with ``NAME.scale`` (rows,
+    cols / block) fp16) are multiplied out; other float tensors are widened; integer tensors kept."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".scale"):
+            continue
+        if name.endswith(".q8"):
+            base = name[: -len(".q8")]
+            scale = tensors[base + ".scale"].astype(np.float32)
+            block = t.shape[1] // scale.shape[1]
+            out[base] = (t.astype(np.float32).reshape(t.shape[0], -1, block) * scale[..., None]).reshape(t.shape)
+        else:
+            out[name] = t.astype(np.float32) if t.dtype.kind == "f" else t
+    return out
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,7 @@ class HydraHeads:
         if not path.is_file():
             raise EdgegenError(f"heads file not found: {path}")
         tensors, meta = read_safetensors(path)
+        tensors = dequantize(tensors)
         try:
             info = json.loads(meta[METADATA_KEY])
         except (KeyError, ValueError):

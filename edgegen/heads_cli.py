@@ -25,10 +25,11 @@ def heads() -> None:
 @click.option("--seq-len", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--eval-every", type=int, default=200, show_default=True, help="Steps between held-out evaluations.")
+@click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Positions per held-out corpus set.")
 def heads_train(target: str, out: str, tokens: int | None, steps: int | None, resume: bool, seed: int, threads: int,
                 batch_size: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool,
                 num_heads: int, head_layers: int, head_vocab: int, feature_tokens: int, gen_prompts: int,
-                seq_len: int, lr: float, eval_every: int) -> None:
+                seq_len: int, lr: float, eval_every: int, eval_tokens: int) -> None:
     """Train Hydra heads for --target on its own features (resumable). The heads run in NumPy, so
     --no-export and --no-quality-gate change nothing: the packed file is the product."""
     from edgegen.export.hydra import HydraConfig, train_heads
@@ -36,7 +37,8 @@ def heads_train(target: str, out: str, tokens: int | None, steps: int | None, re
     cfg = HydraConfig(target=target, out=out, tokens=tokens, steps=steps, seed=seed, threads=threads,
                       batch_size=batch_size, ckpt_minutes=ckpt_minutes, progress=not quiet, heads=num_heads,
                       head_layers=head_layers, head_vocab=head_vocab, feature_tokens=feature_tokens,
-                      gen_prompts=gen_prompts, seq_len=seq_len, lr=lr, eval_every=eval_every)
+                      gen_prompts=gen_prompts, seq_len=seq_len, lr=lr, eval_every=eval_every,
+                      eval_tokens=eval_tokens)
     cfg.validate()
     summary = train_heads(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     click.echo(f"trained heads in {summary['out']} ({summary['tokens_seen']} positions, "

@@ -245,3 +245,14 @@ def test_resume_refuses_a_pickled_state(run, tmp_path):
     state.write_bytes(pickle.dumps({"x": Evil()}))
     with pytest.raises(EdgegenError, match="refusing to resume"):
         train_heads(_cfg(run["target"], out, run["text"]), resume=True, echo=lambda m: None)
+
+
+def test_int8_heads_file_is_half_the_size_and_close(tmp_path):
+    kw = dict(hidden_size=64, vocab_size=96, head_vocab=40, num_heads=2, layers=1, seed=5)
+    f16 = HydraHeads.open(random_heads(tmp_path / "f16.safetensors", dtype="float16", **kw))
+    q8_path = random_heads(tmp_path / "q8.safetensors", dtype="int8", **kw)
+    q8 = HydraHeads.open(q8_path)
+    assert q8_path.stat().st_size < 0.6 * (tmp_path / "f16.safetensors").stat().st_size
+    h = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    a, b = f16.chain(h, 3), q8.chain(h, 3)
+    np.testing.assert_allclose(a.logits, b.logits, atol=0.05 * np.abs(a.logits).max())

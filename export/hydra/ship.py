@@ -17,7 +17,7 @@ import numpy as np
 from edgegen.errors import EdgegenError
 from edgegen.heads import FEATURE, FORMAT, METADATA_KEY
 
-PACK_DTYPES = ("float16", "float32")
+PACK_DTYPES = ("float16", "float32", "int8")
 VOCAB_KEY, EMBED_KEY = "vocab", "embed"  # in checkpoints and packs, beside the trained tensors
 
 
@@ -30,15 +30,18 @@ def heads_info(num_heads: int, layers: int, hidden_size: int, target: dict[str, 
 
 
 def write_heads(tensors: dict[str, Any], info: dict[str, Any], out_file: str | Path, dtype: str = "float16") -> Path:
-    """Write heads tensors (torch; ``vocab``, ``embed`` and the heads' weights) as a heads file, atomically."""
+    """Write heads tensors (torch; ``vocab``, ``embed`` and the heads' weights) as a heads file, atomically.
+    ``dtype="int8"``: matrices as int8 blocks of 32 with one fp16 scale each (``NAME.q8``, ``NAME.scale``;
+    vectors as fp16), half the fp16 size; the runtime dequantizes them to float32 once, at load."""
     import torch
 
+    from edgegen.export.drafter.ship import _encode  # the drafter packs' int8 blocks (one encoding rule)
     from edgegen.export.finetune import write_pack
 
     if dtype not in PACK_DTYPES:
         raise EdgegenError(f"unsupported heads dtype '{dtype}': {', '.join(PACK_DTYPES)}")
-    out = {k: (v.to(torch.int32) if k == VOCAB_KEY else v.to(getattr(torch, dtype))).contiguous()
-           for k, v in tensors.items()}
+    weights = _encode({k: v.float() for k, v in tensors.items() if k != VOCAB_KEY}, dtype)
+    out = {VOCAB_KEY: tensors[VOCAB_KEY].to(torch.int32).contiguous(), **weights}
     return write_pack(out, out_file, METADATA_KEY, {**info, "dtype": dtype})
 
 
