@@ -271,17 +271,25 @@ class ToolFormat:
         body = f"%json {json.dumps(schema)}"
         if self.array:
             body = f'"[" {body} "]"'
-        pieces = [_lark_piece(p, special) for p in self.call_open]
-        call = " ".join([*pieces, body, *(_lark_piece(p, special) for p in self.call_close)])
+        opening = [_lark_piece(p, special) for p in self.call_open]
+        rest = " ".join([body, *(_lark_piece(p, special) for p in self.call_close)])
+        call = " ".join([*opening, rest])
         if not auto:
             return f"start: {call}\n"
-        # a text answer contains no call's opener, and does not start with the call's first character
-        # (llguidance's lexer cannot hand a text that began like a bare JSON call over to the call's JSON);
-        # a call that starts with a special token cannot be confused with text
+        # Plain text holds no call's opener and does not start with the call's first character (llguidance's
+        # lexer cannot hand a text that began like the call over to it). Text may lead into a call: up to a
+        # special token (which no text contains), or a text lexeme that ends with the literal marker.
         openers = "|".join(f"(?:{s.pattern})" for s in self.syntaxes)
-        start = self.call_open[0] if self.call_open else "[" if self.array else "{"
-        text = "/(?s:.+)/" if start in special else f"/[^{re.escape(start[0])}](?s:.*)/"
-        return f"start: {call} | TEXT\nTEXT: {text} & ~/(?s:.*)(?:{openers})(?s:.*)/\n"
+        no_call = f"~/(?s:.*)(?:{openers})(?s:.*)/"
+        if not self.call_open:  # bare JSON: no text before it
+            return f"start: {call} | TEXT\nTEXT: /[^{re.escape('[' if self.array else '{')}](?s:.*)/ & {no_call}\n"
+        marker = self.call_open[0]
+        if marker in special:
+            return f"start: {call} | TEXT | TEXT {call}\nTEXT: /(?s:.+)/ & {no_call}\n"
+        first = re.escape(marker[0])
+        lead = f"/[^{first}](?s:.*){re.escape(marker)}/ & ~/(?s:.*)(?:{openers})(?s:.+)/"
+        rest = " ".join([*opening[1:], rest])
+        return f"start: {call} | TEXT | LEAD {rest}\nTEXT: /[^{first}](?s:.*)/ & {no_call}\nLEAD: {lead}\n"
 
 
 def _lark_piece(text: str, special: dict[str, int]) -> str:
