@@ -7,8 +7,9 @@ assistant messages with ``tool_calls`` (arguments as objects), tool results as r
 Otherwise the format's instructions go in the system message, earlier calls are written in the
 format and tool results become user turns. The grammar (llguidance Lark with embedded JSON schemas)
 makes a call of the format the only possible output (tool_choice "required" or a named function) or
-one of two (tool_choice "auto": a call, or plain text in which no call begins); the arguments always
-follow the chosen tool's schema. One call per answer is generated; the readers take several.
+one of the answers (tool_choice "auto": a call, plain text in which no call begins, or for formats with
+a marker such text leading into a call); the arguments always follow the chosen tool's schema. One call
+per answer is generated; the readers take several.
 """
 
 from __future__ import annotations
