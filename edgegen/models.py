@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from edgegen.errors import EdgegenError
 from edgegen.manifest import BACKEND_CHOICE, Manifest, is_model_folder, read_manifest
 from edgegen.profiles import DeviceProfile, load_profile
 from edgegen.tokenizer import TextTokenizer
+
+if TYPE_CHECKING:
+    from edgegen.runtimes.base import Session
 
 
 def export(source: str | Path | None, out: Path, **options: Any) -> Path:
@@ -100,17 +104,26 @@ def resolve_model(model: str | Path | None, profile: DeviceProfile, embeddings: 
     return _cached(str(path), out, profile, embeddings)
 
 
-def _decode_speed(session_factory) -> float:
-    """Tokens/s of a short greedy decode: enough to rank two backends on this machine."""
-    session = session_factory()
+def _decode_speeds(factories: dict[str, Callable[[], Session]], rounds: int = 6, steps: int = 4) -> dict[str, float]:
+    """Tokens/s of one-token greedy steps per backend: enough to rank them on this machine.
+
+    The backends take turns (rounds of a few steps each) and each keeps its fastest step: another
+    process's burst of work then slows both alike or neither, and cannot decide the choice alone.
+    """
+    sessions = {name: factory() for name, factory in factories.items()}
     ids = np.arange(100, 116, dtype=np.int64)
-    session.forward(ids, last_only=True)
     token = np.array([ids[-1]])
-    session.forward(token)  # warm-up
-    start = time.perf_counter()
-    for _ in range(16):
-        session.forward(token)
-    return 16 / (time.perf_counter() - start)
+    for session in sessions.values():
+        session.forward(ids, last_only=True)
+        session.forward(token)  # warm-up
+    best = dict.fromkeys(sessions, float("inf"))
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                session.forward(token)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1.0 / seconds for name, seconds in best.items()}
 
 
 def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) -> str:
@@ -128,7 +141,7 @@ def choose_backend(folder: Path, manifest: Manifest, device: str, open_session) 
     record = folder / BACKEND_CHOICE
     choices = json.loads(record.read_text()) if record.is_file() else {}
     if device not in choices:
-        speeds = {name: _decode_speed(lambda n=name: open_session(n)) for name in candidates}
+        speeds = _decode_speeds({name: (lambda n=name: open_session(n)) for name in candidates})
         choices[device] = {"backend": max(speeds, key=speeds.get), "tokens_per_s": speeds}
         try:
             record.write_text(json.dumps(choices, indent=2))
