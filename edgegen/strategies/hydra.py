@@ -30,6 +30,10 @@ from edgegen.strategies.base import DecodeRequest, Strategy
 from edgegen.strategies.drafters import Draft, Drafter, PromptLookupDrafter
 from edgegen.strategies.speculative import Speculative
 
+# A chain stops at the first head whose top probability is below this (0: never), so an unsure head drafts
+# nothing and prompt lookup's draft, when longer, is verified instead. Not tuned on trained heads yet.
+DEFAULT_CONFIDENCE = 0.3
+
 
 class DraftHeads(Protocol):
     """Hydra heads as the drafter runs them (edgegen.heads.HydraHeads)."""
@@ -50,11 +54,12 @@ class HydraDrafter:
     It runs under a strategy whose loop keeps them (``Speculative.reads_hidden``): ``begin`` reads the
     prefill's last row, ``update`` the verification row that chose the newest token. Each head's logits go
     through the sampler (penalty, temperature, top-k/p, constraint) like the target's, so a sampled draft
-    is drawn from the q that verification divides by. ``confidence``: stop the chain at a head whose top
-    probability is below it. ``proposed`` / ``accepted``: per head, over the heads' drafts the loop verified.
+    is drawn from the q that verification divides by. ``confidence``: stop the chain at a head whose own top
+    probability is below it (head 1 included: then no draft). ``proposed`` / ``accepted``: per head, over
+    the heads' drafts the loop verified.
     """
 
-    def __init__(self, heads: DraftHeads, target: Session, confidence: float = 0.0) -> None:
+    def __init__(self, heads: DraftHeads, target: Session, confidence: float = DEFAULT_CONFIDENCE) -> None:
         self.heads, self.target, self.confidence = heads, target, confidence
         self.proposed = np.zeros(heads.num_heads, np.int64)
         self.accepted = np.zeros(heads.num_heads, np.int64)
@@ -79,8 +84,8 @@ class HydraDrafter:
                 row = logits[0]
                 best = int(np.argmax(row))
                 # the head's own top probability (softmax at temperature 1) says how sure it is
-                if tokens and self.confidence and 1.0 / float(np.exp(row - row[best]).sum()) < self.confidence:
-                    break  # unsure: a short draft wastes less target work than a rejected long one
+                if self.confidence and 1.0 / float(np.exp(row - row[best]).sum()) < self.confidence:
+                    break  # unsure: a short draft (none at all) wastes less target work than a rejected long one
                 if plain:  # the argmax over the heads' own vocabulary: no full-vocabulary row needed
                     choice = int(heads.vocab[best])
                 else:
@@ -161,7 +166,8 @@ class Hydra(Speculative):
     def build(cls, drafter: Drafter | None, **options: Any) -> Strategy:
         return cls(**options)  # its drafter reads the target: it is made per generation (decode)
 
-    def __init__(self, heads: str | Path | DraftHeads | None = None, lookup: bool = True, confidence: float = 0.0,
+    def __init__(self, heads: str | Path | DraftHeads | None = None, lookup: bool = True,
+                 confidence: float = DEFAULT_CONFIDENCE,
                  num_draft_tokens: int = 4, max_draft_tokens: int = 10, adaptive: bool = True) -> None:
         if not 0.0 <= confidence <= 1.0:
             raise ValueError(f"confidence must be within [0, 1], got {confidence}")
