@@ -78,7 +78,8 @@ def test_hydra_with_prompt_lookup_and_a_reduced_head_vocabulary_is_lossless(monk
     config = CONFIGS[0]
 
     def reduced() -> Hydra:
-        return Hydra(TinyHeads(2, vocab=[4, 0, 2]), lookup=True, num_draft_tokens=3, adaptive=False)  # confidence
+        # the default confidence: where the heads are unsure, lookup's draft is verified instead
+        return Hydra(TinyHeads(2, vocab=[4, 0, 2]), lookup=True, num_draft_tokens=3, adaptive=False)
 
     counts = sample_first_tokens(reduced, config, RUNS)
     assert chi_square_pvalue(counts, exact_ar_distribution(config), RUNS) > 1e-3
