@@ -102,6 +102,8 @@ def cli() -> None:
               help="Where the draft model runs (default: the profile's; core-ultra-npu: CPU beside the NPU target).")
 @click.option("--num-draft-tokens", type=int, default=None, help="Initial draft length (speculative strategies).")
 @click.option("--num-drafts", type=int, default=None, help="Drafts to return (superposed; default 3).")
+@click.option("--heads", default=None, type=click.Path(dir_okay=False),
+              help="Hydra heads file (--strategy hydra; default: the default model's shipped heads).")
 @click.option("--alpha", type=float, default=None,
               help="N-gram weight in [0, 1] (superposed; default 0.54 with --ngram, else 0: none).")
 @click.option("--ngram", default=None, type=click.Path(dir_okay=False),
@@ -122,8 +124,8 @@ def cli() -> None:
 def run(prompt: str, model: str | None, backend: str | None, device: str | None, profile: str | None,
         max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
         seed: int | None, stop: tuple[str, ...], strategy: str, draft: str | None, draft_device: str | None,
-        num_draft_tokens: int | None, num_drafts: int | None, alpha: float | None, ngram: str | None,
-        diversity: str | None, adaptive: bool | None,
+        num_draft_tokens: int | None, num_drafts: int | None, heads: str | None, alpha: float | None,
+        ngram: str | None, diversity: str | None, adaptive: bool | None,
         threshold: float | None, span: int | None, verified: bool, raw: bool, json_schema: str | None,
         json_object: bool, as_json: bool) -> None:
     """Generate a completion of PROMPT, streaming it to the terminal (superposed: its drafts, ranked)."""
@@ -139,8 +141,8 @@ def run(prompt: str, model: str | None, backend: str | None, device: str | None,
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, chat=not raw, strategy=strategy,
                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
                   **given(response_format=response_format, num_draft_tokens=num_draft_tokens, num_drafts=num_drafts,
-                          alpha=alpha, ngram=ngram, diversity=diversity, adaptive=adaptive, threshold=threshold,
-                          span=span, verified=verified or None))
+                          heads=heads, alpha=alpha, ngram=ngram, diversity=diversity, adaptive=adaptive,
+                          threshold=threshold, span=span, verified=verified or None))
     if as_json:
         click.echo(json.dumps(gen.generate(prompt, **kwargs).to_dict()))
         return
