@@ -59,19 +59,26 @@ def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
             d, v = embed.shape[1], embed.shape[0] - 1
             self.heads = nn.ModuleList(Head(d, v) for _ in range(num_heads))
 
-        def forward(self, hidden: Any, token_idx: Any) -> list[Any]:
+        def states(self, hidden: Any, token_idx: Any) -> list[Any]:
             """hidden (B, W, d), token_idx (B, W) head indices of the sequence's tokens; returns per head k
-            (1-based) the logits (B, W - k, V) of positions t < W - k (the label is the target's next token
-            at position t + k)."""
+            (1-based) the states r_k (B, W - k, d) of positions t < W - k (the label is the target's next
+            token at position t + k)."""
             W = hidden.shape[1]
-            out_w = self.embed[:-1]
-            state, logits = hidden, []
+            state, out = hidden, []
             for k, head in enumerate(self.heads, start=1):
                 if W - k < 1:
                     break
                 state = head(state[:, :W - k], self.embed[token_idx[:, k:]])
-                logits.append(state @ out_w.T + head.bias)
-            return logits
+                out.append(state)
+            return out
+
+        def score(self, k: int, state: Any) -> Any:
+            """Head k's (1-based) logits over the head vocabulary for states (..., d)."""
+            return state @ self.embed[:-1].T + self.heads[k - 1].bias
+
+        def forward(self, hidden: Any, token_idx: Any) -> list[Any]:
+            """Per head k the logits (B, W - k, V) of :meth:`states` (training scores only the rows that count)."""
+            return [self.score(k, s) for k, s in enumerate(self.states(hidden, token_idx), start=1)]
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -66,18 +66,17 @@ def heads_loss(model: Any, batch: tuple[Any, ...], decay: float) -> tuple[Any, d
     import torch
 
     hidden, tok, top, top_p, count = batch
+    V = model.embed.shape[0] - 1
     total, weight, logs = 0.0, 0.0, {}
-    for k, lg in enumerate(model(hidden, tok), start=1):
-        V = lg.shape[-1]
+    for k, state in enumerate(model.states(hidden, tok), start=1):
         tgt, valid, greedy = _targets(top, top_p, count, k, V)
+        lg = model.score(k, state[valid])  # only the rows that count: the V x d product is most of a step
         logq = torch.log_softmax(lg, dim=-1)
-        ce = -(tgt * logq.gather(-1, top[:, k:].clamp(max=V - 1))).sum(-1)
-        n = valid.sum().clamp(min=1)
-        total = total + decay ** (k - 1) * (ce * valid).sum() / n
+        ce = -(tgt[valid] * logq.gather(-1, top[:, k:][valid].clamp(max=V - 1))).sum(-1)
+        total = total + decay ** (k - 1) * ce.sum() / max(int(valid.sum()), 1)
         weight += decay ** (k - 1)
         with torch.no_grad():
-            c = count[:, k:]
-            logs[f"acc{k}"] = float(((lg.argmax(-1) == greedy) & c).sum() / c.sum().clamp(min=1))
+            logs[f"acc{k}"] = float((lg.argmax(-1) == greedy[valid]).float().mean()) if len(lg) else 0.0
     loss = total / weight
     logs["loss"] = float(loss)
     return loss, logs
