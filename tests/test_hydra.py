@@ -157,14 +157,15 @@ def test_hydra_greedy_equals_ar_on_the_default_model(backend: str, int8_model: P
         # every step drafts 4 heads' tokens: the heads' rows are verified (and, random, rejected)
         heads_only = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="hydra", heads=real_shape_heads,
                                   lookup=False, confidence=0.0, num_draft_tokens=4, adaptive=False)
-        # the defaults: random heads are never confident, so prompt lookup drafts where the context repeats
-        default = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="hydra", heads=real_shape_heads)
-        for out in (heads_only, default):
+        # heads never sure enough (confidence 1): prompt lookup beside them drafts where the context repeats
+        with_lookup = gen.generate(prompt, max_new_tokens=32, chat=chat, strategy="hydra", heads=real_shape_heads,
+                                   confidence=1.0)
+        for out in (heads_only, with_lookup):
             assert out.token_ids == ar.token_ids, f"hydra on {backend} differs from AR on {prompt!r}"
         assert heads_only.stats.draft_proposed > heads_only.stats.draft_accepted
-        proposed += default.stats.draft_proposed
-        accepted += default.stats.draft_accepted
-    assert 0 < accepted < proposed  # lookup beside unsure heads: drafts accepted and rejected
+        proposed += with_lookup.stats.draft_proposed
+        accepted += with_lookup.stats.draft_accepted
+    assert 0 < accepted < proposed  # lookup's drafts taken over the unsure heads': accepted and rejected
 
 
 def test_an_export_without_hidden_states_loads_and_hydra_says_why(int8_model: Path, tmp_path: Path) -> None:

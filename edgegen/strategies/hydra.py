@@ -179,8 +179,8 @@ class Hydra(Speculative):
         target = request.target
         if not target.has_hidden:  # before any token: this strategy cannot run on this graph
             raise EdgegenError(f"strategy 'hydra' needs the target's hidden states, which this {target.backend} "
-                               "graph lacks (an export made before edgegen added them): re-export the model, or use "
-                               "the openvino backend")
+                               "graph lacks (an ONNX export made before edgegen added them): re-export the model, or "
+                               "use the openvino backend")
         self.hydra = HydraDrafter(open_heads(target, self.heads), target, self.confidence)
         self.drafter = LookupOrHydra(self.hydra) if self.lookup else self.hydra
         counters = request.counters
