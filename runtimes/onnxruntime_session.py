@@ -157,18 +157,18 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
         if self._keep_input:
             rows = 1 if last_only else n
             self._binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep[1 if last_only else 0])
+        if self._buffer_device == "cpu":
+            logits = np.empty((1, rows, self.manifest.vocab_size), np.float32)
+            self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        else:
+            self._binding.bind_output(self._graph.logits, "cpu")
         hidden = None
         if self._want_hidden or self._hidden_bound:  # a plain step never binds it: nothing fetched, nothing copied
             hidden = np.empty((1, rows, self.manifest.hidden_size), self._hidden_dtype)
             self._binding.bind_output(HIDDEN_STATE, "cpu", 0, self._hidden_dtype, hidden.shape, hidden.ctypes.data)
-            self._hidden_bound = True
-        if self._buffer_device == "cpu":
-            logits = np.empty((1, rows, self.manifest.vocab_size), np.float32)
-            self._binding.bind_output(self._graph.logits, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
-            self._session.run_with_iobinding(self._binding)
-        else:
-            self._binding.bind_output(self._graph.logits, "cpu")
-            self._session.run_with_iobinding(self._binding)
+            self._hidden_bound = True  # bound after the logits: the output order the GPU branch reads stays
+        self._session.run_with_iobinding(self._binding)
+        if self._buffer_device != "cpu":
             logits = self._binding.get_outputs()[0].numpy()
         self._position = end
         if self._want_hidden:
