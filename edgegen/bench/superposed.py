@@ -20,6 +20,7 @@ no worse than nucleus best-of-k, >= 2.4x faster than k nucleus generations.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections import Counter
@@ -209,12 +210,19 @@ def superposed_specs(folder: Path, weights: str, backends: Sequence[str], k: int
 
 
 def score(results: Sequence[PromptResult], ids: dict[str, list[int]], fp32_folder: Path, eos: set[int]) -> None:
-    """Fill each result's perplexities under the fp32 export, text up to the first EOS."""
+    """Fill each result's perplexities under the fp32 export, text up to the first EOS (each distinct text once)."""
     session, _ = fp32_session(fp32_folder)
+    known: dict[tuple[int, ...], float] = {}
     for r in results:
         prompt = ids[r.prompt_id]
         for name, drafts in (("superposed", r.superposed), ("nucleus", r.nucleus), ("greedy", [r.greedy])):
-            r.ppl[name] = [perplexity(session, prompt, until_eos(d, eos)) for d in drafts]
+            r.ppl[name] = []
+            for d in drafts:
+                text = until_eos(d, eos)
+                key = (*prompt, -1, *text)
+                if key not in known:
+                    known[key] = perplexity(session, prompt, text)
+                r.ppl[name].append(known[key])
 
 
 def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), prompts: str = "all",
@@ -238,6 +246,7 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
     if not lengths or min(lengths) < 2 or num_drafts < 2:
         raise EdgegenError("the superposed bench needs --new-tokens >= 2 and --num-drafts >= 2")
     variants = [{**options, **v} for v in variants] or [dict(options)]
+    load_before = os.getloadavg()  # the machine's load, recorded with the result (shared machines)
     chosen = load_prompts(prompts, limit)
     given = exported_folder(model)
     if given is not None and folder_weights(given) != "fp32":
@@ -278,17 +287,20 @@ def run_superposed_bench(model: str | None = None, weights: Sequence[str] = (), 
                                         nucleus[n][1], greedy[n][1], t.result[n][0], nucleus[n][0], greedy[n][0][0]))
     if not results:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
+    write_report(Path(out), "superposed-runs", {"prompts": [asdict(r) for r in results]}, "")  # kept if scoring fails
     score(results, ids, fp32_folder, eos)
     rows = summarize(results, eos)
     settings = {"command": command, "model": model or "default", "weights": precision, "folder": str(folder),
                 "fp32_folder": str(fp32_folder), "prompts": f"{len(chosen)} ({prompts})", "new_tokens": list(lengths),
                 "num_drafts": num_drafts, "nucleus": NUCLEUS, "warmup": warmup, "seed": seed, "loads": list(loads),
-                "variants": [{k: str(v) for k, v in variant.items()} for variant in variants], "goals": GOALS}
+                "variants": [{k: str(v) for k, v in variant.items()} for variant in variants], "goals": GOALS,
+                "loadavg_start": load_before, "loadavg_end": os.getloadavg()}
     machine = machine_info()
     table = markdown_table(rows, num_drafts)
     text = (f"# edgegen bench: superposed decoding\n\n`{command}`\n\n{machine['cpu']}, {machine['usable_cores']} "
             f"cores, {machine['date']}; timed at {precision}, perplexity under fp32; {'/'.join(map(str, lengths))} new "
-            f"tokens (EOS ignored for timing, text up to the first EOS scored).\n\n{table}\n"
+            f"tokens (EOS ignored for timing, text up to the first EOS scored); load average "
+            f"{load_before[0]:.1f} at the start, {settings['loadavg_end'][0]:.1f} at the end.\n\n{table}\n"
             + "".join(f"\n- {n}" for n in notes))
     paths = write_report(Path(out), "superposed", {"settings": settings, "machine": machine, "notes": notes,
                                                    "summary": rows, "prompts": [asdict(r) for r in results]}, text)
