@@ -17,6 +17,7 @@ from edgegen.errors import EdgegenError
 from edgegen.grammar import response_format_constraint
 from edgegen.manifest import Manifest
 from edgegen.profiles import DeviceProfile
+from edgegen.prompt_cache import PromptCache, can_snapshot
 from edgegen.results import DraftResult, GenerationResult, GenerationStats
 from edgegen.sampling import Sampler
 from edgegen.stopping import TextOutput
@@ -96,7 +97,8 @@ class Generator:
     def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile,
                  drafter: Drafter | None = None,
                  open_embeddings: Callable[[], runtimes.Session] | None = None,
-                 open_default_drafter: Callable[[], Drafter] | None = None) -> None:
+                 open_default_drafter: Callable[[], Drafter] | None = None,
+                 prompt_cache: PromptCache | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -110,6 +112,8 @@ class Generator:
         self._busy = threading.Lock()  # held by the running generation (a Lock: any thread may release it)
         self._owner: int | None = None  # the thread that holds it
         self._opening = threading.Lock()  # one thread opens a lazily loaded session or drafter
+        # KV snapshots of earlier sequences (edgegen/prompt_cache.py): off where the session cannot copy its cache
+        self.prompt_cache = prompt_cache if can_snapshot(session) else None
 
     @property
     def backend(self) -> str:
@@ -264,6 +268,8 @@ class Generator:
         first = None
         eos = set(request.eos_token_ids)
         out = TextOutput(self.tokenizer, eos, stop, request.max_new_tokens)
+        if self.prompt_cache is not None and request.target is self.session:
+            self.prompt_cache.prepare(request.target, request.prompt_ids)
         steps = decoder.decode(request)
         try:
             for new in steps:

@@ -16,6 +16,7 @@ from edgegen.generator import Generator
 from edgegen.manifest import Manifest, read_manifest
 from edgegen.models import choose_backend, ensure_embeddings, resolve_model
 from edgegen.profiles import load_profile
+from edgegen.prompt_cache import PromptCache
 from edgegen.strategies import ModelDrafter
 from edgegen.tokenizer import TextTokenizer
 
@@ -29,7 +30,7 @@ BACKEND_PROFILES = {"torch": {"CPU": "torch-cpu", "CUDA": "torch-cuda"}}
 def load(model: str | Path | None = None, draft: str | Path | None = None, backend: str | None = None,
          device: str | None = None, profile: str | None = None, max_length: int | None = None,
          threads: int | None = None, draft_confidence: float = 0.0, embeddings: bool = False,
-         draft_device: str | None = None) -> Generator:
+         draft_device: str | None = None, prompt_cache_mb: float = 256) -> Generator:
     """Load a model for generation.
 
     model: None for the embedded SmolLM2-135M-Instruct (exported on first use), an exported folder,
@@ -43,6 +44,8 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     it. embeddings: run the export's input-embedding graph (superposed decoding needs it; the
     default model gets it on first use). draft_device: where the draft model runs (default: the
     profile's draft_device, else ``device``; the NPU profile puts the target on the NPU, its drafter on the CPU).
+    prompt_cache_mb: host memory for KV snapshots of earlier prompts, so alternating conversations each keep
+    their prefix (edgegen/prompt_cache.py; 0 turns it off; off anyway where the session cannot copy its cache).
     Every argument is checked first: a bad one is an EdgegenError.
     """
     model, draft = check_path("model", model), check_path("draft", draft)
@@ -54,6 +57,9 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
         raise EdgegenError(f"draft_confidence must be in [0, 1], got {draft_confidence}")
     embeddings = check_bool("embeddings", embeddings)
     draft_device = check_optional_text("draft_device", draft_device)
+    prompt_cache_mb = check_float("prompt_cache_mb", prompt_cache_mb)
+    if prompt_cache_mb < 0:
+        raise EdgegenError(f"prompt_cache_mb must be >= 0, got {prompt_cache_mb}")
     device = (check_optional_text("device", device) or (load_profile(profile).device if profile else "CPU")).upper()
     if device not in DEVICE_PROFILES:
         raise EdgegenError(f"unknown device '{device}' (known: {', '.join(DEVICE_PROFILES)})")
@@ -104,7 +110,8 @@ def load(model: str | Path | None = None, draft: str | Path | None = None, backe
     drafter = open_drafter(draft) if draft is not None else None
     is_default = model is None or str(model) == "default"
     return Generator(folder, manifest, session, prof, drafter, open_embeddings=lambda: open_session(backend, True),
-                     open_default_drafter=(lambda: open_drafter(DEFAULT_DRAFT)) if is_default else None)
+                     open_default_drafter=(lambda: open_drafter(DEFAULT_DRAFT)) if is_default else None,
+                     prompt_cache=PromptCache(int(prompt_cache_mb * 2**20)) if prompt_cache_mb else None)
 
 
 def _npu_options(device: str, profile: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ see this surface, so they never know which runtime (or device) they run on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -83,6 +84,40 @@ class Session(Protocol):
     def forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
         """Like ``forward``, fed input embeddings (n, hidden) float32 (e.g. from ``embed``) instead of ids."""
         ...
+
+    # Optional: sessions whose cache can be copied out and back (hasattr tells; the prompt cache is off
+    # without them: the NPU's static graph, the torch session, ONNX Runtime with the cache on a GPU).
+
+    def snapshot(self) -> KVSnapshot:
+        """A host copy of the cache: the ids it holds (``position`` of them) and their keys and values."""
+        ...
+
+    def restore(self, snapshot: KVSnapshot, length: int | None = None) -> None:
+        """Make the cache hold the first ``length`` (default: all) positions of ``snapshot``, taken from
+        this session; ``position`` becomes ``length``."""
+        ...
+
+
+@dataclass(frozen=True)
+class KVSnapshot:
+    """A session's cache copied to host memory: the token id at each position and the runtime's arrays for
+    them (their layout is the session's own; only the session that took it restores it)."""
+
+    token_ids: tuple[int, ...]
+    arrays: tuple[np.ndarray, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def length(self, length: int | None) -> int:
+        """A restore's length: ``length`` checked against the snapshot's, or all of it."""
+        held = len(self.token_ids)
+        if length is None:
+            return held
+        if not 0 <= length <= held:
+            raise ValueError(f"cannot restore {length} positions of a snapshot of {held}")
+        return length
 
 
 class CachePosition:

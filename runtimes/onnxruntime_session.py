@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, ROW_PAD, Manifest
-from edgegen.runtimes.base import CachePosition, EmbeddingInputs
+from edgegen.runtimes.base import CachePosition, EmbeddingInputs, KVSnapshot
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {
@@ -97,6 +97,8 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
         # GPU caches cannot grow cheaply: allocate the whole length once.
         full = self._limit + self._spare
         self._allocate(full if self._buffer_device != "cpu" else min(_INITIAL_CAPACITY, full))
+        if self._buffer_device == "cpu":  # the buffers are NumPy arrays: the cache copies out and back (prompt cache)
+            self.snapshot, self.restore = self._snapshot, self._restore
         self.reset()
 
     def _allocate(self, capacity: int) -> None:
@@ -184,3 +186,21 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
     def reset(self) -> None:
         self._held(0)
         self._position = 0
+
+    def _snapshot(self) -> KVSnapshot:
+        """Session.snapshot: the used slots of every layer's key and value buffers."""
+        n = self._position
+        return KVSnapshot(tuple(self._ids), tuple(buf[:, :, :n].copy() for pair in self._cache for buf in pair))
+
+    def _restore(self, snapshot: KVSnapshot, length: int | None = None) -> None:
+        """Session.restore: the snapshot's first ``length`` slots written back into the buffers."""
+        n = snapshot.length(length)
+        if len(snapshot.arrays) != 2 * len(self._cache) or n > self._limit:
+            raise ValueError("this snapshot was not taken from this session")
+        self._position = 0  # nothing to carry over if the buffers grow
+        if n + self._spare > self._capacity:
+            self._allocate(min(self._limit + self._spare, max(n + self._spare, 2 * self._capacity)))
+        for buf, saved in zip((buf for pair in self._cache for buf in pair), snapshot.arrays, strict=True):
+            buf[:, :, :n] = saved[:, :, :n]
+        self._held(0, snapshot.token_ids[:n])
+        self._position = n

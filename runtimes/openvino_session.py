@@ -20,7 +20,7 @@ import openvino as ov
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, Manifest
-from edgegen.runtimes.base import CachePosition, EmbeddingInputs
+from edgegen.runtimes.base import CachePosition, EmbeddingInputs, KVSnapshot
 
 _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
@@ -150,6 +150,29 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._held(0)
         self._slots = self._mask[0, :0]  # the attention mask over the state's slots: 0 where trimmed
         self._position = 0
+
+    def snapshot(self) -> KVSnapshot:
+        """Session.snapshot: the state's live slots (the trimmed ones left out), one array per variable."""
+        live = np.flatnonzero(self._slots)
+        whole = len(live) == len(self._slots)
+        arrays = tuple(state.state.data[:, :, : len(live)].copy() if whole else state.state.data[:, :, live]
+                       for state in self._request.query_state())
+        return KVSnapshot(tuple(self._ids), arrays)
+
+    def restore(self, snapshot: KVSnapshot, length: int | None = None) -> None:
+        """Session.restore: the state rewritten with the snapshot's first ``length`` slots, all live."""
+        n = snapshot.length(length)
+        if n == 0:
+            return self.reset()
+        states = self._request.query_state()
+        if len(states) != len(snapshot.arrays) or n > self._limit:
+            raise ValueError("this snapshot was not taken from this session")
+        for state, saved in zip(states, snapshot.arrays, strict=True):
+            state.state = ov.Tensor(np.ascontiguousarray(saved[:, :, :n]))
+        self._slots = self._mask_buffer(n)[0]
+        self._slots[:] = 1
+        self._held(0, snapshot.token_ids[:n])
+        self._position = n
 
 
 def _add_logits_to_keep(model: ov.Model) -> bool:
