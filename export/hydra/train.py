@@ -99,13 +99,15 @@ def evaluate_heads(model: Any, batches: list[tuple[Any, ...]]) -> dict[str, Any]
         for hidden, tok, top, top_p, count in batches:
             W, V = hidden.shape[1], model.embed.shape[0] - 1
             ok_prev = None
-            for k, lg in enumerate(model(hidden, tok), start=1):
+            for k, state in enumerate(model.states(hidden, tok), start=1):
                 c = count[:, k:]
                 tgt, valid, _ = _targets(top, top_p, count, k, V)
-                logq = torch.log_softmax(lg, dim=-1).gather(-1, top[:, k:].clamp(max=V - 1))
-                ce[k - 1] += float((-(tgt * logq).sum(-1) * valid).sum())
+                lg = model.score(k, state[c])  # the rows that count only
+                logq = torch.log_softmax(lg, dim=-1).gather(-1, top[:, k:][c].clamp(max=V - 1))
+                ce[k - 1] += float((-(tgt[c] * logq).sum(-1) * valid[c]).sum())
                 ce_n[k - 1] += float(valid.sum())
-                ok = (lg.argmax(-1) == top[:, k:, 0]) & c
+                ok = torch.zeros_like(c)
+                ok[c] = lg.argmax(-1) == top[:, k:, 0][c]
                 ok_chain = ok if ok_prev is None else ok & ok_prev[:, :W - k]
                 right[k - 1] += float(ok.sum())
                 chain[k - 1] += float(ok_chain.sum())
