@@ -56,6 +56,20 @@ def npuw_config(shapes: dict[str, int], npuw_devices: str | None) -> dict[str, o
     return config
 
 
+def _compile(path: Path, config: dict[str, object]) -> object:
+    """Compile for the NPU; where NPUW's online partitioning fails (2026.4.1: models of 2 layers, e.g. the shipped
+    drafter: "Model references undeclared parameters"), again with the model as one piece."""
+    try:
+        return core().compile_model(core().read_model(str(path)), "NPU", config)
+    except RuntimeError as first:
+        try:
+            return core().compile_model(core().read_model(str(path)), "NPU", {**config, "NPUW_ONLINE_PIPELINE": "NONE"})
+        except RuntimeError:
+            lines = [line for line in str(first).splitlines() if line.strip()]
+            reason = lines[-1] if lines else 'unknown error'
+            raise EdgegenError(f"cannot compile {path} for the NPU: {reason}") from None
+
+
 class OpenVINONPUSession(CachePosition, EmbeddingInputs):
     """A Session (runtimes.base) over the stateful IR compiled for the NPU through NPUW.
 
@@ -83,11 +97,7 @@ class OpenVINONPUSession(CachePosition, EmbeddingInputs):
         self._limit = shapes["max_prompt_len"] + shapes["min_response_len"]
         if max_length is not None:
             self._limit = min(self._limit, max_length)
-        try:
-            compiled = core().compile_model(core().read_model(str(folder / graph.path)), "NPU",
-                                            npuw_config(shapes, npuw_devices))
-        except RuntimeError as e:
-            raise EdgegenError(f"cannot compile {folder / graph.path} for the NPU: {str(e).splitlines()[0]}") from None
+        compiled = _compile(folder / graph.path, npuw_config(shapes, npuw_devices))
         self._request = compiled.create_infer_request()
         if embeddings:
             self._open_embeddings(folder, manifest)

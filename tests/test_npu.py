@@ -1,19 +1,118 @@
-"""The Core Ultra NPU profile: static shapes and symmetric int4, run through NPUW on the CPU.
+"""The Core Ultra NPU profile (static shapes, symmetric int4) run through NPUW on the CPU.
 
-OpenVINO's NPUW can place the NPU graph's pieces on the CPU (NPUW_DEVICES=CPU), which exercises the
-same compile path, static-shape limits and stateful decode as a real NPU.
+OpenVINO's NPUW can place the NPU graph's pieces on the CPU (NPUW_DEVICES=CPU), which exercises the same
+compile path, static-shape limits, generation step length and rollback as a real NPU. A tiny random Llama
+would keep these in the CI budget but does not compile in NPUW 2026.4.1, so the CI tests run the default
+model's existing int8 export on the NPU path; the NPU export's own checks (int4, embeddings IR, superposed,
+the LUD-tuned model) are marked ``real_npu`` (scripts/test.sh --all).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edgegen
 from edgegen.errors import EdgegenError
 from edgegen.manifest import read_manifest
 from edgegen.runtimes.openvino_session import NPUW_ENV
+
+PROMPTS = (("def fibonacci(n):", False), ("Explain photosynthesis in two sentences.", True))
+
+
+@pytest.fixture(autouse=True)
+def _npuw_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NPUW_ENV, "CPU")
+
+
+@pytest.fixture(scope="module")
+def npu_gen(int8_model: Path) -> edgegen.Generator:
+    """The default model's CPU export (int8) on the NPU path, the shipped drafter on the CPU: the static shapes
+    come from the NPU profile, as for any export made without them (a real NPU export takes minutes more;
+    a tiny random Llama does not compile in NPUW 2026.4.1: docs/npu.md)."""
+    from edgegen.artifacts import default_drafter_model
+
+    os.environ[NPUW_ENV] = "CPU"  # a module fixture opens before the autouse one
+    return edgegen.load(int8_model, device="NPU", draft=default_drafter_model("cpu", progress=False))
+
+
+def test_npu_session_steps_and_rolls_back_like_a_fresh_run(npu_gen: edgegen.Generator) -> None:
+    session = npu_gen.session
+    assert (session.device, session.max_step, session.max_length) == ("NPU", 8, 1024 + 128)
+    prompt = np.arange(40, 60, dtype=np.int64)
+    tokens = np.arange(100, 112, dtype=np.int64)
+    session.reset()
+    session.forward(prompt, last_only=True)
+    one_by_one = np.concatenate([session.forward(tokens[i : i + 1]) for i in range(len(tokens))])
+    session.trim(len(prompt))  # drop all 12: NPUW still holds their entries, which must not be attended
+    chunked = session.forward(tokens)  # 12 rows > max_step: two calls
+    assert chunked.shape == one_by_one.shape
+    np.testing.assert_allclose(chunked, one_by_one, atol=0.05)
+    session.trim(len(prompt) + 3)
+    again = session.forward(tokens[3:7])
+    np.testing.assert_allclose(again, one_by_one[3:7], atol=0.05)
+    assert session.position == len(prompt) + 7
+
+
+def test_every_strategy_matches_npu_ar(npu_gen: edgegen.Generator) -> None:
+    strategies = (("prompt-lookup", {}), ("speculative", {}),
+                  ("prompt-lookup", {"num_draft_tokens": 16, "max_draft_tokens": 16}))  # drafts cut to one NPU call
+    accepted = 0
+    for prompt, chat in PROMPTS:
+        want = npu_gen.generate(prompt, max_new_tokens=24, chat=chat, strategy="ar", ignore_eos=True)
+        for strategy, options in strategies:
+            got = npu_gen.generate(prompt, max_new_tokens=24, chat=chat, strategy=strategy, ignore_eos=True,
+                                   **options)
+            assert got.token_ids == want.token_ids, (strategy, options, prompt)
+            assert got.stats.device == "NPU"
+            accepted += got.stats.draft_accepted
+    assert accepted > 0  # multi-token NPU calls were verified and rolled back
+
+
+def test_requests_the_static_shapes_cannot_hold_are_refused_before_any_token(npu_gen: edgegen.Generator) -> None:
+    with pytest.raises(EdgegenError, match="exceeds the 1024 tokens"):
+        npu_gen.stream(list(range(3, 1028)), max_new_tokens=4)  # refused at the call, nothing streamed
+    with pytest.raises(EdgegenError, match="exceeds the 1152 tokens"):
+        npu_gen.stream(list(range(3, 103)), max_new_tokens=1100)
+
+
+def test_cli_too_long_prompt_is_one_error_line_before_any_text(int8_model: Path) -> None:
+    code = "import sys; from edgegen.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "run", "--model", str(int8_model), "--device", "NPU", "--raw",
+                           "--max-new-tokens", "8", "cat " * 1100], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, NPUW_ENV: "CPU"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith("error:") and "exceeds the 1024 tokens" in lines[0], proc.stderr
+
+
+def test_draft_device_override(int8_model: Path, npu_gen: edgegen.Generator) -> None:
+    from edgegen.artifacts import default_drafter_model
+
+    assert npu_gen.drafter.session.device == "CPU"  # the profile's placement
+    drafter = default_drafter_model("cpu", progress=False)
+    on_npu = edgegen.load(int8_model, device="NPU", draft=drafter, draft_device="NPU")
+    assert on_npu.drafter.session.device == "NPU"
+    prompt, chat = PROMPTS[1]
+    got = on_npu.generate(prompt, max_new_tokens=24, chat=chat, strategy="speculative", ignore_eos=True, lookup=False)
+    want = npu_gen.generate(prompt, max_new_tokens=24, chat=chat, strategy="ar", ignore_eos=True)
+    assert got.token_ids == want.token_ids and got.stats.draft_proposed > 0
+    with pytest.raises(EdgegenError, match="unknown draft device"):
+        edgegen.load(int8_model, device="NPU", draft=drafter, draft_device="TPU")
+
+
+def test_npu_absent_without_npuw(int8_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(NPUW_ENV, raising=False)
+    with pytest.raises(EdgegenError, match="not present"):
+        edgegen.load(int8_model, device="NPU")
+
+
+# --- the real default model (scripts/test.sh --all) -----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +123,27 @@ def npu_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                         progress=False)
 
 
-def test_npu_export_is_symmetric_int4_with_static_shapes(npu_model: Path) -> None:
+@pytest.mark.real_npu
+def test_npu_export_is_symmetric_int4_with_static_shapes_and_embeddings(npu_model: Path) -> None:
     manifest = read_manifest(npu_model)
     graph = manifest.graph("openvino")
     assert (graph.weights, graph.sym, graph.group_size) == ("int4", True, 128)
-    assert manifest.profile == "core-ultra-npu"
-    assert manifest.static_shapes == {"max_prompt_len": 1024, "min_response_len": 128}
-    assert "onnx" not in manifest.graphs
+    assert manifest.profile == "core-ultra-npu" and "onnx" not in manifest.graphs
+    assert manifest.static_shapes == {"max_prompt_len": 1024, "min_response_len": 128, "max_generation_len": 8}
+    assert manifest.has_embeddings()
 
 
-def test_npu_path_generates_like_the_cpu_plugin(npu_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(NPUW_ENV, "CPU")
-    npu = edgegen.load(npu_model, device="NPU")
-    assert npu.session.device == "NPU" and npu.session.max_length == 1024 + 128
-    got = npu.generate("def fibonacci(n):", max_new_tokens=16, chat=False)
-    cpu = edgegen.load(npu_model, backend="openvino", device="CPU", profile="cpu")
-    want = cpu.generate("def fibonacci(n):", max_new_tokens=16, chat=False)
-    assert len(got.token_ids) == 16
-    assert got.stats.strategy == "ar"  # the default strategy does not draft on a one-token-per-call graph
-    assert got.token_ids[:4] == want.token_ids[:4]  # same IR and weights: the completion starts alike
-    with pytest.raises(EdgegenError, match="exceeds"):
-        npu.generate("hello", max_new_tokens=2000)
-
-
-def test_npu_absent_without_npuw(npu_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(NPUW_ENV, raising=False)
-    with pytest.raises(EdgegenError, match="not present"):
-        edgegen.load(npu_model, device="NPU")
+@pytest.mark.real_npu
+def test_real_model_every_strategy_matches_npu_ar(npu_model: Path, cache_root: Path) -> None:
+    gen = edgegen.load(npu_model, device="NPU", draft="default")  # the shipped FastDraft drafter, on the CPU
+    lud = edgegen.load("default-lud", device="NPU")
+    for prompt, chat in (("def fibonacci(n):", False), ("Explain photosynthesis in two sentences.", True)):
+        want = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar", ignore_eos=True)
+        for strategy, options in (("prompt-lookup", {}), ("speculative", {}), ("superposed", {"num_drafts": 1})):
+            got = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy=strategy, ignore_eos=True, **options)
+            assert got.token_ids == want.token_ids, (strategy, prompt)
+        want = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar", ignore_eos=True)
+        got = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", verified=True, ignore_eos=True)
+        assert got.token_ids == want.token_ids, ("lexical", prompt)
+        unverified = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", ignore_eos=True)
+        assert len(unverified.token_ids) == 48 and unverified.token_ids[0] == want.token_ids[0]
