@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Export the default model for a Core Ultra NPU (static shapes, symmetric int4) and run it there.
-# Without an NPU, EDGEGEN_NPUW_DEVICES=CPU runs the same NPU graph pieces on the CPU.
+# Export the default model for a Core Ultra NPU (static shapes, symmetric int4, the input-embedding IR too) and
+# run every strategy there. Without an NPU, EDGEGEN_NPUW_DEVICES=CPU runs the same NPU graph pieces on the CPU.
+# The profile places the target on the NPU and the drafter on the CPU (--draft-device overrides); docs/npu.md.
 set -euo pipefail
+export EDGEGEN_NPUW_DEVICES="${EDGEGEN_NPUW_DEVICES:-}"
 edgegen export --device-profile core-ultra-npu --out smollm2-npu
-EDGEGEN_NPUW_DEVICES="${EDGEGEN_NPUW_DEVICES:-}" edgegen run --model smollm2-npu --device NPU "Hello from the NPU!"
+for strategy in ar prompt-lookup speculative superposed; do
+  edgegen run --model smollm2-npu --device NPU --strategy "$strategy" --raw "def fibonacci(n):"
+done
+edgegen run --model default-lud --device NPU --strategy lexical --verified --raw "def fibonacci(n):"
