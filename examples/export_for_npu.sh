@@ -5,7 +5,8 @@
 set -euo pipefail
 export EDGEGEN_NPUW_DEVICES="${EDGEGEN_NPUW_DEVICES:-}"
 edgegen export --device-profile core-ultra-npu --out smollm2-npu
-for strategy in ar prompt-lookup speculative superposed; do
+for strategy in ar prompt-lookup superposed; do
   edgegen run --model smollm2-npu --device NPU --strategy "$strategy" --raw "def fibonacci(n):"
 done
+edgegen run --model smollm2-npu --device NPU --strategy speculative --draft default --raw "def fibonacci(n):"
 edgegen run --model default-lud --device NPU --strategy lexical --verified --raw "def fibonacci(n):"
