@@ -50,17 +50,20 @@ class PromptCache:
         Returns the positions restored (0: none)."""
         usable = len(prompt_ids) - 1  # the prefill forwards at least the last prompt token
         kept = min(session.common_prefix(prompt_ids), usable)
-        if kept < session.position:
-            self._save(session)
         best, shared = None, kept
         for key in self._snapshots:
             n = min(_common_prefix(key, prompt_ids), usable)
             if n > shared:
                 best, shared = key, n
-        if best is None:
+        chosen = None
+        if best is not None:
+            self._snapshots.move_to_end(best)  # used now: the save below evicts others first
+            chosen = self._snapshots[best]
+        if kept < session.position:
+            self._save(session)  # may evict the chosen one: harmless, the session is about to hold it
+        if chosen is None:
             return 0
-        self._snapshots.move_to_end(best)
-        session.restore(self._snapshots[best], shared)  # type: ignore[attr-defined]
+        session.restore(chosen, shared)  # type: ignore[attr-defined]
         return shared
 
     def _save(self, session: Session) -> None:

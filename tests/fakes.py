@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.runtimes.base import KVSnapshot
+
 
 class ListSession:
     """The Session bookkeeping the fakes share; ``_row(cache)`` gives the logits after the cache's last entry."""
@@ -76,6 +78,28 @@ class ListSession:
 
     def reset(self) -> None:
         self.cache = []
+
+
+class SnapshotSession:
+    """Mixed into a ListSession whose cache holds token ids: keeps the common prefix of a new prompt, as the
+    real sessions do, and copies its cache out and back (Session.snapshot / restore). ``snapshots`` counts copies."""
+
+    snapshots = 0
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        n = 0
+        for held, new in zip(self.cache, token_ids, strict=False):  # type: ignore[attr-defined]
+            if held != new:
+                break
+            n += 1
+        return n
+
+    def snapshot(self) -> KVSnapshot:
+        self.snapshots += 1
+        return KVSnapshot(tuple(self.cache), (np.asarray(self.cache, np.int64),))  # type: ignore[attr-defined]
+
+    def restore(self, snapshot: KVSnapshot, length: int | None = None) -> None:
+        self.cache = snapshot.arrays[0][: snapshot.length(length)].tolist()
 
 
 class TinyLM(ListSession):
