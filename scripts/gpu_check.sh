@@ -62,10 +62,7 @@ pip_name() {
     transformers) echo transformers==5.5.4 ;; *) echo "$1" ;;
   esac
 }
-pip_get() {  # pip_get MODULE...: from wheels carried in .whl/, else from a package index if one is reachable
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl >&2 || true
-  fi
+pip_get() {  # pip_get MODULE...: what is still missing, from a package index if one is reachable
   local m
   for m in "$@"; do
     have "$m" && continue
@@ -74,6 +71,11 @@ pip_get() {  # pip_get MODULE...: from wheels carried in .whl/, else from a pack
     "$py" -m pip install -q $deps --timeout 20 --retries 1 --target "$site" "$(pip_name "$m")" 2>&1 | tail -1 >&2 || true
   done
 }
+# Wheels carried in .whl/ come first (PYTHONPATH): e.g. gguf, and transformers==5.5.4 where another one is installed.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  step "installing the wheels carried in .whl/"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl >&2
+fi
 if ! "$py" -c "import torch" 2>/dev/null; then
   step "no torch in $py: trying the package index"
   "$py" -m pip install -q --timeout 20 "torch>=2.6" 2>&1 | tail -2 >&2 || true

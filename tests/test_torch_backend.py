@@ -1,9 +1,12 @@
 """The torch backend (runtimes/torch_session.py) on the CPU: greedy equal to transformers, every strategy
 equal to AR, rollback and prefix reuse, and the runtime path without torch.
 
-Tiny random-weight models of every family (test_families' configs: sliding windows of 16 positions
-included) exported to the ``torch`` format only, which saves the weights and builds no graph: seconds.
-The real default model against transformers and the ONNX Runtime backend is the one slow test.
+Tiny random-weight models (test_families' configs) exported to the ``torch`` format only, which saves the
+weights and builds no graph: seconds. The families checked are those whose attention reaches the cache
+differently: full attention (Llama; Qwen and Phi-3 attend alike), a sliding window on every layer (Mistral),
+alternating sliding and full layers with soft-capping (Gemma 2) and with a scaled embedding (Gemma 3); the
+windows are 16 positions and decoding runs past them. The real default model against transformers and the ONNX
+Runtime backend is the one slow test.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
 
 NEW_TOKENS = 40
+CACHE_FAMILIES = [f for f in FAMILIES if f.model_type in ("llama", "mistral", "gemma2", "gemma3_text")]
 STRATEGIES = [("prompt-lookup", {}), ("speculative", {}), ("superposed", {"num_drafts": 1, "alpha": 0.0})]
 TORCH_ONLY = {"formats": ("torch",), "weights": "fp32", "quality_gate": False, "progress": False}
 
@@ -32,20 +36,30 @@ def _export(hf: Path, out: Path) -> Path:
     return export_model(hf, out, **TORCH_ONLY)
 
 
-@pytest.fixture(scope="module", params=FAMILIES, ids=[f.model_type for f in FAMILIES])
-def family_torch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    family = request.param
-    hf = tmp_path_factory.mktemp(f"tiny-{family.model_type}")
-    model = _tiny_model(family, hf)
-    return family, model, _export(hf, tmp_path_factory.mktemp(f"torch-{family.model_type}") / "model")
-
-
 @pytest.fixture(scope="module")
-def llama_torch(tmp_path_factory: pytest.TempPathFactory):
+def tiny_exports(tmp_path_factory: pytest.TempPathFactory):
+    """model_type -> (transformers model, torch-format export), each built on first use."""
+    built: dict[str, tuple[object, Path]] = {}
+
+    def get(family):
+        if family.model_type not in built:
+            hf = tmp_path_factory.mktemp(f"tiny-{family.model_type}")
+            model = _tiny_model(family, hf)
+            built[family.model_type] = model, _export(hf, tmp_path_factory.mktemp(f"torch-{family.model_type}") / "m")
+        return built[family.model_type]
+
+    return get
+
+
+@pytest.fixture(params=CACHE_FAMILIES, ids=[f.model_type for f in CACHE_FAMILIES])
+def family_torch(request: pytest.FixtureRequest, tiny_exports):
+    return (request.param, *tiny_exports(request.param))
+
+
+@pytest.fixture
+def llama_torch(tiny_exports):
     """The tiny Llama of the family tests, exported to the torch format, and its transformers model."""
-    hf = tmp_path_factory.mktemp("tiny-llama-torch")
-    model = _tiny_model(FAMILIES[0], hf)
-    return model, _export(hf, tmp_path_factory.mktemp("torch-llama") / "model")
+    return tiny_exports(FAMILIES[0])
 
 
 def test_greedy_equals_transformers_and_strategies_equal_ar(family_torch) -> None:
