@@ -80,6 +80,31 @@ def test_interleaved_conversations_forward_only_their_new_tokens(tmp_path: Path)
     _interleave(gen, cold, turns=3, max_new_tokens=12)
 
 
+def test_the_server_keeps_each_conversations_prefix(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from edgegen.serve import create_app
+
+    gen, cold = _fake_pair(tmp_path, budget_bytes=1 << 20)
+    rows = _count_forwarded_rows(gen.session)
+    messages: dict[str, list[dict[str, str]]] = {name: [] for name in CONVERSATIONS}
+    previous: dict[str, int] = {}
+    with TestClient(create_app(gen, max_queue=4)) as client:
+        for turn in range(2):
+            for name, questions in CONVERSATIONS.items():
+                messages[name].append({"role": "user", "content": questions[turn]})
+                rows.clear()
+                request = {"model": gen.manifest.name, "messages": messages[name], "max_tokens": 12, "temperature": 0}
+                body = client.post("/v1/chat/completions", json=request).json()
+                text, prompt = body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens"]
+                cold.session.reset()
+                assert text == cold.generate(messages[name], max_new_tokens=12).text
+                if turn:
+                    assert rows[0] <= prompt - previous[name], f"{name} forwarded {rows[0]} of {prompt} tokens"
+                previous[name] = prompt
+                messages[name].append({"role": "assistant", "content": text})
+
+
 def test_one_conversation_copies_nothing(tmp_path: Path) -> None:
     # A conversation that only extends what the session holds loses nothing: no snapshot is taken.
     gen, _ = _fake_pair(tmp_path, budget_bytes=1 << 20)
