@@ -236,10 +236,24 @@ def build_generations(run_dir: Path, hf_dir: Path, prompts: list[dict[str, Any]]
     jobs = len(prompts) * len(cfg.gen_temperatures)
     if not (out / REQUESTS).is_file() and len(_legacy_shards(out)) == -(-jobs // cfg.gen_batch):
         return out  # a run that built its data before generation moved to the runtime: that data is kept
+    if _built(out, jobs):
+        return out  # built (a resumed run, a data-parallel worker): no teacher needed, none exported on this node
     generate_targets([p["ids"] for p in prompts], out, teacher=teacher_model(hf_dir, cfg.progress),
                      temperatures=cfg.gen_temperatures, max_new_tokens=cfg.gen_max_new_tokens, seed=cfg.seed,
                      threads=cfg.threads, shard_rows=cfg.gen_batch, run=run, progress=cfg.progress)
     return out
+
+
+def _built(gen_dir: Path, jobs: int) -> bool:
+    """Whether ``gen_dir`` holds all ``jobs`` records, whole (anything else: generate_targets resumes it)."""
+    from edgegen.batch_output import SHARD_INFO, read_records
+
+    if not (gen_dir / REQUESTS).is_file() or not (gen_dir / RECORDS / SHARD_INFO).is_file():
+        return False
+    try:
+        return len(read_records(gen_dir / RECORDS)) == jobs
+    except Exception:  # a torn shard (pyarrow's or JSON's error): made again by generate_targets
+        return False
 
 
 def _legacy_shards(gen_dir: Path) -> list[Path]:
