@@ -91,7 +91,8 @@ class Generator:
     thread meanwhile waits for it. A thread that still has a stream open and starts another
     generation on the same Generator gets an EdgegenError (waiting would deadlock; finish or
     ``close()`` the first stream). For generations that run in parallel, load one Generator per
-    thread.
+    thread. ``prompt_cache`` keeps host copies of earlier sequences' caches, so prompts that take
+    turns (two conversations) each keep their prefix (edgegen/prompt_cache.py).
     """
 
     def __init__(self, folder: Path, manifest: Manifest, session: runtimes.Session, profile: DeviceProfile,

@@ -60,7 +60,7 @@ class PromptCache:
             self._snapshots.move_to_end(best)  # used now: the save below evicts others first
             chosen = self._snapshots[best]
         if kept < session.position:
-            self._save(session)  # may evict the chosen one: harmless, the session is about to hold it
+            self._save(session)  # may evict the chosen one: the session is about to hold the part the prompt uses
         if chosen is None:
             return 0
         session.restore(chosen, shared)  # type: ignore[attr-defined]
