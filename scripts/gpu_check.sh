@@ -130,8 +130,11 @@ import time
 from pathlib import Path
 
 import torch  # first: then edgegen's torch backend asks torch itself whether CUDA is there
+import transformers
 
 import edgegen
+
+transformers.utils.logging.disable_progress_bar()  # the table, not the loaders' bars
 
 device, tokens, count, ort = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "yes"
 PROMPTS = [  # (prompt, chat): code that repeats itself (prompt lookup's case), prose and chat
