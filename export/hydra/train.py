@@ -78,7 +78,7 @@ def heads_loss(model: Any, batch: tuple[Any, ...], decay: float) -> tuple[Any, d
         with torch.no_grad():
             logs[f"acc{k}"] = float((lg.argmax(-1) == greedy[valid]).float().mean()) if len(lg) else 0.0
     loss = total / weight
-    logs["loss"] = float(loss)
+    logs["loss"] = float(loss.detach())
     return loss, logs
 
 
