@@ -354,6 +354,18 @@ def test_adaptive_store_counts_the_prompt_and_the_drafts_exactly() -> None:
             assert (int(gram[0, 0]), int(ctx[0])) == (count, expected[window[:-1]])
 
 
+def test_lanes_keep_k_drafts_when_the_ngram_filter_rejects_candidates() -> None:
+    best = int(np.argmax(EmbeddingLM(2).forward(np.array(PROMPT))[-1]))
+    store = BigramStore([PROMPT[-1], best] * 3)  # after the prompt only the model's best token was ever seen
+    for diversity in ("lanes", "sample"):
+        sup = Superposed(num_drafts=3, alpha=0.9, ngram=store, diversity=diversity, rescore=False)
+        run(sup, EmbeddingLM(2), new=6, eos=False)
+        assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
+        assert [d.tokens[0] == best for d in sup.drafts].count(True) == 1  # the seen token, then penalised ones
+    assert np.allclose(interpolate(np.log([0.6, 0.4]), np.array([[0.5, 0.0]]), 0.5, drop=False),
+                       [[0.5 * np.log(0.6) + 0.5 * np.log(0.5), 0.5 * np.log(0.4) - 200.0]])
+
+
 @pytest.mark.parametrize(("options", "needle"), [
     ({"diversity": "beam"}, "diversity must be one of"),
     ({"diversity_penalty": -1.0}, "diversity_penalty must be"),

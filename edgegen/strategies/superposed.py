@@ -77,14 +77,18 @@ def candidates(logits: np.ndarray, c: int, temperature: float) -> tuple[np.ndarr
     return top, log_p - np.log(np.exp(log_p).sum())
 
 
-def interpolate(log_p_lm: np.ndarray, p_ngram: np.ndarray | None, alpha: float) -> np.ndarray:
-    """Per-draft log scores (k, c) of the candidates: log p_LM (c,) and p_ngram (k, c) mixed by alpha."""
+def interpolate(log_p_lm: np.ndarray, p_ngram: np.ndarray | None, alpha: float, drop: bool = True) -> np.ndarray:
+    """Per-draft log scores (k, c) of the candidates: log p_LM (c,) and p_ngram (k, c) mixed by alpha.
+
+    ``drop``: an unseen n-gram is -inf (dropped) unless the draft has no seen candidate; without it every
+    unseen candidate keeps the penalised LM score (the lanes rules, where no draft can take another's place)."""
     if p_ngram is None:
         return log_p_lm[None, :]
     with np.errstate(divide="ignore"):
         scores = (1.0 - alpha) * log_p_lm + alpha * np.log(p_ngram.astype(np.float64))  # -inf: unseen n-gram
-    rejected = ~np.isfinite(scores).any(axis=1)
-    scores[rejected] = (1.0 - alpha) * log_p_lm - NO_NGRAM_PENALTY
+    penalised = np.broadcast_to((1.0 - alpha) * log_p_lm - NO_NGRAM_PENALTY, scores.shape)
+    rejected = ~np.isfinite(scores) & ((not drop) | ~np.isfinite(scores).any(axis=1, keepdims=True))
+    scores[rejected] = penalised[rejected]
     return scores
 
 
@@ -169,6 +173,7 @@ def gumbel_pick(rng: np.random.Generator, scale: float) -> Callable[[np.ndarray]
 
 
 DIVERSITY = ("lanes", "sample", "distance", "none")
+BEAMS = ("distance", "none")  # rules where a draft may lose its slot to another's continuation
 
 
 class Superposed(Strategy):
@@ -260,7 +265,8 @@ class Superposed(Strategy):
                 history = seqs[: len(scores), max(0, n0 + t - HISTORY) : n0 + t]  # (alive, <=5)
                 p_ngram = store.probabilities(history, np.broadcast_to(top, (len(scores), top.size)).copy())
                 counters.extra["ngram_s"] = counters.extra.get("ngram_s", 0.0) + time.perf_counter() - start
-            log_s = np.broadcast_to(interpolate(log_p_lm, p_ngram, self.alpha), (len(scores), top.size))
+            log_s = np.broadcast_to(interpolate(log_p_lm, p_ngram, self.alpha, drop=self.diversity in BEAMS),
+                                    (len(scores), top.size))
             parent, j = select(scores, log_s, k, seqs[: len(scores), n0 : n0 + t])
             token, value = top[j], scores[parent] + log_s[parent, j]
             ends = np.isin(token, eos)
