@@ -302,11 +302,14 @@ def devices() -> None:
 @click.option("--chat-turns", type=int, default=0, help="Also run a chat of N turns: TTFT per turn, edgegen's API "
               "against openvino-genai's chat mode.")
 @click.option("--chat-new-tokens", type=int, default=64, show_default=True, help="Longest answer per chat turn.")
+@click.option("--device", default="CPU", show_default=True,
+              help="CPU or NPU (EDGEGEN_NPUW_DEVICES=CPU: the NPU path on the CPU): edgegen and openvino-genai's "
+                   "NPU pipelines on the NPU export, with the drafter placement table (docs/npu.md).")
 def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: tuple[int, ...], repeats: int,
           warmup: int, limit: int | None, no_baselines: bool, out: str, strategy: str, draft: str | None,
           num_draft_tokens: int | None, heads: str | None, num_drafts: int, alpha: float | None, ngram: str | None,
           diversity: tuple[str, ...], adaptive: bool | None, loads: tuple[str, ...], no_rss: bool,
-          prompt_tokens: tuple[int, ...], chat_turns: int, chat_new_tokens: int) -> None:
+          prompt_tokens: tuple[int, ...], chat_turns: int, chat_new_tokens: int, device: str) -> None:
     """Benchmark edgegen's decode on both backends against openvino-genai and onnxruntime-genai."""
     from pathlib import Path
 
@@ -339,7 +342,7 @@ def bench(model: str, weights: tuple[str, ...], prompts: str, new_tokens: tuple[
               warmup=warmup, baselines=not no_baselines, out=Path(out), limit=limit,
               command=command_line(), echo=click.echo, strategy=strategy, draft=draft,
               loads=loads or ("none",), peak_rss=not no_rss, prompt_tokens=prompt_tokens, chat_turns=chat_turns,
-              chat_new_tokens=chat_new_tokens, **options)
+              chat_new_tokens=chat_new_tokens, device=device, **options)
 
 
 @cli.command()

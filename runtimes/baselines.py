@@ -60,6 +60,10 @@ class OpenVINOGenAIBaseline:
             self._assist = {"num_assistant_tokens": num_assistant_tokens, "max_ngram_size": max_ngram_size}
         elif strategy != "ar":
             raise ValueError(f"openvino-genai has no '{strategy}' strategy")
+        if device.upper() == "NPU":  # the NPUW LLM pipeline, at the static shapes edgegen's NPU session uses
+            extra |= _npu_properties(Path(folder))
+            if "draft_model" in extra:  # the drafter on the CPU, as the NPU profile places edgegen's
+                extra["draft_model"] = ovg.draft_model(str(Path(draft) / "openvino"), "CPU")
         self._pipe = ovg.LLMPipeline(str(Path(folder) / "openvino"), device, **extra)
 
     def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
@@ -96,6 +100,21 @@ class OpenVINOGenAIBaseline:
             yield turn
         finally:
             self._pipe.finish_chat()
+
+
+def _npu_properties(folder: Path) -> dict[str, Any]:
+    """openvino-genai's NPU pipeline properties for ``folder``: its static shapes and NPUW's devices
+    ($EDGEGEN_NPUW_DEVICES; CPU runs the NPU path without an NPU)."""
+    import os
+
+    from edgegen.manifest import read_manifest
+    from edgegen.runtimes.openvino_npu import NPUW_ENV, npu_shapes
+
+    shapes = npu_shapes(read_manifest(folder))
+    props: dict[str, Any] = {"MAX_PROMPT_LEN": shapes["max_prompt_len"], "MIN_RESPONSE_LEN": shapes["min_response_len"]}
+    if os.environ.get(NPUW_ENV):
+        props["NPUW_DEVICES"] = os.environ[NPUW_ENV]
+    return props
 
 
 def _token_streamer(ovg: Any, on_token: TokenCallback) -> Any:

@@ -47,7 +47,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
               out: Path = Path("bench-out"), limit: int | None = None, command: str = "edgegen bench",
               echo: Callable[[str], None] = print, strategy: str = "ar", draft: str | None = None,
               loads: Sequence[str] = ("none",), peak_rss: bool = True, prompt_tokens: Sequence[int] = (),
-              chat_turns: int = 0, chat_new_tokens: int = 64, **options: Any) -> list[Row]:
+              chat_turns: int = 0, chat_new_tokens: int = 64, device: str = "CPU", **options: Any) -> list[Row]:
     """Run the benchmark, write ``out``/bench.json, bench.md, bench.png, print the table; return its rows.
 
     model: None/"default" (SmolLM2, exported per precision into the cache), an exported folder (used
@@ -62,6 +62,10 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     peak_rss: measure each engine's peak RSS in a process of its own (``bench.memory``).
     prompt_tokens: prompt lengths to measure TTFT at (``bench.ttft``). chat_turns: also run a chat of that
     many turns, edgegen's API against openvino-genai's chat mode (``bench.chat``).
+    device: where the engines run. "NPU" (EDGEGEN_NPUW_DEVICES=CPU: the NPUW path on the CPU) runs an NPU export
+    (the default model's core-ultra-npu auto-export, or ``model`` as exported), openvino-genai's NPU pipelines
+    as anchors, and speculative decoding with the drafter on each device (the placement table: docs/npu.md);
+    peak RSS, TTFT at lengths and the chat bench run on the CPU only.
     """
     from edgegen.bench.load import LOADS
 
@@ -83,6 +87,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     if draft is not None and exported_folder(draft) is None:
         raise EdgegenError(f"draft model {draft} is not an exported model folder (no edgegen.json)")
     chosen = load_prompts(prompts, limit)
+    device = device.upper()
     notes: list[str] = []
 
     def note(line: str) -> None:
@@ -90,6 +95,20 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         echo(line)
 
     folder = exported_folder(model)
+    placements: list[str] = []
+    if device != "CPU":
+        if peak_rss or prompt_tokens or chat_turns:
+            echo(f"--device {device}: peak RSS, --prompt-tokens and --chat-turns run on the CPU only; left out")
+        peak_rss, prompt_tokens, chat_turns = False, (), 0
+        if folder is None:  # the default model's export for this device's profile (exported once)
+            from edgegen.loading import DEVICE_PROFILES
+            from edgegen.models import resolve_model
+            from edgegen.profiles import load_profile
+
+            folder = resolve_model(model, load_profile(DEVICE_PROFILES[device]))
+        placements = [device]  # the drafter beside the target, besides the profile's placement (CPU)
+        if strategy == "speculative":
+            also = [*also, "prompt-lookup"]  # every drafting strategy of this bench in one run
     if folder is not None and weights and set(weights) != {folder_weights(folder)}:
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     bandwidth = _bandwidth()
@@ -110,14 +129,14 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         eos |= set(manifest.eos_token_ids)
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
-        specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, **options)
+        specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, placements, **options)
         if baselines:
             anchor_strategy = "speculative" if "speculative" in also else strategy  # the anchors' nearest pipeline
             anchors, lines = anchor_specs(path, precision, anchor_strategy, exported_folder(draft))
             specs += anchors
             for line in lines:
                 note(line)
-        engines = open_engines(specs, note=note)
+        engines = open_engines(specs, device, note=note)
         for spec, engine in engines:
             if spec.is_headline:
                 note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "
@@ -153,7 +172,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
                 "prompts": f"{len(chosen)} ({prompts})", "prompt_count": len(chosen), "new_tokens": new_tokens,
                 "repeats": repeats, "warmup": warmup, "baselines": baselines, "loads": loads,
                 "folders": folders, "quality": quality, "strategy": strategy, "draft": draft,
-                "strategy_options": options, "prompt_tokens": list(prompt_tokens), "chat_turns": chat_turns}
+                "strategy_options": options, "prompt_tokens": list(prompt_tokens), "chat_turns": chat_turns,
+                "device": device}
     from edgegen.bench.machine import machine_info
 
     paths = write_reports(Path(out), runs, rows, settings, machine_info(), notes, sections, extra)

@@ -85,7 +85,7 @@ class EdgegenEngine:
         self.spec = spec
         self.name = spec.label
         options = dict(spec.options)
-        load_args = {key: options.pop(key) for key in ("consistent_rows", "draft") if key in options}
+        load_args = {key: options.pop(key) for key in ("consistent_rows", "draft", "draft_device") if key in options}
         if spec.strategy != "speculative":
             load_args.pop("draft", None)
         self._gen = edgegen.load(spec.folder, backend=spec.backend, device=device, **load_args)

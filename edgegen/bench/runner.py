@@ -206,11 +206,13 @@ def timed_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], prompts: Seque
 
 
 def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path | None = None,
-                  note: Callable[[str], None] = print, also: Sequence[str] = (), **options: object) -> list[EngineSpec]:
+                  note: Callable[[str], None] = print, also: Sequence[str] = (), placements: Sequence[str] = (),
+                  **options: object) -> list[EngineSpec]:
     """edgegen's engines on ``folder``: the headline (``edgegen.load()`` + the default strategy), then per backend
     whose graph the folder has: AR (the speed and token reference: every step computes its rows alike) and,
     for a drafting ``strategy``, the strategy itself (with ``options``) and the drafting strategies ``also``
-    compared with it (their defaults)."""
+    compared with it (their defaults). ``placements``: draft devices to run speculative decoding with besides
+    the profile's (the NPU bench's placement table)."""
     from edgegen import runtimes
     from edgegen.bench.engines import DEFAULT_STRATEGY, edgegen_spec
 
@@ -227,6 +229,10 @@ def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path 
         for name in (strategy, *also):
             extra = {"draft": draft} if name == "speculative" else {}
             specs.append(edgegen_spec(folder, backend, weights, name, **extra, **(options if name == strategy else {})))
+            if name == "speculative":
+                specs += [edgegen_spec(folder, backend, weights, name, f"{specs[-1].label}-draft-{where.lower()}",
+                                       draft_device=where, **extra, **(options if name == strategy else {}))
+                          for where in placements]
     return specs
 
 
