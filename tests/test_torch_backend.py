@@ -30,6 +30,17 @@ STRATEGIES = [("prompt-lookup", {}), ("speculative", {}), ("superposed", {"num_d
 TORCH_ONLY = {"formats": ("torch",), "weights": "fp32", "quality_gate": False, "progress": False}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is faster, and idle OpenMP threads spinning on a shared CI machine double the CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _export(hf: Path, out: Path) -> Path:
     from edgegen.export import export_model
 
@@ -165,7 +176,7 @@ def test_prefix_reuse_equals_a_cold_run(llama_torch) -> None:
 def test_cli_runs_the_torch_backend(llama_torch) -> None:
     _, folder = llama_torch
     proc = edgegen("run", "--model", str(folder), "--backend", "torch", "--max-new-tokens", "6", "--raw", "--json",
-                   "The cat")
+                   "The cat", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert '"backend": "torch"' in proc.stdout
 
