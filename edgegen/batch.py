@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.batch_output import JsonlOutput, ShardOutput, check_format, open_output
-from edgegen.batch_requests import BatchRequest, generate_record, read_requests
+from edgegen.batch_requests import BatchRequest, generate_record, load_worker, read_requests
 from edgegen.errors import EdgegenError
 
 
@@ -50,9 +50,7 @@ _worker_error: EdgegenError | None = None  # why it could not load (raised by ev
 
 
 def _load(load_args: dict[str, Any]) -> Any:
-    from edgegen.api import load
-
-    return load(**load_args)
+    return load_worker(load_args)
 
 
 def _init_worker(load_args: dict[str, Any]) -> None:

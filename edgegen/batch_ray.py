@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from edgegen.batch_requests import BatchRequest, generate_record
+from edgegen.batch_requests import BatchRequest, generate_record, load_worker
 from edgegen.ray_cluster import connect
 
 
@@ -20,9 +20,7 @@ class GeneratorActor:
     {"request": JSON strings} to {"record": JSON strings} (JSON: prompts of mixed shapes stay one column)."""
 
     def __init__(self, load_args: dict[str, Any]) -> None:
-        from edgegen.api import load
-
-        self.generator = load(**load_args)
+        self.generator = load_worker(load_args)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np

@@ -89,9 +89,23 @@ def read_requests(path: str | Path, defaults: dict[str, Any] | None = None) -> l
     return requests
 
 
+def load_worker(load_args: dict[str, Any]) -> Any:
+    """The Generator a worker (this process, a pool process, a Ray actor) runs its requests on: without the
+    prompt cache, so that with generate_record's empty cache every line is computed alike in any layout."""
+    from edgegen.api import load
+
+    return load(**{"prompt_cache_mb": 0, **load_args})
+
+
 def generate_record(gen: Any, request: BatchRequest) -> dict[str, Any]:
-    """One request run on a loaded Generator: its output record (an ``error`` field if generation refused it)."""
+    """One request run on a loaded Generator: its output record (an ``error`` field if generation refused it).
+
+    Every request starts from an empty KV cache: reusing the previous line's prefix would split the prompt's
+    forward differently (other kernels, other rounding), so a line's tokens would depend on which lines its
+    worker ran before, and a pool's or Ray's output could differ from one process's where sampling or a
+    near-tie argmax sits on that rounding."""
     head = {"index": request.index, "id": request.id}
+    gen.session.reset()
     try:
         result = gen.generate(request.prompt, **request.options)
     except EdgegenError as e:
