@@ -15,6 +15,7 @@ from edgegen.generator import Generator
 from edgegen.prompt_cache import PromptCache
 from edgegen.runtimes.base import Session
 
+BACKENDS = ["onnxruntime", "openvino"]
 CONVERSATIONS = {
     "A": ["Name three primary colors.", "Which of them is the color of the sky?", "Why is the sky that color?"],
     "B": ["Write a Python function that adds two numbers.", "Now make it add three numbers.", "Add a docstring."],
@@ -147,9 +148,15 @@ def test_a_snapshot_beyond_the_budget_is_not_kept() -> None:
     assert _prefill(cache, session, list(range(10))) == 10
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_snapshot_restores_the_exact_cache(backend: str, int8_model: Path) -> None:
-    session = edgegen.load(int8_model, backend=backend).session
+@pytest.fixture(scope="module")
+def cold_generators(int8_model: Path) -> dict[str, edgegen.Generator]:
+    """One Generator per backend without a prompt cache, loaded once for this module's tests."""
+    return {backend: edgegen.load(int8_model, backend=backend, prompt_cache_mb=0) for backend in BACKENDS}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_snapshot_restores_the_exact_cache(backend: str, cold_generators: dict[str, edgegen.Generator]) -> None:
+    session = cold_generators[backend].session
     ids = np.arange(1000, 1060, dtype=np.int64)
     session.forward(ids[:40])
     snapshot = session.snapshot()
@@ -172,10 +179,10 @@ def test_snapshot_restores_the_exact_cache(backend: str, int8_model: Path) -> No
     assert np.array_equal(session.forward(ids[40:48]), expected)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_interleaved_conversations_on_the_real_model(backend: str, int8_model: Path) -> None:
-    gen = edgegen.load(int8_model, backend=backend)
-    cold = edgegen.load(int8_model, backend=backend, prompt_cache_mb=0)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interleaved_conversations_on_the_real_model(backend: str, int8_model: Path,
+                                                      cold_generators: dict[str, edgegen.Generator]) -> None:
+    gen, cold = edgegen.load(int8_model, backend=backend), cold_generators[backend]
     assert gen.prompt_cache is not None and cold.prompt_cache is None
     _interleave(gen, cold, turns=2, max_new_tokens=16)
     assert len(gen.prompt_cache) == 2  # one per conversation: A's second turn replaced its first (a prefix of it)
