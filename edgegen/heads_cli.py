@@ -48,7 +48,8 @@ def heads_train(target: str, out: str, tokens: int | None, steps: int | None, re
 @heads.command("pack")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Training or ckpt-* folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Heads file (.safetensors).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32", "int8"]), default="float16", show_default=True,
+              help="Stored precision (int8: blocks of 32 with fp16 scales, half the size; what ships).")
 def heads_pack(checkpoint: str, out: str, dtype: str) -> None:
     """Store a checkpoint's heads, their vocabulary and embedding rows in one file the runtime reads."""
     from edgegen.export.hydra import pack_heads
