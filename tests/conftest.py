@@ -23,6 +23,11 @@ from edgegen.models import DEFAULT_MODEL_NAME
 EXPORTING_FIXTURES = frozenset({"hf_dir", "hf_model", "int8_model", "fp32_model"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_torch: the torch backend on the real default model (scripts/test.sh "
+                            "--all; its own tests on tiny models run in CI)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if EXPORTING_FIXTURES.intersection(getattr(item, "fixturenames", ())):

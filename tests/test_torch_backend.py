@@ -6,7 +6,7 @@ weights and builds no graph: seconds. The families checked are those whose atten
 differently: full attention (Llama; Qwen and Phi-3 attend alike), a sliding window on every layer (Mistral),
 alternating sliding and full layers with soft-capping (Gemma 2) and with a scaled embedding (Gemma 3); the
 windows are 16 positions and decoding runs past them. The real default model against transformers and the ONNX
-Runtime backend is the one slow test.
+Runtime backend is marked real_torch (scripts/test.sh --all).
 """
 
 from __future__ import annotations
@@ -200,6 +200,7 @@ def test_torch_format_refuses_quantized_weights(tmp_path: Path) -> None:
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
+@pytest.mark.real_torch  # ~2 min of CPU: beyond CI's budget, run by scripts/test.sh --all
 def test_default_model_equals_transformers_and_onnxruntime(hf_dir: Path, hf_model, fp32_model: Path,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     from test_parity import NEW_TOKENS as PARITY_TOKENS
