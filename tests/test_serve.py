@@ -323,10 +323,12 @@ def test_tool_results_go_back_into_the_conversation(client: TestClient) -> None:
 
 def test_only_the_latest_conversation_keeps_its_prefix(client: TestClient, gen: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """One Generator, one cache: a conversation's next turn forwards only what follows the prefix the cache
-    still holds; after another conversation ran, it forwards all but the prefix they share."""
+    """Without the prompt cache (tests/test_prompt_cache.py has it), one Generator, one cache: a conversation's
+    next turn forwards only what follows the prefix the cache still holds; after another conversation ran, it
+    forwards all but the prefix they share."""
     import os
 
+    monkeypatch.setattr(gen, "prompt_cache", None)
     rows: list[int] = []
     forward = gen.session.forward
 
