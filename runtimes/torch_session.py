@@ -39,7 +39,7 @@ if _missing:
     raise ModuleNotFoundError(f"the torch backend needs {', '.join(_missing)}", name=_missing[0])
 
 DEVICES = {"CPU": "cpu", "CUDA": "cuda"}
-_NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+_NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))  # either: a driver is loaded
 # stored weights -> the dtype a session computes in, per device: the CPU upcasts fp16 (no fast fp16 kernels)
 _DTYPES = {"cpu": {"fp32": "float32", "fp16": "float32"}, "cuda": {"fp32": "float32", "fp16": "float16"}}
 
@@ -51,7 +51,7 @@ def available_devices() -> list[str]:
     session is the definite check (a CPU-only torch build is one clear error then)."""
     if "torch" in sys.modules:
         return ["CPU", "CUDA"] if sys.modules["torch"].cuda.is_available() else ["CPU"]
-    return ["CPU", "CUDA"] if _NVIDIA_DRIVER.exists() else ["CPU"]
+    return ["CPU", "CUDA"] if any(p.exists() for p in _NVIDIA_DRIVER) else ["CPU"]
 
 
 class TorchSession(CachePosition):
