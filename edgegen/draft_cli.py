@@ -91,9 +91,9 @@ def draft_gendata(resume: bool, ray_address: str | None, workers: int, output_fo
 @click.option("--no-quality-gate", is_flag=True, help="Skip the perplexity check.")
 def draft_export(checkpoint: str, out: str, target: str | None, no_quality_gate: bool) -> None:
     """Export a drafter to ONNX + OpenVINO (int8, symmetric) with its target facts in edgegen.json."""
-    from edgegen.export.drafter import export_drafter
+    from edgegen.export.drafter import export_trained
 
-    path = export_drafter(checkpoint, out, target=target, quality_gate=not no_quality_gate)
+    path = export_trained(checkpoint, out, target=target, quality_gate=not no_quality_gate)
     click.echo(f"exported drafter to {path}")
 
 

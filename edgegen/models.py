@@ -16,14 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgegen.artifacts import (
-    DEFAULT_LUD,
-    DEFAULT_MODEL_NAME,
-    build_once,
-    cache_dir,
-    default_lud_model,
-    with_export_extras,
-)
+from edgegen.artifacts import DEFAULT_LUD, DEFAULT_MODEL_NAME, default_lud_model
+from edgegen.cache import build_once, cache_dir, with_export_extras
 from edgegen.errors import EdgegenError
 from edgegen.manifest import BACKEND_CHOICE, Manifest, is_model_folder, read_manifest
 from edgegen.profiles import DeviceProfile, load_profile

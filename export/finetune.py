@@ -272,15 +272,17 @@ class Progress:
 class FineTune:
     """An opened (or resumed) run: its data, its target (the frozen teacher) and the state a recipe advances.
 
-    ``generations``: whether the recipe trains on the target's own generations (they are built once per
-    run, as a batch job: ``gen``, a gendata.GenWorkers, says where it runs; None: in this process).
+    ``generations``: whether the recipe trains on the target's own generations; ``target_data`` builds them
+    (once per run, as a batch job on the runtime: the recipe passes gendata.target_generations, so this
+    skeleton, which the shipped artifacts' rebuild imports, never reaches up into the runtime).
     ``state`` holds global_step, tokens_seen, train_seconds, evals and the recipe's own counters.
     """
 
     def __init__(self, cfg: Any, *, resume: bool, keep: tuple[str, ...], generations: Callable[[Any], bool],
-                 echo: Callable[[str], None], gen: Any = None) -> None:
+                 echo: Callable[[str], None],
+                 target_data: Callable[[FineTune], tuple[list[tuple[list[int], int]], list[tuple[list[int], int]],
+                                                         dict[str, Any]]] | None = None) -> None:
         from edgegen.export.drafter.corpus import build_corpus, load_split
-        from edgegen.export.drafter.gendata import GenWorkers, build_generations, build_prompts, load_generations
         from edgegen.export.drafter.model import load_teacher
         from edgegen.export.drafter.target import resolve_target
 
@@ -305,12 +307,10 @@ class FineTune:
         self.gen_train: list[tuple[list[int], int]] = []
         self.gen_stats: dict[str, Any] = {}
         if generations(cfg):
-            prompts = build_prompts(tokenizer, self.target.hf_dir, self.corpus["files"]["train_code"],
-                                    cfg.gen_prompts, cfg.seed,
-                                    max_prompt_tokens=max(16, cfg.seq_len - cfg.gen_max_new_tokens))
+            if target_data is None:
+                raise EdgegenError("this recipe trains on the target's generations but was given no way to make them")
             t0 = time.perf_counter()
-            gen_dir = build_generations(self.out, self.target.hf_dir, prompts, cfg, gen or GenWorkers())
-            self.gen_train, gen_val, self.gen_stats = load_generations(gen_dir, cfg.gen_val_every, self.eos_ids[0])
+            self.gen_train, gen_val, self.gen_stats = target_data(self)
             self.gen_stats["build_seconds_this_session"] = round(time.perf_counter() - t0, 1)
             echo(f"target generations: {self.gen_stats}")
             if gen_val:

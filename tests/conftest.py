@@ -75,7 +75,7 @@ def hf_model(hf_dir: Path):
 @pytest.fixture(scope="session")
 def int8_model(cache_root: Path) -> Path:
     """The default model exported the way `edgegen run` does it on first use (cpu profile, int8)."""
-    from edgegen.artifacts import build_once
+    from edgegen.cache import build_once
     from edgegen.export import export_model
 
     out = cache_root / "models" / DEFAULT_MODEL_NAME / "cpu"
@@ -87,7 +87,7 @@ def int8_model(cache_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def fp32_model(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32 graphs of both formats, with their input-embedding graphs (about 30 s more than without)."""
-    from edgegen.artifacts import build_once
+    from edgegen.cache import build_once
     from edgegen.export import export_model
 
     out = _persistent("fp32", tmp_path_factory) / "model"

@@ -202,7 +202,7 @@ def test_pack_unpack_roundtrip(setup: dict[str, Path], tmp_path: Path) -> None:
 def test_reduced_head_keeps_the_full_heads_logits(setup: dict[str, Path], tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from edgegen.export.drafter.ship import frequent_tokens
+    from edgegen.export.drafter.pack import frequent_tokens
 
     kept = frequent_tokens(setup["run"], 320, 64, setup["target"] / "tokenizer.json")
     assert len(set(kept.tolist())) == 64 and {0, 1} <= set(kept.tolist())  # special tokens always kept

@@ -59,7 +59,9 @@ def fp32_base() -> Path:
     (the only graph the score needs), once, into the cache."""
     import sys
 
-    from edgegen.models import DEFAULT_MODEL_NAME, cache_dir, export
+    from edgegen.artifacts import DEFAULT_MODEL_NAME
+    from edgegen.cache import cache_dir
+    from edgegen.models import export
 
     for folder in (cache_dir() / "bench" / f"{DEFAULT_MODEL_NAME}-fp32", cache_dir() / "lud" / "base-fp32-onnx"):
         if is_model_folder(folder):

@@ -139,7 +139,8 @@ def folder_weights(folder: Path) -> str:
 def prepare_folder(model: str | None, weights: str) -> Path:
     """An exported folder with both graph formats at ``weights`` for the default model, an HF folder or
     a .gguf: exported once into ``cache_dir()/bench/<name>-<weights>`` and reused afterwards."""
-    from edgegen.models import DEFAULT_MODEL_NAME, cache_dir
+    from edgegen.artifacts import DEFAULT_MODEL_NAME
+    from edgegen.cache import cache_dir
 
     source = None if model in (None, "default") else str(Path(model).expanduser())
     if source is not None and not Path(source).exists():

@@ -6,7 +6,9 @@ pack or export.
 """
 
 from edgegen.export.drafter.config import TrainConfig
-from edgegen.export.drafter.ship import check_drafter_compat, export_drafter, pack_drafter, unpack_drafter
+from edgegen.export.drafter.pack import export_trained, pack_drafter
+from edgegen.export.drafter.ship import check_drafter_compat, export_drafter, unpack_drafter
 from edgegen.export.drafter.train import train_drafter
 
-__all__ = ["TrainConfig", "check_drafter_compat", "export_drafter", "pack_drafter", "train_drafter", "unpack_drafter"]
+__all__ = ["TrainConfig", "check_drafter_compat", "export_drafter", "export_trained", "pack_drafter", "train_drafter",
+           "unpack_drafter"]

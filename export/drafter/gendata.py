@@ -149,7 +149,7 @@ class GenWorkers:
 def teacher_model(hf_dir: Path, progress: bool = True) -> Path:
     """The fp32 export of the target's HF folder (OpenVINO graphs), built once into the edgegen cache under
     a key of the folder's files: every run and worker on this machine reuses it."""
-    from edgegen.artifacts import build_once, cache_dir, input_key
+    from edgegen.cache import build_once, cache_dir, input_key
     from edgegen.export import export_model
 
     hf_dir = Path(hf_dir)
@@ -270,6 +270,17 @@ def _legacy_sequences(gen_dir: Path) -> list[tuple[int, list[int], int]]:
             out.append((int(idx), d["prompt_ids"][po:po + pl].tolist() + d["gen_ids"][go:go + gl].tolist(), int(pl)))
             po, go = po + int(pl), go + int(gl)
     return out
+
+
+def target_generations(run: Any, gen: GenWorkers | None = None) -> tuple[
+        list[tuple[list[int], int]], list[tuple[list[int], int]], dict[str, Any]]:
+    """A fine-tuning run's (train, val, stats) target generations (``FineTune(target_data=...)``): prompts from its
+    corpus, generated once into the run folder where ``gen`` says (None: in this process)."""
+    cfg, hf_dir = run.cfg, run.target.hf_dir
+    prompts = build_prompts(hf_dir / "tokenizer.json", hf_dir, run.corpus["files"]["train_code"], cfg.gen_prompts,
+                            cfg.seed, max_prompt_tokens=max(16, cfg.seq_len - cfg.gen_max_new_tokens))
+    gen_dir = build_generations(run.out, hf_dir, prompts, cfg, gen or GenWorkers())
+    return load_generations(gen_dir, cfg.gen_val_every, run.eos_ids[0])
 
 
 def load_generations(gen_dir: Path, val_every: int, eos_id: int | None = None) -> tuple[

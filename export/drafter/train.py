@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
 from edgegen.export.drafter.config import TrainConfig
+from edgegen.export.drafter.gendata import target_generations
 from edgegen.export.finetune import FineTune, lr_at
 
 PACKED_NAME = "drafter.safetensors"
@@ -90,7 +92,7 @@ def evaluate(student: Any, teacher: Any, batches: list[tuple[Any, Any, Any]]) ->
 def open_run(cfg: TrainConfig, *, resume: bool, echo: Callable[[str], None], gen: Any = None) -> FineTune:
     """Open (or resume) the run ``cfg`` and build its data: the corpus and, when a stage distils on them, the
     target's generations (``gen``: a gendata.GenWorkers saying where they are generated; None: here)."""
-    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, gen=gen,
+    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, target_data=partial(target_generations, gen=gen),
                     generations=lambda c: "distill" in [s for s, _ in c.plan()])
 
 
@@ -102,7 +104,8 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
     import torch
 
     from edgegen.export.drafter.model import build_student, load_trainable, trainable_state
-    from edgegen.export.drafter.ship import export_drafter, pack_drafter
+    from edgegen.export.drafter.pack import pack_drafter
+    from edgegen.export.drafter.ship import export_drafter
 
     run = open_run(cfg, resume=resume, echo=echo)
     cfg, state, teacher, target = run.cfg, run.state, run.teacher, run.target

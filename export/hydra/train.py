@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.export.drafter.gendata import target_generations
 from edgegen.export.finetune import EpochOrder, FineTune, eval_batches_chunks, eval_batches_seqs, lr_at
 from edgegen.export.hydra.config import HydraConfig
 from edgegen.export.hydra.features import FEATURES_DIR, FeatureSet, build_features
@@ -207,12 +209,12 @@ def train_heads(cfg: HydraConfig, *, resume: bool = False, echo: Callable[[str],
     step_hook(global_step) is called after every optimizer step (tests use it to interrupt a run)."""
     import torch
 
-    from edgegen.export.drafter.ship import frequent_tokens
+    from edgegen.export.drafter.pack import frequent_tokens
     from edgegen.export.hydra.model import build_heads, head_embedding, load_tensors, pack_tensors
     from edgegen.export.hydra.ship import EMBED_KEY, VOCAB_KEY, pack_heads
 
     run = FineTune(cfg, resume=resume, keep=("threads", "progress"), echo=echo, generations=lambda c: True,
-                   gen=gen)
+                   target_data=partial(target_generations, gen=gen))
     cfg, state, target = run.cfg, run.state, run.target
     vocab = frequent_tokens(run.out, target.vocab_size, cfg.head_vocab, target.hf_dir / "tokenizer.json")
     index = np.full(target.vocab_size, len(vocab), np.int64)  # target id -> head index (V: unknown)

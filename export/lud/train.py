@@ -25,12 +25,14 @@ import json
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.export.drafter.gendata import target_generations
 from edgegen.export.finetune import FineTune, lr_at
 from edgegen.export.lud.config import LORA_PREFIX, LudConfig
 from edgegen.export.lud.units import DEFAULT_PLACEHOLDER_TOKENS, block_mask, block_positions, build_blocks, mark_units
@@ -254,7 +256,8 @@ def lora_scale(cfg: LudConfig) -> float:
 def open_run(cfg: LudConfig, *, resume: bool, echo: Callable[[str], None], gen: Any = None) -> FineTune:
     """Open (or resume) the run ``cfg`` and build its data: the corpus and, when batches come from them, the
     target's generations (``gen``: a gendata.GenWorkers saying where they are generated; None: here)."""
-    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, gen=gen, generations=lambda c: c.gen_share > 0)
+    return FineTune(cfg, resume=resume, keep=KEEP, echo=echo, target_data=partial(target_generations, gen=gen),
+                    generations=lambda c: c.gen_share > 0)
 
 
 def train_lud(cfg: LudConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
