@@ -26,6 +26,8 @@ EXPORTING_FIXTURES = frozenset({"hf_dir", "hf_model", "int8_model", "fp32_model"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_torch: the torch backend on the real default model (scripts/test.sh "
                             "--all; its own tests on tiny models run in CI)")
+    config.addinivalue_line("markers", "extended: a heavier check of something CI already covers in a cheaper form "
+                            "(scripts/test.sh --all), kept out of CI's 30 minutes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -156,7 +156,8 @@ def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_
     assert again["tokens_seen"] == summary["tokens_seen"]
 
 
-@pytest.mark.slow  # a 2-worker training run: the full suite runs it
+@pytest.mark.slow
+@pytest.mark.extended  # a 2-worker LUD training run (minutes): scripts/test.sh --all runs it; the drafter's runs in CI
 def test_toy_lud_on_torchtrainer_matches_one_process(cluster: str, tmp_path: Path) -> None:
     from test_lud_train import _cfg, _tiny_target
 
