@@ -21,8 +21,11 @@ _NEEDS = "edgegen serve needs the serve extra: pip install 'edgegen[serve]'"
 @click.option("--max-queue", type=click.IntRange(min=0), default=8, show_default=True,
               help="Requests that may wait behind the running one; more get 503 with Retry-After.")
 @click.option("--served-model-name", default=None, help="The model id clients use (default: the model's name).")
+@click.option("--prompt-cache-mb", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Memory for other conversations' KV caches, so each conversation's next turn reuses its prefix "
+                   "(0: only the latest conversation's).")
 def serve(model: str | None, backend: str | None, device: str | None, profile: str | None, host: str, port: int,
-          max_queue: int, served_model_name: str | None) -> None:
+          max_queue: int, served_model_name: str | None, prompt_cache_mb: int) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat completions, completions, models, health)."""
     try:
         import uvicorn
@@ -32,7 +35,8 @@ def serve(model: str | None, backend: str | None, device: str | None, profile: s
         raise EdgegenError(_NEEDS) from None
     import edgegen
 
-    generator = edgegen.load(model=model, backend=backend, device=device, profile=profile)
+    generator = edgegen.load(model=model, backend=backend, device=device, profile=profile,
+                             prompt_cache_mb=prompt_cache_mb)
     app = create_app(generator, max_queue=max_queue, model_id=served_model_name)
     click.echo(f"edgegen serve: {app.state.model_id} on {generator.backend}, http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
