@@ -132,6 +132,10 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, placements, **options)
         if baselines:
             anchor_strategy = "speculative" if "speculative" in also else strategy  # the anchors' nearest pipeline
+            if device != "CPU" and anchor_strategy == "speculative" and "prompt-lookup" in also:
+                # openvino-genai's NPU speculative pipeline (stateful FastDraft) refuses a drafter with a reduced
+                # head (the shipped one: "Vocab sizes should be the same"); its NPU prompt lookup runs
+                anchor_strategy = "prompt-lookup"
             anchors, lines = anchor_specs(path, precision, anchor_strategy, exported_folder(draft))
             specs += anchors
             for line in lines:
