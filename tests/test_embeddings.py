@@ -119,14 +119,6 @@ def test_manifest_round_trip_and_old_manifests(fp32_model: Path) -> None:
     assert Manifest.from_dict(old).embeddings is None and not Manifest.from_dict(old).has_embeddings()
 
 
-def test_npu_profile_refuses_embeddings(tmp_path: Path) -> None:
-    from edgegen.export import export_model
-
-    with pytest.raises(EdgegenError, match="NPU"):
-        export_model(None, tmp_path / "npu", profile="core-ultra-npu", embeddings=True, progress=False)
-    assert not (tmp_path / "npu").exists()
-
-
 def test_default_model_gets_embeddings_on_demand(int8_model: Path, hf_dir: Path, monkeypatch) -> None:
     """resolve_model(embeddings=True) adds the graphs to the cached default export, keeping its graphs."""
     import edgegen
