@@ -156,6 +156,19 @@ class CachePosition:
         return length < self._position
 
 
+class SlotCache(CachePosition):
+    """A KV cache the next forward overwrites from the position on: rollback and reset only move the position."""
+
+    def trim(self, length: int) -> None:
+        self._check_trim(length)
+        self._held(length)
+        self._position = length
+
+    def reset(self) -> None:
+        self._held(0)
+        self._position = 0
+
+
 class EmbeddingTable:
     """An export's token-embedding table (``embeddings.npy``, memory-mapped) and its scale."""
 

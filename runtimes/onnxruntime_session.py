@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, ROW_PAD, Manifest
-from edgegen.runtimes.base import CachePosition, EmbeddingInputs, KVSnapshot
+from edgegen.runtimes.base import EmbeddingInputs, KVSnapshot, SlotCache
 
 # device name (CLI/profile) -> execution provider
 EXECUTION_PROVIDERS = {
@@ -38,7 +38,7 @@ def available_devices() -> list[str]:
     return [d for d, ep in EXECUTION_PROVIDERS.items() if ep in have]
 
 
-class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
+class OnnxRuntimeSession(SlotCache, EmbeddingInputs):
     """A Session (see runtimes.base) over an ONNX Runtime InferenceSession.
 
     embeddings=True runs the export's input-embedding graph (embed / forward_embeddings).
@@ -177,15 +177,6 @@ class OnnxRuntimeSession(CachePosition, EmbeddingInputs):
             rows_kept = hidden[0, -1:] if last_only else hidden[0]
             self._hidden = rows_kept.astype(np.float32, copy=False)
         return logits[0, -1:] if last_only else logits[0]
-
-    def trim(self, length: int) -> None:
-        self._check_trim(length)
-        self._held(length)
-        self._position = length  # the dropped slots are overwritten by the next forward
-
-    def reset(self) -> None:
-        self._held(0)
-        self._position = 0
 
     def _snapshot(self) -> KVSnapshot:
         """Session.snapshot: the used slots of every layer's key and value buffers."""

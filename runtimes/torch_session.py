@@ -28,7 +28,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
-from edgegen.runtimes.base import CachePosition
+from edgegen.runtimes.base import SlotCache
 
 FORMAT = "torch"
 # The libraries a session needs: missing ones make this module an ImportError, like the other backends'
@@ -54,7 +54,7 @@ def available_devices() -> list[str]:
     return ["CPU", "CUDA"] if any(p.exists() for p in _NVIDIA_DRIVER) else ["CPU"]
 
 
-class TorchSession(CachePosition):
+class TorchSession(SlotCache):
     """A Session (see runtimes.base) over a transformers causal LM with a static, device-resident KV cache.
 
     The model takes input embeddings itself, so every session has ``embed`` and ``forward_embeddings``
@@ -163,15 +163,6 @@ class TorchSession(CachePosition):
                               use_cache=True, logits_to_keep=1 if last_only else 0)
         self._position = end
         return out.logits[0].float().cpu().numpy()  # only these rows cross to the host
-
-    def trim(self, length: int) -> None:
-        self._check_trim(length)
-        self._held(length)
-        self._position = length  # the dropped slots are overwritten by the next forward
-
-    def reset(self) -> None:
-        self._held(0)
-        self._position = 0
 
 
 def _static_cache(manifest: Manifest, slots: int, dtype: Any, device: Any) -> Any:
