@@ -56,6 +56,7 @@ def npu_gen(npu_int8: Path) -> edgegen.Generator:
     return edgegen.load(npu_int8, device="NPU", draft=default_drafter_model("cpu", progress=False))
 
 
+@pytest.mark.extended  # NPUW compiles of the target and drafter (minutes): scripts/test.sh --all
 def test_npu_session_steps_and_rolls_back_like_a_fresh_run(npu_gen: edgegen.Generator) -> None:
     session = npu_gen.session
     assert (session.device, session.max_step, session.max_length) == ("NPU", 8, 128 + 64)
@@ -74,6 +75,7 @@ def test_npu_session_steps_and_rolls_back_like_a_fresh_run(npu_gen: edgegen.Gene
     assert session.position == len(prompt) + 7
 
 
+@pytest.mark.extended  # NPUW compiles of the target and drafter (minutes): scripts/test.sh --all
 def test_every_strategy_matches_npu_ar(npu_gen: edgegen.Generator) -> None:
     strategies = (("prompt-lookup", {}), ("speculative", {}),
                   ("prompt-lookup", {"num_draft_tokens": 16, "max_draft_tokens": 16}))  # drafts cut to one NPU call
@@ -89,6 +91,7 @@ def test_every_strategy_matches_npu_ar(npu_gen: edgegen.Generator) -> None:
     assert accepted > 0  # multi-token NPU calls were verified and rolled back
 
 
+@pytest.mark.extended  # NPUW compiles of the target and drafter (minutes): scripts/test.sh --all
 def test_requests_the_static_shapes_cannot_hold_are_refused_before_any_token(npu_gen: edgegen.Generator) -> None:
     with pytest.raises(EdgegenError, match="exceeds the 128 tokens"):
         npu_gen.stream(list(range(3, 132)), max_new_tokens=4)  # refused at the call, nothing streamed
@@ -96,6 +99,7 @@ def test_requests_the_static_shapes_cannot_hold_are_refused_before_any_token(npu
         npu_gen.stream(list(range(3, 103)), max_new_tokens=100)
 
 
+@pytest.mark.extended  # NPUW compiles of the target and drafter (minutes): scripts/test.sh --all
 def test_cli_too_long_prompt_is_one_error_line_before_any_text(npu_int8: Path) -> None:
     code = "import sys; from edgegen.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, "run", "--model", str(npu_int8), "--device", "NPU", "--raw",
