@@ -63,6 +63,8 @@ def _module(backend: str):
     try:
         return importlib.import_module(name)
     except ImportError as e:
+        if (e.name or "").partition(".")[0] == "edgegen":
+            raise  # a defect of this install, not a missing backend library: no install hint would help
         hint = _EXTRAS.get(backend, f"pip install {e.name or backend}")
         raise EdgegenError(f"the {backend} backend is not installed here ({e}): {hint}") from None
 
