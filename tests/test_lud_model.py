@@ -53,6 +53,8 @@ def test_stale_default_lud_export_is_rebuilt(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # builds and runs the LUD-tuned default model (~160 s): scripts/test.sh --all; tiny-model
+# lexical == AR tests run in CI (test_lexical.py)
 def test_default_lud_identities(cache_root: Path, int8_model: Path) -> None:
     lud = edgegen.load("default-lud", backend="onnxruntime")
     assert lud.manifest.extras["lud"]["placeholder_ids"] == [13, 14, 15, 16]
