@@ -119,7 +119,7 @@ def final_losses(run: Path) -> dict[str, float]:
     return {f"{name} {k}": m[k] for name, m in last["sets"].items() for k in ("kl", "ce")}
 
 
-@pytest.mark.slow  # a 2-worker training run (~40 s): the full suite runs it
+@pytest.mark.extended  # a 2-worker training run (~50 s): scripts/test.sh --all runs it
 def test_toy_distillation_on_torchtrainer_matches_one_process(cluster: str, tmp_path: Path) -> None:
     from test_drafter_train import TEXT, _cfg, _tiny_target
 

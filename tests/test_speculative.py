@@ -46,6 +46,7 @@ def test_prompt_lookup_greedy_equals_ar(backend: str, int8_model: Path) -> None:
     assert 0 < accepted < proposed  # drafts were accepted and rejected: rollback ran
 
 
+@pytest.mark.extended  # a second real model as drafter (~60 s); the shipped drafter's test below stays in CI
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_model_drafter_greedy_equals_ar(backend: str, int8_model: Path, fp32_model: Path) -> None:
     # The fp32 export drafting for the int8 target: same tokenizer, close but not equal predictions.
