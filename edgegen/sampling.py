@@ -144,6 +144,13 @@ class Sampler:
         self.rng = np.random.default_rng(config.seed)
         self.constraint = constraint
 
+    @property
+    def picks_argmax(self) -> bool:
+        """Whether ``pick`` is the row's argmax whatever the history (greedy, no penalty, no constraint): a step
+        can then ask its session for each row's best token only (runtimes.base.forward_top)."""
+        c = self.config
+        return c.greedy and c.repetition_penalty == 1.0 and self.constraint is None
+
     def distribution(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         if self.constraint is not None:
             logits = apply_constraint(logits, self.constraint.allowed())

@@ -26,7 +26,7 @@ class Session(Protocol):
     """
 
     manifest: Manifest
-    backend: str  # "onnxruntime" | "openvino"
+    backend: str  # "onnxruntime" | "openvino" | "torch"
     device: str  # what the session really runs on, e.g. "CPUExecutionProvider", "CPU", "NPU"
 
     @property
@@ -85,6 +85,14 @@ class Session(Protocol):
         """Like ``forward``, fed input embeddings (n, hidden) float32 (e.g. from ``embed``) instead of ids."""
         ...
 
+    # Optional: a session that can choose tokens where its logits are (the torch session on CUDA) has
+    # ``forward_top``; every other session gets it on the host from ``forward`` (the function below).
+
+    def forward_top(self, token_ids: np.ndarray, k: int = 1, last_only: bool = False,
+                    hidden: bool = False) -> TopTokens:
+        """Like ``forward``, but only each row's ``k`` best tokens and their logits leave the device."""
+        ...
+
     # Optional: sessions whose cache can be copied out and back (hasattr tells; the prompt cache is off
     # without them: the NPU's static graph, the torch session, ONNX Runtime with the cache on a GPU).
 
@@ -118,6 +126,59 @@ class KVSnapshot:
         if not 0 <= length <= held:
             raise ValueError(f"cannot restore {length} positions of a snapshot of {held}")
         return length
+
+
+@dataclass(frozen=True)
+class TopTokens:
+    """Each row's ``k`` highest logits, best first: all a step needs from a forward whose pick is the argmax.
+
+    For k = 1 the id is NumPy's ``argmax`` of the row (among equal maxima, the lowest id), so a strategy that
+    picks from these ids picks what it would from the full rows. For k > 1, equal logits are ordered by id;
+    which of several equal logits at the k-th place are kept is the session's choice. ``finite`` says whether
+    every logit of the row was finite (a NaN row from corrupt weights must still stop generation).
+    """
+
+    ids: np.ndarray  # int64 (rows, k)
+    logits: np.ndarray  # float32 (rows, k)
+    finite: np.ndarray  # bool (rows,)
+
+    @property
+    def argmax(self) -> list[int]:
+        """Each row's best token id."""
+        return self.ids[:, 0].tolist()
+
+    @classmethod
+    def ordered(cls, ids: np.ndarray, logits: np.ndarray, finite: np.ndarray) -> TopTokens:
+        """From each row's k best (ids, logits) in any order: sorted best first, equal logits by id."""
+        order = np.lexsort((ids, -logits.astype(np.float64)), axis=-1)
+        return cls(np.take_along_axis(ids, order, -1).astype(np.int64),
+                   np.take_along_axis(logits, order, -1).astype(np.float32), np.asarray(finite, bool))
+
+
+def top_tokens(logits: np.ndarray, k: int = 1) -> TopTokens:
+    """The TopTokens of float (rows, vocab) logits, on the host (the generic path)."""
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"k must lie in [1, {logits.shape[-1]}], got {k}")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or finite values overflowing: looked at below
+        finite = np.isfinite(logits.sum(-1))  # one sum per row
+    for row in np.flatnonzero(~finite):
+        finite[row] = np.isfinite(logits[row]).all()
+    if k == 1:
+        ids = np.argmax(logits, axis=-1)[:, None]
+        return TopTokens(ids.astype(np.int64), np.take_along_axis(logits, ids, -1).astype(np.float32), finite)
+    ids = np.argpartition(logits, -k, axis=-1)[:, -k:]
+    return TopTokens.ordered(ids, np.take_along_axis(logits, ids, -1), finite)
+
+
+def forward_top(session: Session, token_ids: np.ndarray, k: int = 1, last_only: bool = False,
+                hidden: bool = False) -> TopTokens:
+    """``session.forward`` keeping only each row's ``k`` best tokens: chosen on the session's device where it has
+    its own ``forward_top`` (only those values are copied back), else on the host from the full rows."""
+    own = getattr(session, "forward_top", None)
+    if own is not None:
+        return own(token_ids, k, last_only, hidden)
+    # hidden is passed only when asked: a Session without hidden states (a test fake) serves every other step
+    return top_tokens(session.forward(token_ids, last_only, **({"hidden": True} if hidden else {})), k)
 
 
 class CachePosition:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import ClassVar
 
-from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_top
 
 
 class Autoregressive(Strategy):
@@ -13,10 +13,13 @@ class Autoregressive(Strategy):
     takes_constraint: ClassVar[bool] = True  # every token is a Sampler pick
 
     def decode(self, request: DecodeRequest) -> Iterator[list[int]]:
+        sampler = request.sampler
         history = list(request.prompt_ids)  # the repetition penalty sees prompt and output
-        logits = prefill(request)
+        token = sampler.pick(prefill(request), history)
         while True:
-            token = request.sampler.pick(logits, history)
             history.append(token)
             yield [token]
-            logits = step(request, [token])[0][-1]
+            if sampler.picks_argmax:  # the session picks (on its device where it can): no logits row is copied
+                token = step_top(request, [token])[0].argmax[-1]
+            else:
+                token = sampler.pick(step(request, [token])[0][-1], history)

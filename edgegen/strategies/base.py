@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.runtimes.base import Session
+from edgegen.runtimes.base import Session, TopTokens, forward_top
 from edgegen.sampling import Sampler
 from edgegen.strategies.drafters import Drafter
 
@@ -130,9 +130,13 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
     """
     # one float32 sum is NaN/inf when any value is (or when finite values overflow: then look closer)
     if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
-        raise EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
-                           "quantized (`edgegen verify MODEL` checks its files; re-export it, or quantize it less)")
+        raise _not_finite()
     return logits
+
+
+def _not_finite() -> EdgegenError:
+    return EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
+                        "quantized (`edgegen verify MODEL` checks its files; re-export it, or quantize it less)")
 
 
 def step_limit(target: Session) -> int:
@@ -147,6 +151,19 @@ def step(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> 
     start = time.perf_counter()
     logits = request.target.forward(np.asarray(token_ids, np.int64), **_asked(hidden))
     return _counted(request, logits, time.perf_counter() - start)
+
+
+def step_top(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> tuple[TopTokens, float]:
+    """Like ``step`` when the sampler's pick is the argmax (Sampler.picks_argmax): only each row's best token
+    comes back, chosen on the session's device where it can (runtimes.base.forward_top), and seconds."""
+    start = time.perf_counter()
+    top = forward_top(request.target, np.asarray(token_ids, np.int64), hidden=hidden)
+    seconds = time.perf_counter() - start
+    request.counters.target_s += seconds
+    request.counters.target_steps += 1
+    if not top.finite.all():
+        raise _not_finite()
+    return top, seconds
 
 
 def step_embeddings(request: DecodeRequest, embeddings: np.ndarray) -> tuple[np.ndarray, float]:

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_limit
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_limit, step_top
 from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
-from edgegen.strategies.verify import verify
+from edgegen.strategies.verify import verify, verify_argmax
 
 
 def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extra: Sequence[int] = (),
@@ -35,9 +35,13 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extr
     """
     cached = request.target.position
     draft = draft.prefix(request.sampler.admissible(draft.tokens))
-    logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
     n = len(draft.tokens)
-    new = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler)
+    if draft.q is None and not extra and request.sampler.picks_argmax:  # only each row's best token is needed
+        top, seconds = step_top(request, [history[-1], *draft.tokens], hidden)
+        new, logits = verify_argmax(top.argmax, draft.tokens), np.empty((n + 1, 0), np.float32)
+    else:
+        logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
+        new = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler)
     accepted = len(new) - 1
     request.target.trim(cached + 1 + accepted)
     history.extend(new)

@@ -63,18 +63,23 @@ def verify(target_logits: np.ndarray, draft: Sequence[int], q: np.ndarray | None
     return [*draft, sampler.pick(target_logits[len(draft)], context)]
 
 
-def _verify_greedy(target_logits: np.ndarray, draft: Sequence[int], history: list[int], sampler: Sampler) -> list[int]:
-    """``verify`` for a deterministic draft under unconstrained greedy: accept while the draft is the argmax.
+def verify_argmax(argmax: Sequence[int], draft: Sequence[int]) -> list[int]:
+    """``verify`` for a deterministic draft when the pick is the argmax (Sampler.picks_argmax), from the target's
+    best token per row alone (runtimes.base.forward_top: no logits row needs to leave the device).
 
-    The general rule gives exactly this (p and q one-hot), without building a one-hot row per token.
+    ``argmax``: at least len(draft) + 1 ids, row i's after history + draft[:i]. Accept while the draft is the
+    argmax, then take the argmax: what the general rule gives with p and q one-hot.
     """
-    penalised = sampler.config.repetition_penalty != 1.0  # only then does a row's pick read its context
-
-    def pick(i: int) -> int:
-        return sampler.pick(target_logits[i], [*history, *draft[:i]] if penalised else history)
-
     for i, x in enumerate(draft):
-        best = pick(i)
-        if best != x:
-            return [*draft[:i], best]
-    return [*draft, pick(len(draft))]
+        if argmax[i] != x:
+            return [*draft[:i], int(argmax[i])]
+    return [*draft, int(argmax[len(draft)])]
+
+
+def _verify_greedy(target_logits: np.ndarray, draft: Sequence[int], history: list[int], sampler: Sampler) -> list[int]:
+    """``verify`` for a deterministic draft under unconstrained greedy: accept while the draft is the argmax
+    (after the repetition penalty, which reads each row's own context)."""
+    if sampler.picks_argmax:
+        return verify_argmax(np.argmax(target_logits, axis=-1).tolist(), draft)
+    picks = [sampler.pick(target_logits[i], [*history, *draft[:i]]) for i in range(len(draft) + 1)]
+    return verify_argmax(picks, draft)
