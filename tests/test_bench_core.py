@@ -124,3 +124,14 @@ def test_peak_rss_is_the_engines_own(int8_model: Path) -> None:
     held[::512] = 2.0
     mb = peak_rss_mb(edgegen_spec(int8_model, "onnxruntime", "int8"), list(range(100, 140)), 4)
     assert 100 < mb < 1024
+
+
+def test_chat_bench_turn_one_is_a_cold_prefill(int8_model: Path) -> None:
+    """The chat bench's warm-up leaves nothing of the chat template in the cache: turn 1 prefills its whole
+    prompt, as a fresh conversation does (a warm-up through the template made turn 1 a cache hit)."""
+    from edgegen.bench.chat import EdgegenChat
+
+    chat = EdgegenChat(int8_model, max_new_tokens=4)
+    first_turn = chat._gen._prompt_ids([{"role": "user", "content": "Hi"}], chat=True)
+    assert chat._gen.session.position > 0  # the warm-up ran
+    assert chat._gen.session.common_prefix(first_turn) == 0

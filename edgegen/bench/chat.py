@@ -60,7 +60,9 @@ class EdgegenChat:
         self.backend = self._gen.backend
         self._max = max_new_tokens
         self.history: list[dict[str, str]] = []
-        self._gen.generate("Hello!", max_new_tokens=8)  # warm-up, outside the conversation
+        # warm-up, outside the conversation: raw text, so the cache holds nothing of the chat template and
+        # turn 1 is the cold prefill a fresh conversation gets
+        self._gen.generate("Hello!", max_new_tokens=8, chat=False)
 
     def turn(self, text: str) -> tuple[float, int, int | None]:
         self.history.append({"role": "user", "content": text})
