@@ -256,3 +256,59 @@ def test_int8_heads_file_is_half_the_size_and_close(tmp_path):
     h = np.random.default_rng(0).standard_normal(64).astype(np.float32)
     a, b = f16.chain(h, 3), q8.chain(h, 3)
     np.testing.assert_allclose(a.logits, b.logits, atol=0.05 * np.abs(a.logits).max())
+
+
+# --- alignment: what the heads read and what they are trained towards -------------------------------------------
+
+
+def test_heads_learn_a_rule_of_the_tokens_they_read_and_draft_it_at_run_time(tmp_path):
+    """A target whose greedy next token is f(current token) (f a permutation), as on its own generations: the
+    label at position p is f(tokens[p]) = tokens[p + 1]; the hidden states are noise. Head 1 at position t reads
+    h_t and token t+1 and is trained towards the label at t+1; head 2 reads token t+2. The training loss and
+    evaluation learn the rule, and the packed NumPy heads, given h_t and the newest token (t+1) as decoding
+    gives them, draft tokens t+2 and t+3: a training side that reads or labels one position off (the rule is
+    learnable either way on such a sequence) drafts one token off at run time and fails here."""
+    from edgegen.export.hydra.features import FeatureSet
+    from edgegen.export.hydra.model import build_heads, pack_tensors
+    from edgegen.export.hydra.ship import EMBED_KEY, VOCAB_KEY, heads_info, write_heads
+    from edgegen.export.hydra.train import evaluate_heads, heads_loss
+
+    rng = np.random.default_rng(0)
+    vocab_size, d, rows, width = 40, 16, 64, 24
+    vocab = rng.permutation(vocab_size)[:16]  # the heads' vocabulary; the sequences use only these tokens
+    f = dict(zip(vocab.tolist(), rng.permutation(vocab).tolist(), strict=True))
+    seqs = []
+    for _ in range(rows):
+        seq = [int(rng.choice(vocab))]
+        for _ in range(width - 1):
+            seq.append(f[seq[-1]])
+        seqs.append(seq)
+    tokens = np.array(seqs, np.int32).reshape(-1)
+    greedy = np.array([f[t] for t in tokens.tolist()], np.int32)
+    other = np.array([int(vocab[(np.nonzero(vocab == g)[0][0] + 1) % 16]) for g in greedy], np.int32)
+    n = len(tokens)
+    features = FeatureSet(tokens=tokens, hidden=rng.standard_normal((n, d)).astype(np.float16),
+                          top_ids=np.stack([greedy, other], 1), top_logp=np.log([[0.9, 0.1]] * n).astype(np.float16),
+                          count=np.ones(n, bool), lengths=np.full(rows, width, np.int32))
+    index = np.full(vocab_size, len(vocab), np.int64)
+    index[vocab] = np.arange(len(vocab))
+    embed = torch.randn(len(vocab) + 1, d, generator=torch.Generator().manual_seed(1))
+    model = build_heads(embed, 2, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = [features.batch(list(range(r, r + 8)), index) for r in range(0, rows, 8)]
+    for step in range(150):
+        loss, _ = heads_loss(model, batches[step % len(batches)], 0.8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = evaluate_heads(model.eval(), batches)
+    assert scores["head1"] > 0.95 and scores["head2"] > 0.95 and scores["coverage"] == 1.0
+
+    target = {"target_name": "rule", "target_vocab_size": vocab_size, "target_tokenizer_sha256": ""}
+    path = write_heads({VOCAB_KEY: torch.from_numpy(vocab), EMBED_KEY: embed, **pack_tensors(model)},
+                       heads_info(2, 1, d, target), tmp_path / "heads.safetensors", "float32")
+    heads = HydraHeads.open(path)
+    hidden = features.hidden.astype(np.float32)
+    starts = [r * width + t for r in range(0, rows, 4) for t in range(width - 3)]  # t + 3 in the same row
+    drafted = [heads.chain(hidden[t], base_token=int(tokens[t + 1])).tokens.tolist() for t in starts]
+    assert np.mean([a == tokens[t + 2:t + 4].tolist() for a, t in zip(drafted, starts, strict=True)]) > 0.9
