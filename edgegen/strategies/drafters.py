@@ -109,33 +109,51 @@ class ModelDrafter:
         self._fed = []
 
     def _feed(self, tokens: list[int]) -> np.ndarray:
+        """The drafter's last logits row after ``tokens``, over its own head (the target's ids without one)."""
         ids = np.asarray(tokens, np.int64)
         logits = self.session.forward(ids if self._head is None else self._to_draft[ids], last_only=True)
         self._fed.extend(tokens)
+        return logits[-1]
+
+    def _spread(self, row: np.ndarray) -> np.ndarray:
+        """A head row over the target's vocabulary: tokens the head lacks get probability 0."""
         if self._head is None:
-            return logits[-1]
-        full = self._full.copy()  # tokens the head lacks get probability 0
-        full[self._head] = logits[-1]
+            return row
+        full = self._full.copy()
+        full[self._head] = row
         return full
+
+    def _argmax(self, row: np.ndarray) -> int:
+        """The target id ``np.argmax`` of the spread row gives (the lowest id among equal maxima), from the head
+        row itself: a greedy draft token needs no target-vocabulary row (262k floats for Gemma)."""
+        if self._head is None:
+            return int(np.argmax(row))
+        best = row.max()
+        tied = self._head[row == best]
+        return int(tied.min()) if tied.size else int(np.argmax(self._spread(row)))  # NaN: as the spread row does
 
     def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
         if max_tokens <= 0:
             return Draft([])
-        logits = self._feed(context[len(self._fed) :])
+        row = self._feed(context[len(self._fed) :])
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         while True:
-            q = sampler.distribution(logits, context + tokens)
-            token = int(np.argmax(q)) if sampler.config.greedy else sample(q, sampler.rng)
-            if tokens and q.max() < self.confidence:
+            if sampler.picks_argmax:  # q is one-hot at the argmax: neither it nor a full row is built
+                token, q = self._argmax(row), None
+            else:
+                q = sampler.distribution(self._spread(row), context + tokens)
+                token = int(np.argmax(q)) if sampler.config.greedy else sample(q, sampler.rng)
+            if tokens and (1.0 if q is None else q.max()) < self.confidence:
                 break  # unsure: a short draft wastes less target work than a rejected long one
             if not sampler.admit(token):
                 break  # under a constraint the drafter's head may hold none of the allowed tokens
             tokens.append(token)
-            rows.append(q)
+            if q is not None:
+                rows.append(q)
             if len(tokens) == max_tokens or len(context) + len(tokens) >= self.session.max_length:
                 break
-            logits = self._feed([token])
+            row = self._feed([token])
         sampler.rollback(len(tokens))  # drafted tokens join the sequence only once verified
         return Draft(tokens, None if sampler.config.greedy else np.stack(rows))
 
