@@ -116,6 +116,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     ttft: list[Run] = []
     rss: dict[tuple[str, str], float] = {}
     folders: dict[str, str] = {}
+    skipped: list[tuple[EngineSpec, str]] = []  # engines that cannot run the model: rows with the reason
     quality: dict[str, dict[str, float]] = {}
     eos: set[int] = set()
     for precision in [folder_weights(folder)] if folder is not None else list(weights) or ["int8"]:
@@ -140,14 +141,20 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             specs += anchors
             for line in lines:
                 note(line)
-        engines = open_engines(specs, device, note=note)
+        engines = open_engines(specs, device, note=note, skipped=skipped)
         for spec, engine in engines:
             if spec.is_headline:
                 note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "
                      f"ran {engine.strategy}")
         ids = encode_prompts(path, [*chosen, WARMUP_PROMPT])
+        failed: dict[str, str] = {}
         runs += timed_runs(engines, chosen, ids, new_tokens, warmup, repeats, loads, desc=f"bench {precision}",
-                           warmup_prompts=[WARMUP_PROMPT])
+                           warmup_prompts=[WARMUP_PROMPT], failed=failed)
+        for spec, _ in engines:
+            if spec.label in failed:
+                note(f"{spec.label}: cannot run {path}: {failed[spec.label]}, left out")
+                skipped.append((spec, failed[spec.label]))
+        engines = [(s, e) for s, e in engines if s.label not in failed]
         if prompt_tokens:
             from edgegen.bench.ttft import ttft_runs
 
@@ -162,7 +169,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
                                       note)
     if not runs:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
-    rows = summarize(runs, eos, rss)
+    rows = summarize(runs, eos, rss, skipped)
     sections, extra = _extra_sections(rows, ttft, bandwidth, folders)
     if chat_turns:
         from edgegen.bench.chat import chat_lines, chat_table, run_chat
@@ -216,7 +223,7 @@ def _extra_sections(rows: Sequence[Row], ttft: Sequence[Run], bandwidth: float |
         parts = []
         ceilings = {}
         for r in rows:
-            if r.load != "none" or r.spec.drafts or r.spec.padded or r.weights not in folders:
+            if r.load != "none" or r.spec.drafts or r.spec.padded or r.weights not in folders or r.skipped:
                 continue
             try:
                 size = weight_bytes(Path(folders[r.weights]), runtimes.graph_format(r.backend))

@@ -140,19 +140,24 @@ def anchor_specs(folder: Path, weights: str, strategy: str = "ar",
     return specs, notes
 
 
-def open_engines(specs: list[EngineSpec], device: str = "CPU",
-                 note: Any = print) -> list[tuple[EngineSpec, TokenEngine]]:
-    """Open every spec; one that cannot load is skipped with a one-line note (the others still run)."""
+def open_engines(specs: list[EngineSpec], device: str = "CPU", note: Any = print,
+                 skipped: list[tuple[EngineSpec, str]] | None = None) -> list[tuple[EngineSpec, TokenEngine]]:
+    """Open every spec; one that cannot load is skipped with a one-line note (the others still run), and with
+    its reason in ``skipped`` when given (the report shows it as a row)."""
     from edgegen.errors import EdgegenError
 
     opened = []
     for spec in specs:
         try:
             opened.append((spec, open_engine(spec, device)))
+            continue
         except (EdgegenError, ImportError) as e:
-            note(f"{spec.label}: {e}, skipped")
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         except Exception as e:  # an anchor that cannot load this folder must not stop the bench
             if not spec.is_anchor:
                 raise
-            note(f"{spec.label}: cannot load {spec.folder}: {type(e).__name__}: {e}".splitlines()[0])
+            reason = f"cannot load {spec.folder}: {type(e).__name__}: {e}".splitlines()[0]
+        note(f"{spec.label}: {reason}, skipped")
+        if skipped is not None:
+            skipped.append((spec, reason))
     return opened

@@ -42,6 +42,7 @@ class Row:
     tokens_per_step: float | None = None  # new tokens per target forward
     x_edgegen_ar: float | None = None  # over edgegen's fastest unpadded AR engine (drafting and headline rows)
     x_baseline_strategy: float | None = None  # over openvino-genai running the same strategy
+    skipped: str | None = None  # why this engine could not run the model (no figures: a row of the table all the same)
 
 
 def _first_tokens(runs: Sequence[Run]) -> dict[tuple[str, str, str, str], list[int]]:
@@ -93,9 +94,11 @@ def _token_references(spec: EngineSpec, peers: Sequence[Row]) -> list[str]:
 
 
 def summarize(runs: Sequence[Run], eos_ids: Collection[int] = (),
-              peak_rss_mb: Mapping[tuple[str, str], float] | None = None) -> list[Row]:
+              peak_rss_mb: Mapping[tuple[str, str], float] | None = None,
+              skipped: Sequence[tuple[EngineSpec, str]] = ()) -> list[Row]:
     """One Row per (load, precision, engine), in run order, with ratios and token identity filled in.
-    ``peak_rss_mb``: (engine label, weights) -> its peak RSS (``bench.memory``)."""
+    ``peak_rss_mb``: (engine label, weights) -> its peak RSS (``bench.memory``). ``skipped``: engines that could
+    not run the model, with the reason, each a row without figures under every load."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
         groups.setdefault((r.load, r.weights, r.label), []).append(r)
@@ -125,7 +128,9 @@ def summarize(runs: Sequence[Run], eos_ids: Collection[int] = (),
                 continue
             equal = sum(other is not None and same_tokens(mine, other, eos_ids) for mine, other in pairs)
             row.identical[ref] = (equal, sum(other is not None for _, other in pairs))
-    loads = list(dict.fromkeys(r.load for r in rows))
+    loads = list(dict.fromkeys(r.load for r in rows)) or ["none"]
+    rows += [Row(spec.label, spec.backend or "—", spec.weights, 0.0, 0.0, 0, spec, load, skipped=reason)
+             for load in loads for spec, reason in skipped]
     rows.sort(key=lambda r: (loads.index(r.load), _weights_rank(r.weights), r.spec.is_anchor))
     return rows
 
@@ -166,6 +171,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
         lines = ["| engine | backend | weights | tokens/s | TTFT ms | x fastest baseline | identical |" + rss_head,
                  "|---|---|---|---:|---:|---:|---|" + rss_rule]
         for r in rows:
+            if r.skipped is not None:
+                lines.append(_skipped_line(r, 3, rss))
+                continue
             lines.append(f"| {r.engine} | {r.backend} | {r.weights} | {r.tokens_per_s:.1f} | {r.ttft_ms:.1f} | "
                          f"{_x(r.x_fastest)} | {_identical_cell(r)} |" + (f" {_rss(r)} |" if rss else ""))
         return "\n".join(lines)
@@ -173,6 +181,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
              "x fastest AR anchor | x openvino-genai same strategy | identical |" + rss_head,
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|" + rss_rule]
     for r in rows:
+        if r.skipped is not None:
+            lines.append(_skipped_line(r, 6, rss))
+            continue
         accept = f"{100 * r.acceptance:.0f}%" if r.acceptance is not None else "—"
         per_step = f"{r.tokens_per_step:.2f}" if r.tokens_per_step is not None else "—"
         lines.append(f"| {r.engine} | {r.backend} | {r.weights} | {r.tokens_per_s:.1f} | {accept} | {per_step} | "
@@ -181,12 +192,19 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _skipped_line(row: Row, dashes: int, rss: bool) -> str:
+    """A table row for an engine that could not run the model: no figures, the reason in the last column."""
+    reason = row.skipped.replace("|", "/") if row.skipped else ""
+    return f"| {row.engine} | {row.backend} | {row.weights} | " + "— | " * dashes + f"cannot run: {reason} |" + (
+        " — |" if rss else "")
+
+
 def headline_lines(rows: Sequence[Row]) -> list[str]:
     """Per load and precision: what ``edgegen.load()`` + the default strategy gives a user, against the fastest
     AR anchor and edgegen's own unpadded AR."""
     lines = []
     for r in rows:
-        if r.spec.is_headline:
+        if r.spec.is_headline and r.skipped is None:
             where = f" under load '{r.load}'" if r.load != "none" else ""
             lines.append(f"{r.engine} ({r.weights}{where}, edgegen.load() on {r.backend} + the default strategy): "
                          f"{r.tokens_per_s:.1f} tokens/s = {_x(r.x_fastest)} the fastest AR anchor, "
@@ -361,7 +379,7 @@ def write_chart(path: Path, rows: Sequence[Row]) -> Path | None:
     except ImportError:
         print("matplotlib is not installed: bench.png skipped")
         return None
-    rows = [r for r in rows if r.load == rows[0].load]
+    rows = [r for r in rows if r.load == rows[0].load and r.skipped is None]
     weights = list(dict.fromkeys(r.weights for r in rows))
     engines = list(dict.fromkeys(r.engine for r in rows))
     anchors = {r.engine for r in rows if r.spec.is_anchor}

@@ -197,13 +197,31 @@ def take_turns(engines: Sequence[tuple[EngineSpec, E]], prompts: Sequence[Prompt
 def timed_runs(engines: Sequence[tuple[EngineSpec, TokenEngine]], prompts: Sequence[Prompt],
                ids: Mapping[str, list[int]], new_tokens: int, warmup: int = 1, repeats: int = 1,
                loads: Sequence[str] = ("none",), desc: str = "bench",
-               warmup_prompts: Sequence[Prompt] = ()) -> list[Run]:
-    """``measure`` every engine on every prompt (``take_turns``): one Run per timed generation."""
+               warmup_prompts: Sequence[Prompt] = (), failed: dict[str, str] | None = None) -> list[Run]:
+    """``measure`` every engine on every prompt (``take_turns``): one Run per timed generation.
+
+    An anchor that fails while generating (a model its runtime cannot run) is left out of the rest of the run and
+    of the result, its one-line reason put in ``failed`` (label -> reason); edgegen's own failures propagate.
+    """
     backend = {spec.label: engine.backend for spec, engine in engines}
-    turns = take_turns(engines, prompts, lambda engine, prompt: measure(engine, ids[prompt.id], new_tokens),
-                       warmup, repeats, loads, desc, warmup_prompts)
+    spec_of = {id(engine): spec for spec, engine in engines}
+    failed = {} if failed is None else failed
+
+    def trial(engine: TokenEngine, prompt: Prompt) -> Timing | None:
+        spec = spec_of[id(engine)]
+        if spec.label in failed:
+            return None
+        try:
+            return measure(engine, ids[prompt.id], new_tokens)
+        except Exception as e:
+            if not spec.is_anchor:
+                raise
+            failed[spec.label] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            return None
+
+    turns = take_turns(engines, prompts, trial, warmup, repeats, loads, desc, warmup_prompts)
     return [Run(t.engine, backend[t.engine.label], t.prompt.id, t.prompt.category, len(ids[t.prompt.id]), t.repeat,
-                t.result, t.load) for t in turns]
+                t.result, t.load) for t in turns if t.result is not None and t.engine.label not in failed]
 
 
 def edgegen_specs(folder: Path, weights: str, strategy: str = "ar", draft: Path | None = None,
