@@ -112,9 +112,13 @@ def prefill(request: DecodeRequest, hidden: bool = False) -> np.ndarray:
         target.trim(keep)
     else:
         target.reset()
+    rest = np.asarray(ids[keep:], np.int64)
+    chunk = prefill_chunk(target)
     with request.counters.timing("prefill_s"):
+        for start in range(0, len(rest) - chunk, chunk):  # all but the last chunk: only their cache entries matter
+            target.forward(rest[start:start + chunk], last_only=True)
         # hidden is passed only when asked: a Session without hidden states (a test fake) runs every other strategy
-        logits = target.forward(np.asarray(ids[keep:], np.int64), last_only=True, **_asked(hidden))
+        logits = target.forward(rest[(len(rest) - 1) // chunk * chunk:], last_only=True, **_asked(hidden))
     return check_finite(logits[-1])  # a corrupt model stops before its first token
 
 
@@ -137,6 +141,16 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
 def _not_finite() -> EdgegenError:
     return EdgegenError("the model produced NaN or infinite logits: its weights are likely corrupt or badly "
                         "quantized (`edgegen verify MODEL` checks its files; re-export it, or quantize it less)")
+
+
+PREFILL_CHUNK = 512  # prompt tokens per prefill forward: bounds the attention scores' memory on long prompts
+
+
+def prefill_chunk(target: Session) -> int:
+    """Prompt tokens one prefill forward takes: ``PREFILL_CHUNK``, unless the session needs the whole prompt
+    in one call (Session.prefill_chunk: a static NPU prefill graph). Chunks cost no time on the CPU backends
+    (docs/performance.md) and keep a 8k-token prompt's attention scores to a 512-row slice."""
+    return getattr(target, "prefill_chunk", PREFILL_CHUNK)
 
 
 def step_limit(target: Session) -> int:
