@@ -80,6 +80,7 @@ class OpenVINONPUSession(CachePosition, EmbeddingInputs):
     """
 
     backend = "openvino"
+    prefill_chunk = 1 << 62  # the prefill graph takes the whole prompt in one call (strategies.base.prefill)
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "NPU", max_length: int | None = None,
                  threads: int | None = None, npuw_devices: str | None = None, embeddings: bool = False,
