@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,13 +149,16 @@ class OnnxRuntimeGenAIBaseline:
             raise FileNotFoundError(f"{config} is missing (export with the onnxruntime-genai builder)")
         self._og = og
         self._model = og.Model(str(Path(folder) / "onnx"))
+        # A sliding-window model (Gemma) needs a KV cache of at least the window: max_length below it is refused.
+        decoder = json.loads(config.read_text()).get("model", {}).get("decoder", {})
+        self._min_capacity = int((decoder.get("sliding_window") or {}).get("window_size") or 0)
 
     def generate(self, prompt_ids: list[int], new_tokens: int, on_token: TokenCallback) -> dict[str, float]:
         og = self._og
         params = og.GeneratorParams(self._model)
         total = len(prompt_ids) + new_tokens
-        # min_length keeps EOS from ending the run early (it masks EOS until then).
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        # min_length keeps EOS from ending the run early (it masks EOS until then); the loop stops at total.
+        params.set_search_options(max_length=max(total, self._min_capacity), min_length=total, do_sample=False)
         generator = og.Generator(self._model, params)
         generator.append_tokens(prompt_ids)
         for _ in range(new_tokens):
