@@ -7,6 +7,8 @@ draft with weight 1 must reproduce greedy AR token for token.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from fakes import EmbeddingLM
@@ -220,7 +222,7 @@ def test_real_model_drafts_are_apart_and_scored_by_the_model(fp32_model) -> None
 
     gen = edgegen.load(fp32_model, backend="onnxruntime", embeddings=True)
     prompt = gen.tokenizer.encode_prompt("def fibonacci(n):", False)
-    r = gen.generate(prompt, max_new_tokens=16, strategy="superposed", num_drafts=3, ignore_eos=True)
+    r = gen.generate(prompt, max_new_tokens=16, strategy="superposed", num_drafts=3, ignore_eos=True, branch=math.inf)
     assert len({tuple(d.token_ids) for d in r.drafts}) == 3
     assert len({d.token_ids[0] for d in r.drafts}) == 3  # lanes: k distinct first tokens
     fresh = runtimes.open_session(fp32_model, read_manifest(fp32_model), "onnxruntime")
@@ -301,13 +303,13 @@ def test_rescoring_costs_one_forward_per_draft_at_most() -> None:
 
 def test_lanes_penalty_keeps_drafts_apart_at_every_position() -> None:
     model = EmbeddingLM(4)
-    apart = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=1e6)
+    apart = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=1e6, branch=math.inf)
     run(apart, model, new=12, eos=False)
     for i, a in enumerate(apart.drafts):
         for b in apart.drafts[i + 1 :]:
             assert all(x != y for x, y in zip(a.tokens, b.tokens, strict=True))  # never the same token at a step
     # without a penalty the lanes split on their first token only: the shared distribution decides the rest
-    split = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=0.0)
+    split = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=0.0, branch=math.inf)
     run(split, EmbeddingLM(4), new=12, eos=False)
     assert len({d.tokens[0] for d in split.drafts}) == 3 and len({tuple(d.tokens[1:]) for d in split.drafts}) == 1
 
@@ -358,7 +360,7 @@ def test_lanes_keep_k_drafts_when_the_ngram_filter_rejects_candidates() -> None:
     best = int(np.argmax(EmbeddingLM(2).forward(np.array(PROMPT))[-1]))
     store = BigramStore([PROMPT[-1], best] * 3)  # after the prompt only the model's best token was ever seen
     for diversity in ("lanes", "sample"):
-        sup = Superposed(num_drafts=3, alpha=0.9, ngram=store, diversity=diversity, rescore=False)
+        sup = Superposed(num_drafts=3, alpha=0.9, ngram=store, diversity=diversity, rescore=False, branch=math.inf)
         run(sup, EmbeddingLM(2), new=6, eos=False)
         assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
         assert [d.tokens[0] == best for d in sup.drafts].count(True) == 1  # the seen token, then penalised ones
@@ -376,3 +378,80 @@ def test_bad_diversity_options_are_one_line(options: dict, needle: str) -> None:
     with pytest.raises(EdgegenError) as e:
         make_strategy("superposed", **options)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- exact scores from the pass itself; the branch floor (issue 18, second round)
+
+
+class CountingLM(EmbeddingLM):
+    """EmbeddingLM that counts the positions each forward runs (rescoring: how many tokens it re-forwards)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.positions: list[int] = []
+
+    def forward_embeddings(self, embeddings: np.ndarray, last_only: bool = False) -> np.ndarray:
+        self.positions.append(len(embeddings))
+        return super().forward_embeddings(embeddings, last_only)
+
+
+def test_one_draft_is_scored_by_the_pass_without_a_forward() -> None:
+    """k = 1: every input is the draft's own token, so its exact score needs no forward after the pass."""
+    for seed in range(3):
+        model = EmbeddingLM(seed, eos_bias=-6.0)
+        sup = Superposed(num_drafts=1, alpha=0.0)
+        tokens = run(sup, model, new=20, eos=False)
+        assert model.forwards == 20  # the prefill + 19 steps, no re-score forward
+        assert np.isclose(sup.drafts[0].score, one_pass_score(model, PROMPT, tokens), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rescoring_forwards_only_what_the_pass_did_not_score(seed: int) -> None:
+    """With only the leading draft heard (min_weight 0.99), the pass scores it and every draft's shared prefix
+    exactly: rescoring forwards each other draft once, from its first own token, and the scores stay exact."""
+    model = CountingLM(seed)
+    sup = Superposed(num_drafts=3, alpha=0.0, min_weight=0.99, branch=2.0)
+    run(sup, model, new=16, eos=False)
+    rescored = model.positions[16:]  # after the prefill and the 15 superposed steps
+    best = sup.drafts[0].tokens
+    others = [d.tokens for d in sup.drafts[1:]]
+    shared = [next(j for j, (a, b) in enumerate(zip(d, best, strict=True)) if a != b) for d in others]
+    assert len(rescored) <= 2 and sum(rescored) <= sum(16 - s - 1 for s in shared)
+    for d in sup.drafts:
+        assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("diversity", ["lanes", "sample"])
+@pytest.mark.parametrize("seed", range(4))
+def test_branch_floor_keeps_drafts_distinct_valid_and_exact(diversity: str, seed: int) -> None:
+    """A finite branch floor: a draft follows the draft it is identical to until it has a token within the
+    floor; the drafts still end distinct (they must split at the last step or on EOS) with exact scores."""
+    model = EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0)
+    sup = Superposed(num_drafts=3, alpha=0.0, diversity=diversity, branch=0.05)
+    run(sup, model, new=12)
+    assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
+    for d in sup.drafts:
+        assert EOS not in d.tokens[:-1]
+        assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
+
+
+def test_branch_floor_branches_only_within_the_floor() -> None:
+    """At the first step a draft takes a token its twin did not take only if it is within ``branch`` nats of
+    the best one; with branch = inf (the old rule) the k drafts always start with k distinct tokens."""
+    model = EmbeddingLM(2)
+    logits = model.forward(np.array(PROMPT))[-1]
+    model.reset()
+    gaps = np.sort(logits)[::-1]
+    floor = float(gaps[0] - gaps[1]) / 2  # the second token is further than this from the best
+    sup = Superposed(num_drafts=2, alpha=0.0, branch=floor)
+    run(sup, model, new=8, eos=False)
+    assert sup.drafts[0].tokens[0] == sup.drafts[1].tokens[0]  # followed its twin at the first step
+    split = Superposed(num_drafts=2, alpha=0.0, branch=np.inf)
+    run(split, EmbeddingLM(2), new=8, eos=False)
+    assert split.drafts[0].tokens[0] != split.drafts[1].tokens[0]
+
+
+def test_superposition_drops_weights_under_the_floor() -> None:
+    w = superposition(np.array([0.0, -1.0, -50.0]), floor=1e-3)
+    assert w[2] == 0.0 and np.isclose(w.sum(), 1.0) and w[1] > 0
+    assert np.allclose(superposition(np.array([0.0, 0.0, 0.0]), floor=0.9), 1 / 3)  # the best are never dropped

@@ -55,6 +55,12 @@ DEFAULT_DIVERSITY = "lanes"
 DEFAULT_PENALTY = 1.0  # nats; docs/superposed.md has the sweep
 DEFAULT_SAMPLE_TEMPERATURE = 0.6  # the nucleus baseline's temperature
 DEFAULT_MIN_DISTANCE = 4
+# Superposition weights below this are dropped: the input is then exactly the leading draft's token (its logits
+# are the model's own, and rescoring skips them); such a draft adds under 1/1000 of an embedding.
+DEFAULT_MIN_WEIGHT = 1e-3
+# nats: a draft branches off its twin where a token the twin did not take is at least half as likely as the
+# best one (docs/superposed.md has the sweep; inf: every draft branches at the first token)
+DEFAULT_BRANCH = math.log(2)
 
 
 class NgramScorer(Protocol):
@@ -92,10 +98,25 @@ def interpolate(log_p_lm: np.ndarray, p_ngram: np.ndarray | None, alpha: float, 
     return scores
 
 
-def superposition(scores: np.ndarray) -> np.ndarray:
-    """Weights of the alive drafts' last tokens in the next input: softmax of their scores (k,) float32."""
+def superposition(scores: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """Weights of the alive drafts' last tokens in the next input: softmax of their scores (k,) float32.
+
+    Weights below ``floor`` become 0 (the rest renormalised; never the best draft's): drafts the input no
+    longer carries."""
     w = np.exp(scores - scores.max())
-    return (w / w.sum()).astype(np.float32)
+    w /= w.sum()
+    if floor > 0:
+        w[(w < floor) & (w < w.max())] = 0.0
+        w /= w.sum()
+    return w.astype(np.float32)
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """log sum exp over the last axis (the log-softmax normaliser of each row, once per row), as float64.
+
+    Terms and their pairwise sum in the logits' float32 (each term <= 1: no overflow, ~1e-7 relative error)."""
+    top = logits.max(axis=-1, keepdims=True)
+    return top[..., 0].astype(np.float64) + np.log(np.exp(logits - top).sum(axis=-1).astype(np.float64))
 
 
 # ---- selections: which continuations the drafts keep. Each takes the drafts' cumulative scores (alive,)
@@ -104,13 +125,15 @@ def superposition(scores: np.ndarray) -> np.ndarray:
 
 
 class Selection(Protocol):
-    def __call__(self, scores: np.ndarray, log_s: np.ndarray, k: int,
-                 history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """history: the alive drafts' generated tokens (alive, t)."""
+    def __call__(self, scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray,
+                 apart: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """history: the alive drafts' generated tokens (alive, t); apart: candidates (c,) that identical drafts
+        may not both take (the lanes rules)."""
         ...
 
 
-def beam(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def beam(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray,
+         apart: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The paper's rule: the 2k best continuations of any draft (finite, stable order)."""
     flat = (scores[:, None] + log_s).ravel()
     order = [i for i in np.argsort(-flat, kind="stable")[: 2 * k] if np.isfinite(flat[i])]
@@ -121,7 +144,8 @@ def distinct(min_distance: int) -> Selection:
     """Beam bookkeeping that keeps only continuations at least ``min_distance`` generated positions (Hamming)
     from every continuation already kept (all of them when fewer positions exist)."""
 
-    def select(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def select(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray,
+               apart: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         flat = (scores[:, None] + log_s).ravel()
         c, t = log_s.shape[1], history.shape[1]
         apart = (history[:, None, :] != history[None, :, :]).sum(axis=2)  # (alive, alive) parents' distances
@@ -138,25 +162,41 @@ def distinct(min_distance: int) -> Selection:
     return select
 
 
-def lanes(penalty: float, pick: Callable[[np.ndarray], int] = np.argmax) -> Selection:
+def lanes(penalty: float, branch: float = math.inf, pick: Callable[[np.ndarray], int] = np.argmax) -> Selection:
     """Each draft continues itself, best-ranked first; a token already taken at this step costs ``penalty``
-    (log-score units) per taking draft. The first step splits the prompt into k drafts with k distinct tokens.
-    The best-ranked draft takes its best token (with k = 1 this is greedy decoding); ``pick`` chooses the
-    other drafts' candidates from their penalised scores (argmax, or a sampler)."""
+    (log-score units) per taking draft. A draft still identical to a better-ranked one (a twin: all k are
+    twins of the prompt at the first step) branches off with the best token its twins did not take, if that
+    token is within ``branch`` of its best one (inf: at once, so the k drafts start with k distinct tokens);
+    otherwise it follows them for this step. A twin never shares an ``apart`` candidate (EOS; every candidate
+    at the last step), so the drafts end distinct. The best-ranked draft takes its best token (with k = 1
+    this is greedy decoding); ``pick`` chooses the other drafts' candidates (argmax, or a sampler)."""
 
-    def select(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        first = history.shape[1] == 0
-        parents = np.zeros(min(k, log_s.shape[1]), np.int64) if first else np.arange(len(scores))
+    def select(scores: np.ndarray, log_s: np.ndarray, k: int, history: np.ndarray,
+               apart: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        parents = np.zeros(min(k, log_s.shape[1]), np.int64) if history.shape[1] == 0 else np.arange(len(scores))
         taken = np.zeros(log_s.shape[1])
-        chosen = []
+        kept: list[int] = []
+        chosen: list[int] = []
         for rank, p in enumerate(parents):
-            cost = np.where(taken > 0, np.inf, 0.0) if first else penalty * taken
-            j = int(np.argmax(log_s[p] - cost)) if rank == 0 else pick(log_s[p] - cost)
-            if not np.isfinite(log_s[p, j] - cost[j]):
+            row = log_s[p]
+            twins = [j for q, j in zip(kept, chosen, strict=True) if q == p or np.array_equal(history[q], history[p])]
+            if rank == 0:
+                j = int(np.argmax(row))
+            elif twins:
+                apart_row = np.where(np.isin(np.arange(row.size), twins), -np.inf, row)
+                j = pick(apart_row)
+                best = int(np.argmax(row))
+                keep_up = best in twins and not (apart is not None and apart[best])
+                if not np.isfinite(apart_row[j]) or (keep_up and apart_row[j] < row[best] - branch):
+                    j = best  # no alternative close enough yet: follow the twins one more step
+            else:
+                j = pick(row - penalty * taken)
+            if not np.isfinite(row[j]) or (twins and j in twins and apart is not None and apart[j]):
                 continue
             taken[j] += 1
+            kept.append(int(p))
             chosen.append(j)
-        parents = parents[: len(chosen)]
+        parents = np.asarray(kept, np.int64)
         rank = np.argsort(-(scores[parents] + log_s[parents, chosen]), kind="stable")
         return parents[rank], np.asarray(chosen, np.int64)[rank]
 
@@ -192,6 +232,9 @@ class Superposed(Strategy):
     that took the same token at a step ("lanes", "sample"); sample_temperature and seed: "sample"'s
     draws; min_distance: "distance"'s minimum Hamming distance between drafts.
     rescore: score each draft by the model itself at the end (mean log-probability per token).
+    min_weight: superposition weights below it are dropped (0: every alive draft is heard).
+    branch: ("lanes", "sample") a draft identical to a better-ranked one branches off at the first step where a
+    token the other did not take is within ``branch`` nats of its best (inf: all k branch at the first token).
     """
 
     name: ClassVar[str] = "superposed"
@@ -202,7 +245,8 @@ class Superposed(Strategy):
                  lm_temperature: float = DEFAULT_LM_TEMPERATURE, num_candidates: int | None = None,
                  diversity: str = DEFAULT_DIVERSITY, diversity_penalty: float = DEFAULT_PENALTY,
                  sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE, seed: int = 0,
-                 min_distance: int = DEFAULT_MIN_DISTANCE, adaptive: bool = False, rescore: bool = True) -> None:
+                 min_distance: int = DEFAULT_MIN_DISTANCE, adaptive: bool = False, rescore: bool = True,
+                 min_weight: float = DEFAULT_MIN_WEIGHT, branch: float = DEFAULT_BRANCH) -> None:
         if num_drafts < 1:
             raise ValueError(f"num_drafts must be >= 1, got {num_drafts}")
         if alpha is None:
@@ -219,20 +263,24 @@ class Superposed(Strategy):
             raise ValueError(f"sample_temperature must be a finite number > 0, got {sample_temperature}")
         if min_distance < 1:
             raise ValueError(f"min_distance must be >= 1, got {min_distance}")
+        if not branch >= 0:
+            raise ValueError(f"branch must be a number >= 0 (inf: branch at the first token), got {branch}")
+        if not 0 <= min_weight < 1:
+            raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
         self.num_drafts, self.alpha, self.lm_temperature = num_drafts, alpha, lm_temperature
         self.num_candidates = 3 * num_drafts if num_candidates is None else num_candidates
         if self.num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         if isinstance(ngram, str | Path) and not Path(ngram).is_file():
             raise EdgegenError(f"n-gram store not found: {ngram}")
-        self.diversity, self.adaptive, self.rescore = diversity, adaptive, rescore
+        self.diversity, self.adaptive, self.rescore, self.min_weight = diversity, adaptive, rescore, min_weight
         # lanes and sample take penalties and temperatures in nats of the model's own distribution;
         # log s is at lm_temperature, so they are rescaled by 1 / lm_temperature (and by lm_temperature).
         selections: dict[str, Callable[[], Selection]] = {
             "none": lambda: beam,
             "distance": lambda: distinct(min_distance),
-            "lanes": lambda: lanes(diversity_penalty / lm_temperature),
-            "sample": lambda: lanes(diversity_penalty / lm_temperature,
+            "lanes": lambda: lanes(diversity_penalty / lm_temperature, branch / lm_temperature),
+            "sample": lambda: lanes(diversity_penalty / lm_temperature, branch / lm_temperature,
                                     gumbel_pick(np.random.default_rng(seed), lm_temperature / sample_temperature)),
         }
         self._select = selections[diversity]
@@ -252,8 +300,9 @@ class Superposed(Strategy):
         seqs = np.empty((k, n0 + request.max_new_tokens), np.int64)  # alive drafts after the prompt
         seqs[:, :n0] = request.prompt_ids
         scores = np.zeros(1)  # cumulative log scores of the alive drafts; one (the prompt) before step 0
-        finished: list[RankedDraft] = []  # the k best drafts that ended in EOS, score = mean per token
-        logits = first = prefill(request)
+        finished: list[tuple[RankedDraft, np.ndarray]] = []  # the k best that ended in EOS (score: mean per token)
+        exact = PassLogProbs(k, request.max_new_tokens, active=self.rescore)
+        logits = prefill(request)
         observe = getattr(store, "observe", None) if self.adaptive else None
         if observe is not None:
             observe(request.prompt_ids)
@@ -267,31 +316,44 @@ class Superposed(Strategy):
                 counters.extra["ngram_s"] = counters.extra.get("ngram_s", 0.0) + time.perf_counter() - start
             log_s = np.broadcast_to(interpolate(log_p_lm, p_ngram, self.alpha, drop=self.diversity in BEAMS),
                                     (len(scores), top.size))
-            parent, j = select(scores, log_s, k, seqs[: len(scores), n0 : n0 + t])
+            apart = np.isin(top, eos) | (t + 1 == request.max_new_tokens)  # identical drafts must split here
+            parent, j = select(scores, log_s, k, seqs[: len(scores), n0 : n0 + t], apart)
             token, value = top[j], scores[parent] + log_s[parent, j]
+            known = exact.extend(logits, parent, token)
             ends = np.isin(token, eos)
             admit = ends & (np.arange(ends.size) < k)  # an EOS ending counts only among the k best (as HF)
-            for p, tok, v in zip(parent[admit], token[admit], value[admit], strict=True):
-                finished.append(RankedDraft([*seqs[p, n0 : n0 + t].tolist(), int(tok)], float(v) / (t + 1)))
-            finished = sorted(finished, key=lambda d: -d.score)[:k]
-            parent, token, scores = parent[~ends][:k], token[~ends][:k], value[~ends][:k]
+            for i in np.flatnonzero(admit):
+                ended = RankedDraft([*seqs[parent[i], n0 : n0 + t].tolist(), int(token[i])], float(value[i]) / (t + 1))
+                finished.append((ended, known[i]))
+            finished = sorted(finished, key=lambda f: -f[0].score)[:k]
+            kept = np.flatnonzero(~ends)[:k]
+            exact.keep(parent, kept, known)
+            parent, token, scores = parent[kept], token[kept], value[kept]
             seqs[: len(parent)] = seqs[parent]  # fancy indexing copies before the write
             seqs[: len(parent), n0 + t] = token
             if observe is not None:
                 for i in range(len(parent)):
                     observe([int(token[i])], context=seqs[i, max(0, n0 + t - HISTORY) : n0 + t].tolist())
             yield []  # one position decided: nothing final until all drafts are ranked
-            settled = len(finished) == k and scores.max(initial=-np.inf) / (t + 1) <= finished[-1].score
+            settled = len(finished) == k and scores.max(initial=-np.inf) / (t + 1) <= finished[-1][0].score
             if settled or not len(parent) or t + 1 == request.max_new_tokens:
                 break
-            x = superposition(scores) @ target.embed(token)  # (hidden,)
-            logits = step_embeddings(request, x[None, :])[0][-1]
-        alive = [RankedDraft(seqs[i, n0 : n0 + t + 1].tolist(), float(s) / (t + 1)) for i, s in enumerate(scores)]
-        drafts = sorted(alive + finished, key=lambda d: -d.score)[:k]
+            w = superposition(scores, self.min_weight)
+            heard = np.unique(token[w > 0])
+            if len(heard) == 1:  # one token carries all the weight: its own embedding, an exact input
+                x = target.embed(heard)
+            else:
+                x = (w @ target.embed(token))[None, :]
+            exact.fed(t, token, int(heard[0]) if len(heard) == 1 else None)
+            logits = step_embeddings(request, x)[0][-1]
+        alive = [(RankedDraft(seqs[i, n0 : n0 + t + 1].tolist(), float(s) / (t + 1)), exact.known(i))
+                 for i, s in enumerate(scores)]
+        ranked = sorted(alive + finished, key=lambda f: -f[0].score)[:k]
+        drafts = [d for d, _ in ranked]
         if self.rescore:
             start = time.perf_counter()
-            exact = rescore(request, first, [d.tokens for d in drafts])
-            drafts = sorted((RankedDraft(d.tokens, s) for d, s in zip(drafts, exact, strict=True)),
+            scored = rescore(request, [d.tokens for d in drafts], [e for _, e in ranked], exact.held)
+            drafts = sorted((RankedDraft(d.tokens, s) for d, s in zip(drafts, scored, strict=True)),
                             key=lambda d: -d.score)
             counters.extra["rescore_s"] = counters.extra.get("rescore_s", 0.0) + time.perf_counter() - start
         self.drafts = drafts
@@ -324,29 +386,83 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def rescore(request: DecodeRequest, first: np.ndarray, drafts: list[list[int]]) -> list[float]:
+class PassLogProbs:
+    """The model's own log-probabilities that the superposed pass computed anyway, so rescoring skips them.
+
+    While every input so far was exactly one token's embedding (the other drafts' weights under
+    ``min_weight``), the cache holds exactly those tokens (``held``, after the prompt) and a step's logits
+    are the model's own distribution for each draft whose tokens are ``held`` (``on_held``). Such a draft's
+    chosen token gets its exact log-probability (one logsumexp per step, one gathered logit per draft);
+    a draft keeps the exact log-probabilities of its leading tokens (``known``).
+    """
+
+    def __init__(self, k: int, max_new_tokens: int, active: bool = True) -> None:
+        self.held: list[int] = []  # generated tokens the cache holds exactly, from the first position on
+        self.on_held = np.full(1, active)  # per alive draft: its tokens are ``held`` (before step 0: the prompt)
+        self._logp = np.zeros((k, max_new_tokens))  # per alive draft: exact log-probs of its leading tokens
+        self._count = np.zeros(1, np.int64)  # how many of them
+
+    def extend(self, logits: np.ndarray, parent: np.ndarray, token: np.ndarray) -> list[np.ndarray]:
+        """The exact leading log-probs of each continuation (parent draft, token) chosen at this step."""
+        exact = self.on_held[parent]
+        logp = logits[token] - logsumexp(logits) if exact.any() else None
+        return [np.append(self._logp[p, : self._count[p]], logp[i]) if exact[i] and logp is not None
+                else self._logp[p, : self._count[p]].copy() for i, p in enumerate(parent)]
+
+    def keep(self, parent: np.ndarray, kept: np.ndarray, known: list[np.ndarray]) -> None:
+        """The continuations ``kept`` (indices into this step's) become the alive drafts, in that order."""
+        self.on_held = self.on_held[parent[kept]]
+        self._count = np.array([len(known[i]) for i in kept], np.int64)
+        for row, i in enumerate(kept):
+            self._logp[row, : len(known[i])] = known[i]
+
+    def fed(self, t: int, token: np.ndarray, heard: int | None) -> None:
+        """The input for position ``t`` after the prompt was token ``heard``'s embedding (None: a mixture)."""
+        if heard is not None and len(self.held) == t:
+            self.held.append(heard)
+            self.on_held &= token == heard
+        else:  # the cache now holds a mixture: no later logits are any draft's own
+            self.on_held[:] = False
+
+    def known(self, i: int) -> np.ndarray:
+        return self._logp[i, : self._count[i]].copy()
+
+
+def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndarray], held: list[int]) -> list[float]:
     """Each draft's mean log-probability per token under the target (teacher forcing after the prompt).
 
-    ``first`` is the prefill's last logits (the first token's distribution). The cache keeps the prompt;
-    drafts are forwarded in sorted order so a draft reuses the cache and the rows of the prefix it
-    shares with the previous one: drafts that share nothing cost one forward of their length each.
+    ``known[i]``: the exact log-probs of draft i's leading tokens (from the pass); ``held``: the generated
+    tokens the cache holds exactly after the prompt. Only the rest is forwarded, from the first position
+    whose log-prob is missing: a draft continues from the cache where it shares ``held`` (or the previous
+    forwarded draft), and reuses the previous forward's rows for the prefix they share. Drafts go in
+    decreasing order of known prefix, so a forward never overwrites a position a later draft still needs.
     """
     n0 = len(request.prompt_ids)
-    rows = [log_softmax(first)]  # rows[j]: distribution of token j of the previous draft
-    previous: list[int] = []
+    held = list(held)
     out: dict[int, float] = {}
-    for i in sorted(range(len(drafts)), key=lambda i: drafts[i]):
-        d = drafts[i]
-        shared = next((j for j, (a, b) in enumerate(zip(d, previous, strict=False)) if a != b),
-                      min(len(d), len(previous)))
-        valid = min(shared + 1, len(rows))  # rows that depend only on the common prefix
-        request.target.trim(n0 + valid - 1)
-        rows = rows[:valid]
-        if len(d) > valid:
-            rows += list(log_softmax(step(request, d[valid - 1 : -1])[0]))
-        out[i] = float(np.mean([rows[j][tok] for j, tok in enumerate(d)]))
-        previous = d
+    previous: list[int] = []
+    first, logits, lse = 0, np.zeros((0, 0), np.float32), np.zeros(0)  # the previous forward: token index of its row 0
+    for i in sorted(range(len(drafts)), key=lambda i: (-len(known[i]), drafts[i])):
+        d, logp = drafts[i], list(known[i])
+        shared = _common(d, previous)  # the previous forward's row of token j is d's own for j <= shared
+        while first <= len(logp) <= shared and len(logp) - first < len(logits) and len(logp) < len(d):
+            r = len(logp) - first
+            logp.append(float(logits[r, d[len(logp)]] - lse[r]))
+        if len(logp) < len(d):
+            start = min(len(logp), _common(d, held) + 1)  # the cache must hold d[:start - 1]
+            request.target.trim(n0 + start - 1)
+            first, logits = start, step(request, d[start - 1 : -1])[0]
+            lse = logsumexp(logits)
+            logp = logp[:start] + (logits[np.arange(len(d) - start), d[start:]] - lse).tolist()
+            held = held[: start - 1] + d[start - 1 : -1]
+            previous = d
+        out[i] = float(np.mean(logp))
     return [out[i] for i in range(len(drafts))]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    return next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _check_vocabulary(store: NgramScorer | None, request: DecodeRequest) -> None:
