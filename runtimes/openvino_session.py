@@ -1,13 +1,16 @@
-"""OpenVINO native backend: stateful IR, the KV cache lives in the infer request's state.
+"""OpenVINO native backend over the export's stateful IR.
 
-CPU and GPU take any number of tokens per call. The NPU, compiled by NPUW with static shapes, has its own
-session (runtimes.openvino_npu).
+CPU and GPU take any number of tokens per call. On the CPU the session rewrites the IR's attention to
+PagedAttention when it loads it (runtimes.openvino_paged: the KV cache in blocks the session owns, what
+openvino-genai's default pipeline runs; faster prefill and steps, docs/performance.md); elsewhere, or where
+the rewrite is refused, the KV cache lives in the infer request's state. The NPU, compiled by NPUW with static
+shapes, has its own session (runtimes.openvino_npu).
 
-Rolling the cache back (`trim`) does not touch the state: reading and rewriting it costs more than a forward
-(2026-11-26, SmolLM2-135M on CPU: 22 ms to read the f16 state, +7 ms to write it, +10 ms on the next forward,
-against 21 ms for a one-token step). The dropped slots stay in the state, masked out by the attention mask,
-and the next tokens take the right position ids; the state is rewritten only when many slots are dead, or
-before the live tokens would no longer fit a sliding attention window that counts slots.
+On the stateful path, rolling the cache back (`trim`) does not touch the state: reading and rewriting it costs
+more than a forward (2026-11-26, SmolLM2-135M on CPU: 22 ms to read the f16 state, +7 ms to write it, +10 ms on
+the next forward, against 21 ms for a one-token step). The dropped slots stay in the state, masked out by the
+attention mask, and the next tokens take the right position ids; the state is rewritten only when many slots are
+dead, or before the live tokens would no longer fit a sliding attention window that counts slots.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import openvino as ov
 from edgegen.errors import EdgegenError
 from edgegen.manifest import HIDDEN_STATE, LOGITS_TO_KEEP, Manifest
 from edgegen.runtimes.base import CachePosition, EmbeddingInputs, KVSnapshot
+from edgegen.runtimes.openvino_paged import PagedCache, to_paged
 
 _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
@@ -42,13 +46,14 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
     """A Session (see runtimes.base) over a compiled stateful OpenVINO model.
 
     embeddings=True runs the export's input-embedding IR (embed / forward_embeddings). CPU and GPU; the NPU's
-    session is runtimes.openvino_npu.OpenVINONPUSession (runtimes.DEVICE_SESSIONS).
+    session is runtimes.openvino_npu.OpenVINONPUSession (runtimes.DEVICE_SESSIONS). paged=False keeps the
+    stateful attention on the CPU too (the paged cache is used where the device and the IR allow it).
     """
 
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, embeddings: bool = False) -> None:
+                 threads: int | None = None, embeddings: bool = False, paged: bool = True) -> None:
         device = device.upper()
         graph = manifest.embeddings_graph("openvino") if embeddings else manifest.graph("openvino")
         if not graph.kv.stateful:
@@ -69,12 +74,19 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._graph = graph
         try:
             model = core().read_model(str(folder / graph.path))
-            self._keep = _add_logits_to_keep(model)  # a prefill needs only the last position's logits
+            self._paged: PagedCache | None = None
+            is_paged = paged and device == "CPU" and to_paged(model)
+            if paged and device == "CPU" and not is_paged:  # refused: the transformation may have left it half done
+                model = core().read_model(str(folder / graph.path))
+            # a prefill needs only the last position's logits; paged graphs hold one row per token on axis 0
+            self._keep = _add_logits_to_keep(model, 0 if is_paged else 1)
             self.has_hidden = _add_hidden_output(model)  # after the cut: the logits' rows
             compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
+        if is_paged:
+            self._paged = PagedCache(compiled, self._request, device, self._limit)
         self._names = graph.inputs
         if embeddings:
             self._open_embeddings(folder, manifest)
@@ -94,29 +106,43 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         start, end = self._position, self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
+        if self._paged is not None:
+            inputs = self._paged.inputs(start, n)
+            inputs[self._input_name] = x[0]
+            inputs[self._names["position_ids"]] = self._positions[0, start:end]
+        else:
+            inputs = self._state_inputs(x, start, end)
+        if self._keep:
+            inputs[LOGITS_TO_KEEP] = self._keep_rows[1 if last_only else 0]
+        # Shared, not copied: the inputs are views of buffers kept between steps, and the logits are read
+        # from the request's own output memory (copied below, since the next call reuses it).
+        outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
+        self._position = end
+        logits = outputs[self._logits_port]
+        logits = logits.reshape(-1, logits.shape[-1])  # [1, rows, vocab] stateful, [rows, 1, vocab] paged
+        if self._want_hidden:
+            hidden = outputs[self._hidden_port]
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+            self._hidden = np.array(hidden[-1:] if last_only else hidden, np.float32)
+        return np.array(logits[-1:] if last_only else logits, np.float32)
+
+    def _state_inputs(self, x: np.ndarray, start: int, end: int) -> dict[str, np.ndarray]:
+        """The stateful graph's inputs: the attention mask over the state's slots (trimmed ones 0) grows by the
+        ``end - start`` fed, which take the real positions."""
+        n = end - start
         if self._window and len(self._slots) + n > self._window and len(self._slots) > start:
             self._compact()  # the window counts slots: dead ones would push live tokens out of it
         used = len(self._slots)
         mask = self._mask_buffer(used + n)
         mask[0, used:] = 1
         names = self._names
-        inputs = {
+        self._slots = mask[0]  # the state holds these slots once the forward ran
+        return {
             self._input_name: x,
             names["attention_mask"]: mask,
             names["position_ids"]: self._positions[:, start:end],
             names["beam_idx"]: self._beam_idx,
         }
-        if self._keep:
-            inputs[LOGITS_TO_KEEP] = self._keep_rows[1 if last_only else 0]
-        # Shared, not copied: the inputs are views of buffers kept between steps, and the logits are read
-        # from the request's own output memory (copied below, since the next call reuses it).
-        outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
-        self._slots, self._position = mask[0], end
-        logits = outputs[self._logits_port][0]
-        if self._want_hidden:
-            hidden = outputs[self._hidden_port][0]
-            self._hidden = np.array(hidden[-1:] if last_only else hidden, np.float32)
-        return np.array(logits[-1:] if last_only else logits, np.float32)
 
     def _mask_buffer(self, count: int) -> np.ndarray:
         """The attention mask over the state's first ``count`` slots: a view of one buffer grown by doubling."""
@@ -128,6 +154,10 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
 
     def trim(self, length: int) -> None:
         if not self._check_trim(length):
+            return
+        if self._paged is not None:  # the next forward overwrites the blocks' dropped slots
+            self._held(length)
+            self._position = length
             return
         live = np.flatnonzero(self._slots)
         self._slots[live[length:]] = 0
@@ -146,13 +176,17 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._slots[:] = 1
 
     def reset(self) -> None:
-        self._request.reset_state()
+        if self._paged is None:
+            self._request.reset_state()
         self._held(0)
         self._slots = self._mask[0, :0]  # the attention mask over the state's slots: 0 where trimmed
         self._position = 0
 
     def snapshot(self) -> KVSnapshot:
-        """Session.snapshot: the state's live slots (the trimmed ones left out), one array per variable."""
+        """Session.snapshot: the state's live slots (the trimmed ones left out), one array per variable; on the
+        paged cache, the blocks that hold the ``position`` tokens."""
+        if self._paged is not None:
+            return KVSnapshot(tuple(self._ids), self._paged.snapshot(self._position))
         live = np.flatnonzero(self._slots)
         whole = len(live) == len(self._slots)
         arrays = tuple(state.state.data[:, :, : len(live)].copy() if whole else state.state.data[:, :, live]
@@ -164,6 +198,13 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         n = snapshot.length(length)
         if n == 0:
             return self.reset()
+        if self._paged is not None:
+            if n > self._limit:
+                raise ValueError("this snapshot was not taken from this session")
+            self._paged.restore(snapshot.arrays, n)
+            self._held(0, snapshot.token_ids[:n])
+            self._position = n
+            return None
         states = self._request.query_state()
         if len(states) != len(snapshot.arrays) or n > self._limit:
             raise ValueError("this snapshot was not taken from this session")
@@ -175,8 +216,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._position = n
 
 
-def _add_logits_to_keep(model: ov.Model) -> bool:
-    """Give the LM head only the last ``logits_to_keep`` rows of the final hidden state (0 keeps all).
+def _add_logits_to_keep(model: ov.Model, axis: int = 1) -> bool:
+    """Give the LM head only the last ``logits_to_keep`` rows (along ``axis``) of the final hidden state (0 keeps
+    all).
 
     The same cut openvino-genai makes before compiling: a prefill then computes one row of logits, not
     one per prompt position. A new int64 [1] input ``logits_to_keep``; False where no LM head MatMul is found.
@@ -191,7 +233,7 @@ def _add_logits_to_keep(model: ov.Model) -> bool:
     keep = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name=LOGITS_TO_KEEP)
     keep.output(0).set_names({LOGITS_TO_KEEP})
     hidden = node.input_value(0)
-    rows = ops.slice(hidden, ops.negative(keep), np.array([2**63 - 1]), np.array([1]), np.array([1]))
+    rows = ops.slice(hidden, ops.negative(keep), np.array([2**63 - 1]), np.array([1]), np.array([axis]))
     node.input(0).replace_source_output(rows.output(0))
     model.add_parameters([keep])
     model.validate_nodes_and_infer_types()
