@@ -44,7 +44,7 @@ def test_trim_rolls_back_exactly(backend: str, fp32_model: Path) -> None:
 def test_openvino_rollbacks_masked_then_compacted(window: int | None, fp32_model: Path) -> None:
     # OpenVINO keeps rolled-back slots in its state, masked out, and rewrites the state after 128 of them
     # (or before a sliding window would count them): 50 steps of 1 kept + 3 rolled-back tokens cross both.
-    session = open_session(fp32_model, read_manifest(fp32_model), "openvino")
+    session = open_session(fp32_model, read_manifest(fp32_model), "openvino", paged=False)  # the stateful path
     session._window = window  # a llama has none: 40 forces the sliding-window compaction path
     prompt, kept = _ids(12), _ids(50, seed=3)
     straight = session.forward(np.concatenate([prompt, kept]))[len(prompt) - 1:]
