@@ -12,10 +12,11 @@ Tokens the n-gram model gives probability 0 are dropped for that draft; a draft 
 
 - "none": the paper's beam bookkeeping over the k x c continuations (top 2k; the k best alive stay).
   The best draft's continuations take over all k slots, so drafts end up near-copies.
-- "lanes": each draft continues itself (no draft replaces another); the k drafts start with k
-  distinct tokens and at each step a draft pays ``diversity_penalty`` nats (of the model's own
-  distribution) for a token a better-ranked draft took at that step (Vijayakumar et al.'s Hamming
-  diversity, one draft per group).
+- "lanes": each draft continues itself (no draft replaces another); a draft still identical to a
+  better-ranked one branches off where a token the other did not take is within ``branch`` nats of its
+  best, and at each step a draft pays ``diversity_penalty`` nats (of the model's own distribution) for a
+  token a better-ranked draft took at that step (Vijayakumar et al.'s Hamming diversity, one draft per
+  group).
 - "sample": lanes whose tokens, except the best-ranked draft's, are drawn (Gumbel-max over the c
   candidates, ``sample_temperature``, ``seed``) instead of taken best first.
 - "distance": the beam bookkeeping, but a continuation joins the kept drafts only if it differs from
@@ -24,9 +25,11 @@ Tokens the n-gram model gives probability 0 are dropped for that draft; a draft 
 An EOS continuation among the k best moves to a pool of finished drafts. Generation ends after
 ``max_new_tokens`` steps, or once the pool is full and no alive draft ranks above its worst (Hugging
 Face beam search's rule). With ``rescore`` (the default) every draft is then re-scored by the model
-itself: one forward over each draft (drafts sharing a prefix share its forward), so a draft's
-``score`` is its mean log-probability per token under the model at temperature 1 (<= 0; exp(-score)
-is its perplexity) and the drafts are ranked by it. Without it, drafts are ranked by their mean log
+itself, so a draft's ``score`` is its mean log-probability per token under the model at temperature 1
+(<= 0; exp(-score) is its perplexity) and the drafts are ranked by it. The pass already gives the exact
+log-probabilities of the tokens a draft chose while the cache held exactly its tokens (superposition
+weights under ``min_weight`` are dropped, so the input is usually the leading draft's own token); only
+the rest is forwarded, one forward per draft at most. Without it, drafts are ranked by their mean log
 score from the superposed pass (``log s`` at ``lm_temperature``: not comparable across prompts).
 """
 
