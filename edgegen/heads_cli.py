@@ -26,10 +26,13 @@ def heads() -> None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--eval-every", type=int, default=200, show_default=True, help="Steps between held-out evaluations.")
 @click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Positions per held-out corpus set.")
+@click.option("--token-scale", type=float, default=1.0, show_default=True,
+              help="Factor on the token's embedding at the heads' input during training (a power of two; 0: "
+                   "rms(hidden) / rms(embedding) rounded to one, 16 for SmolLM2; docs/hydra.md).")
 def heads_train(target: str, out: str, tokens: int | None, steps: int | None, resume: bool, seed: int, threads: int,
                 batch_size: int, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool,
                 num_heads: int, head_layers: int, head_vocab: int, feature_tokens: int, gen_prompts: int,
-                seq_len: int, lr: float, eval_every: int, eval_tokens: int) -> None:
+                seq_len: int, lr: float, eval_every: int, eval_tokens: int, token_scale: float) -> None:
     """Train Hydra heads for --target on its own features (resumable). The heads run in NumPy, so
     --no-export and --no-quality-gate change nothing: the packed file is the product."""
     from edgegen.export.hydra import HydraConfig, train_heads
@@ -38,7 +41,7 @@ def heads_train(target: str, out: str, tokens: int | None, steps: int | None, re
                       batch_size=batch_size, ckpt_minutes=ckpt_minutes, progress=not quiet, heads=num_heads,
                       head_layers=head_layers, head_vocab=head_vocab, feature_tokens=feature_tokens,
                       gen_prompts=gen_prompts, seq_len=seq_len, lr=lr, eval_every=eval_every,
-                      eval_tokens=eval_tokens)
+                      eval_tokens=eval_tokens, token_scale=token_scale)
     cfg.validate()
     summary = train_heads(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
     click.echo(f"trained heads in {summary['out']} ({summary['tokens_seen']} positions, "

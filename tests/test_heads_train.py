@@ -55,6 +55,46 @@ def test_numpy_heads_match_torch(heads_file):
             np.testing.assert_allclose(lg[0], logits[k][0, t].numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_token_scale_is_folded_into_the_packed_weights(tmp_path):
+    """Training scales the token's embedding at each head's input (export/hydra/model.py token_scale); the packed
+    file holds it folded into w_in, so the NumPy heads compute what the torch heads trained, and a checkpoint
+    (packed form) loads back into the training parameters bit for bit."""
+    from edgegen.export.hydra.model import build_heads, load_tensors, pack_tensors, token_scale, trained_tensors
+    from edgegen.export.hydra.ship import EMBED_KEY, VOCAB_KEY, heads_info, write_heads
+
+    g = torch.Generator().manual_seed(2)
+    embed = torch.randn(25, 32, generator=g) * 0.1
+    hidden = np.random.default_rng(0).standard_normal((1, 6, 32)).astype(np.float32) * 3
+    scale = token_scale(hidden[0], embed)
+    assert scale == 32.0  # rms 3 / rms 0.1, to the nearest power of two
+    from edgegen.export.hydra import HydraConfig
+
+    with pytest.raises(EdgegenError, match="power of two"):  # folding it must stay exact
+        HydraConfig(target="default", out=str(tmp_path / "run"), token_scale=3.0).validate()
+    model = build_heads(embed, 3, 2, scale)
+    with torch.no_grad():
+        for t in trained_tensors(model).values():
+            t.copy_(torch.randn(t.shape, generator=g) * (0.5 / np.sqrt(t.shape[-1])))
+    packed = pack_tensors(model)
+    again = build_heads(embed, 3, 2, scale)
+    load_tensors(again, packed)
+    assert all(torch.equal(a, b) for a, b in zip(trained_tensors(model).values(), trained_tensors(again).values(),
+                                                 strict=True))
+    vocab = torch.randperm(64, generator=g)[:24]
+    target = {"target_name": "random", "target_vocab_size": 64, "target_tokenizer_sha256": ""}
+    heads = HydraHeads.open(write_heads({VOCAB_KEY: vocab, EMBED_KEY: embed, **packed}, heads_info(3, 2, 32, target),
+                                        tmp_path / "h.safetensors", "float32"))
+    tokens = np.random.default_rng(1).integers(0, 64, size=6)
+    index = np.full(64, 24)
+    index[vocab.numpy()] = np.arange(24)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(hidden), torch.from_numpy(index[tokens])[None])
+    state = hidden[0, 0][None]
+    for k in range(3):
+        state, lg = heads.head(k, state, tokens[k + 1:k + 2])
+        np.testing.assert_allclose(lg[0], logits[k][0, 0].numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_chain_is_the_heads_greedy_path_and_sampling_uses_q(heads_file):
     heads = HydraHeads.open(heads_file)
     model, _ = _torch_heads(heads_file)

@@ -16,6 +16,18 @@ from edgegen.errors import EdgegenError
 INIT_STATE_SCALE = 0.25
 
 
+def token_scale(hidden: np.ndarray, embed: Any) -> float:
+    """The power of two nearest rms(hidden) / rms(embedding rows): the factor the heads' input layer applies to
+    the token's embedding during training. SmolLM2's final-norm hidden states are ~15x the norm of its
+    embedding rows; unscaled, Adam (whose steps are ~lr whatever the input's scale) grew the token's weights
+    too slowly: after run 4's 160 steps head 1 drew ~5x less from the token than from the state, where the
+    least-squares head draws about as much from each (docs/hydra.md). A power of two keeps the fold into the
+    packed weights (pack_tensors / load_tensors) exact."""
+    h = float(np.sqrt(np.mean(np.square(np.asarray(hidden, np.float32)))))
+    e = float(np.sqrt(float((embed[:-1].float() ** 2).mean())))
+    return float(2.0 ** round(np.log2(h / e))) if h > 0 and e > 0 else 1.0
+
+
 def head_embedding(teacher: Any, vocab: np.ndarray) -> Any:
     """(V + 1, d) float32: the target's embedding rows of ``vocab``, then the unknown token's row (the mean
     of the other tokens' rows). The target must tie its embedding and LM head (the rows score the heads)."""
@@ -31,7 +43,9 @@ def head_embedding(teacher: Any, vocab: np.ndarray) -> Any:
     return torch.cat([full[keep], unknown]).contiguous()
 
 
-def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
+def build_heads(embed: Any, num_heads: int, layers: int, token_scale: float = 1.0) -> Any:
+    """K heads over the frozen reduced embedding ``embed``; ``token_scale``: the factor on the token's embedding
+    at each head's input (training parametrization only: the packed weights have it folded in)."""
     import torch
     from torch import nn
 
@@ -50,7 +64,7 @@ def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
                     b.bias.zero_()
 
         def forward(self, state: Any, tok_emb: Any) -> Any:
-            x = self.w_in(torch.cat([state, tok_emb], dim=-1))
+            x = self.w_in(torch.cat([state, token_scale * tok_emb], dim=-1))
             for b in self.blocks:
                 x = x + nn.functional.silu(b(x))
             return x
@@ -60,6 +74,7 @@ def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
+            self.token_scale = token_scale
             self.register_buffer("embed", embed.float().contiguous(), persistent=False)
             d, v = embed.shape[1], embed.shape[0] - 1
             self.heads = nn.ModuleList(Head(d, v) for _ in range(num_heads))
@@ -91,23 +106,24 @@ def build_heads(embed: Any, num_heads: int, layers: int) -> Any:
 
 
 def pack_tensors(model: Any) -> dict[str, Any]:
-    """The trained tensors under the names the runtime reads (heads.{k}.w_in, .b_in, .blocks.{j}.w/.b, .bias)."""
-    out = {}
-    for k, head in enumerate(model.heads):
-        out[f"heads.{k}.w_in"] = head.w_in.weight.detach()
-        out[f"heads.{k}.b_in"] = head.w_in.bias.detach()
-        for j, b in enumerate(head.blocks):
-            out[f"heads.{k}.blocks.{j}.w"] = b.weight.detach()
-            out[f"heads.{k}.blocks.{j}.b"] = b.bias.detach()
-        out[f"heads.{k}.bias"] = head.bias.detach()
+    """The trained tensors under the names the runtime reads (heads.{k}.w_in, .b_in, .blocks.{j}.w/.b, .bias), in
+    the runtime's form: the token half of each w_in times the model's token scale."""
+    import torch
+
+    out = {name: t.detach() for name, t in trained_tensors(model).items()}
+    d = model.embed.shape[1]
+    for k in range(len(model.heads)):
+        w_in = out[f"heads.{k}.w_in"]
+        out[f"heads.{k}.w_in"] = torch.cat([w_in[:, :d], w_in[:, d:] * model.token_scale], dim=1)
     return out
 
 
 def load_tensors(model: Any, tensors: dict[str, Any]) -> None:
-    """Put :func:`pack_tensors`-named tensors (a checkpoint's) back into ``model``; EdgegenError on a mismatch."""
+    """Put :func:`pack_tensors`-named tensors (a checkpoint's, runtime form) back into ``model`` (the token scale
+    taken out again); EdgegenError on a mismatch."""
     import torch
 
-    own = pack_tensors(model)
+    own = trained_tensors(model)
     if set(own) != set(tensors):
         raise EdgegenError(f"heads checkpoint does not fit the model (missing {sorted(set(own) - set(tensors))[:3]}, "
                            f"unknown {sorted(set(tensors) - set(own))[:3]})")
@@ -117,3 +133,19 @@ def load_tensors(model: Any, tensors: dict[str, Any]) -> None:
                 raise EdgegenError(f"heads weight {name} has shape {tuple(tensors[name].shape)}, expected "
                                    f"{tuple(t.shape)}")
             t.copy_(tensors[name].to(t.dtype))
+        d = model.embed.shape[1]
+        for head in model.heads:
+            head.w_in.weight[:, d:] /= model.token_scale
+
+
+def trained_tensors(model: Any) -> dict[str, Any]:
+    """The model's own parameters under the pack names, training form (the parameters themselves: writable)."""
+    out = {}
+    for k, head in enumerate(model.heads):
+        out[f"heads.{k}.w_in"] = head.w_in.weight
+        out[f"heads.{k}.b_in"] = head.w_in.bias
+        for j, b in enumerate(head.blocks):
+            out[f"heads.{k}.blocks.{j}.w"] = b.weight
+            out[f"heads.{k}.blocks.{j}.b"] = b.bias
+        out[f"heads.{k}.bias"] = head.bias
+    return out

@@ -66,14 +66,14 @@ def random_heads(out_file: str | Path, *, hidden_size: int = 32, vocab_size: int
     exercised without a trained run. The target facts name no real target."""
     import torch
 
-    from edgegen.export.hydra.model import build_heads, pack_tensors
+    from edgegen.export.hydra.model import build_heads, pack_tensors, trained_tensors
 
     g = torch.Generator().manual_seed(seed)
     vocab = torch.randperm(vocab_size, generator=g)[:head_vocab]
     embed = torch.randn(head_vocab + 1, hidden_size, generator=g)
     model = build_heads(embed, num_heads, layers)
     with torch.no_grad():
-        for t in pack_tensors(model).values():
+        for t in trained_tensors(model).values():
             t.copy_(torch.randn(t.shape, generator=g) * (0.5 / np.sqrt(t.shape[-1])))
     target = {"target_name": "random", "target_vocab_size": vocab_size, "target_tokenizer_sha256": ""}
     info = heads_info(num_heads, layers, hidden_size, target, recipe={"method": "random"})

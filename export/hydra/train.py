@@ -210,7 +210,7 @@ def train_heads(cfg: HydraConfig, *, resume: bool = False, echo: Callable[[str],
     import torch
 
     from edgegen.export.drafter.pack import frequent_tokens
-    from edgegen.export.hydra.model import build_heads, head_embedding, load_tensors, pack_tensors
+    from edgegen.export.hydra.model import build_heads, head_embedding, load_tensors, pack_tensors, token_scale
     from edgegen.export.hydra.ship import EMBED_KEY, VOCAB_KEY, pack_heads
 
     run = FineTune(cfg, resume=resume, keep=("threads", "progress"), echo=echo, generations=lambda c: True,
@@ -220,9 +220,11 @@ def train_heads(cfg: HydraConfig, *, resume: bool = False, echo: Callable[[str],
     index = np.full(target.vocab_size, len(vocab), np.int64)  # target id -> head index (V: unknown)
     index[vocab] = np.arange(len(vocab))
     embed = head_embedding(run.teacher, vocab)
-    model = build_heads(embed, cfg.heads, cfg.head_layers)
     hidden_size = int(embed.shape[1])
     train_set, run.eval_sets = feature_sets(run, cfg, index, gen)
+    # automatic: a pure function of the cache, the same on resume
+    scale = cfg.token_scale or token_scale(train_set.hidden[:4096], embed)
+    model = build_heads(embed, cfg.heads, cfg.head_layers, scale)
     covered = float(np.isin(train_set.top_ids[train_set.count, 0], vocab).mean()) if train_set.count.any() else 0.0
     echo(f"features: {int(train_set.lengths.sum())} positions in {len(train_set.lengths)} rows "
          f"({int(train_set.count.sum())} labelled; {covered:.1%} of greedy labels in the {len(vocab)}-token "
@@ -243,6 +245,7 @@ def train_heads(cfg: HydraConfig, *, resume: bool = False, echo: Callable[[str],
              f"{state['tokens_seen']} tokens seen")
     steps = cfg.total_steps()
     echo(f"heads: {cfg.heads} x ({cfg.head_layers} blocks), hidden {hidden_size}, head vocabulary {len(vocab)}, "
+         f"token scale {scale:g}, "
          f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; {steps} steps x "
          f"{cfg.tokens_per_step} positions; {cfg.threads} thread(s)")
     heads_meta = {"num_heads": cfg.heads, "layers": cfg.head_layers, "hidden_size": hidden_size,
@@ -250,7 +253,7 @@ def train_heads(cfg: HydraConfig, *, resume: bool = False, echo: Callable[[str],
 
     def recipe() -> dict[str, Any]:
         return {"method": "hydra", **heads_meta, "steps": steps, "tokens_per_step": cfg.tokens_per_step,
-                "lr": cfg.lr, "head_decay": cfg.head_decay, "top_k": cfg.top_k, "seed": cfg.seed,
+                "lr": cfg.lr, "head_decay": cfg.head_decay, "top_k": cfg.top_k, "seed": cfg.seed, "token_scale": scale,
                 "features": {"positions": int(train_set.lengths.sum()), "corpus_positions": cfg.feature_tokens,
                              "generation_temperatures": cfg.gen_temperatures, "generations": run.gen_stats},
                 "corpus": {k: v for k, v in run.corpus.items() if k != "files"}}
