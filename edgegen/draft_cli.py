@@ -28,6 +28,9 @@ def recipe_options(f: Any) -> Any:
         click.option("--lr", type=float, default=5e-4, show_default=True),
         click.option("--gen-prompts", type=int, default=240, show_default=True,
                      help="Stage-2 prompts (x3 temperatures)."),
+        click.option("--head-vocab", type=int, default=None,
+                     help="Train (and ship) a head of only the run's N most frequent tokens: what a large "
+                          "vocabulary (Gemma's 262k) needs. Default: the whole vocabulary."),
     ]):
         f = option(f)
     return training_options(f)
@@ -35,12 +38,12 @@ def recipe_options(f: Any) -> Any:
 
 def _config(target: str, out: str, layers: int, tokens: int | None, steps: int | None, stage: str, seed: int,
             threads: int, init: str, pretrain_frac: float, batch_size: int, seq_len: int, lr: float, gen_prompts: int,
-            ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> Any:
+            head_vocab: int | None, ckpt_minutes: float, no_export: bool, no_quality_gate: bool, quiet: bool) -> Any:
     from edgegen.export.drafter import TrainConfig
 
     cfg = TrainConfig(target=target, out=out, layers=layers, tokens=tokens, steps=steps, stage=stage, seed=seed,
                       threads=threads, init=init, pretrain_frac=pretrain_frac, batch_size=batch_size,
-                      seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, ckpt_minutes=ckpt_minutes,
+                      seq_len=seq_len, lr=lr, gen_prompts=gen_prompts, head_vocab=head_vocab, ckpt_minutes=ckpt_minutes,
                       export=not no_export, quality_gate=not no_quality_gate, progress=not quiet)
     cfg.validate()
     return cfg

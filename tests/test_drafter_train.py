@@ -242,3 +242,58 @@ def test_mismatched_vocab_is_refused(setup: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(EdgegenError, match="not a drafter"):
         check_drafter_compat(Manifest(name="x", vocab_size=320, **base), Manifest(name="t", vocab_size=320, **base))
     shutil.rmtree(other)
+
+
+def _tiny_gemma3(folder: Path, tokenizer: Path) -> Path:
+    """A tiny Gemma 3 (scaled embedding, a sliding layer with a window shorter than the training rows, then a
+    full one) sharing the tiny Llama's tokenizer: what the recipe must handle beside Llama."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder.mkdir(parents=True)
+    shutil.copy2(tokenizer, folder / "tokenizer.json")
+    cfg = Gemma3TextConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                           sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=0, pad_token_id=1,
+                           bos_token_id=None, initializer_range=0.3)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def test_gemma3_drafter_trains_and_ships_a_reduced_head(setup: dict[str, Path], tmp_path: Path) -> None:
+    """A Gemma 3 target, a head of 48 tokens trained (not only cut at packing): the evaluation scores the
+    drafter against the target's whole distribution (alpha <= the target's mass on the head), the pack keeps
+    the trained head, and the rebuilt drafter's logits are the trained model's on those columns (Gemma's
+    embedding scale kept when the rows are cut)."""
+    from transformers import AutoModelForCausalLM
+
+    from edgegen.export.drafter.model import build_student, head_logits, load_teacher, load_trainable
+    from edgegen.export.drafter.pack import frequent_tokens
+    from edgegen.export.drafter.ship import HEAD_VOCAB_KEY, _decode, read_packed
+
+    target = _tiny_gemma3(tmp_path / "gemma", setup["target"] / "tokenizer.json")
+    out = tmp_path / "run"
+    train_drafter(_cfg(target, out, setup["text"], stage="pretrain", steps=12, layers=2, head_vocab=48),
+                  echo=lambda m: None)
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["label"] for e in evals] == ["init", "after pretrain"]
+    for sets in (e["sets"] for e in evals):
+        for m in sets.values():
+            assert 0.0 < m["head_mass"] <= 1.0 + 1e-6 and 0.0 <= m["alpha"] <= m["head_mass"] + 1e-6
+    assert evals[1]["sets"]["val_code"]["kl"] < evals[0]["sets"]["val_code"]["kl"]
+
+    kept = frequent_tokens(out, 320, 48, target / "tokenizer.json")
+    tensors, info = read_packed(pack_drafter(out, tmp_path / "d.safetensors"))  # the trained head by default
+    assert tensors[HEAD_VOCAB_KEY].tolist() == kept.tolist() and info["recipe"]["head_vocab"] == 48
+    small = AutoModelForCausalLM.from_pretrained(str(unpack_drafter(tmp_path / "d.safetensors", target,
+                                                                    tmp_path / "small")))
+    assert small.config.model_type == "gemma3_text" and small.config.vocab_size == 48
+    trained, _ = build_student(load_teacher(target), 2, "first")
+    load_trainable(trained, _decode(tensors))
+    trained.eval()
+    pos = torch.tensor([[3, 10, 5, 0, 40, 7] * 4])  # 24 positions: past the 16-token window
+    with torch.no_grad():
+        want = head_logits(trained, torch.as_tensor(kept)[pos], None, torch.as_tensor(kept))
+        got = small(pos).logits
+    assert torch.allclose(got, want, atol=1e-4)

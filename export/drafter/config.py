@@ -27,6 +27,9 @@ class TrainConfig(FineTuneConfig):
     kl_weight: float = 1.0  # forward KL(teacher || drafter) at T=1
     ce_weight: float = 0.1  # cross-entropy on the data's next token
     train_embedding: bool = False  # False: embedding/head stay the target's (not shipped)
+    # None: train the full output head (reduced, if at all, when packed); N: train and ship a head of the run's
+    # N most frequent tokens (pack.frequent_tokens): with a large vocabulary the head dominates training cost
+    head_vocab: int | None = None
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -35,6 +38,8 @@ class TrainConfig(FineTuneConfig):
             raise EdgegenError(f"unknown layer init '{self.init}': choose from {', '.join(INITS)}")
         if self.layers < 1:
             raise EdgegenError(f"layers must be at least 1 (got {self.layers})")
+        if self.head_vocab is not None and self.head_vocab < 2:
+            raise EdgegenError(f"head-vocab must be at least 2 tokens (got {self.head_vocab})")
         super().validate()
         if not 0.0 <= self.pretrain_frac <= 1.0:
             raise EdgegenError("pretrain-frac must be within [0, 1]")

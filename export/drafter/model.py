@@ -37,8 +37,10 @@ def build_student(teacher: Any, layers: int, init: str, train_embedding: bool = 
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(teacher.config)
-    if getattr(cfg, "model_type", "") != "llama":
-        raise EdgegenError(f"drafter training supports Llama-architecture targets (got '{cfg.model_type}')")
+    inner = getattr(teacher, "model", None)
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")) or not hasattr(teacher, "lm_head"):
+        raise EdgegenError(f"drafter training needs a decoder-only target (embedding, layers, final norm, head); "
+                           f"'{getattr(cfg, 'model_type', '?')}' is not one")
     mapping = layer_map(cfg.num_hidden_layers, layers, init)
     cfg.num_hidden_layers = layers
     if getattr(cfg, "layer_types", None):
@@ -57,6 +59,18 @@ def build_student(teacher: Any, layers: int, init: str, train_embedding: bool = 
         p.requires_grad_(train_embedding or not name.startswith(SHARED_PREFIXES))
     student.train()
     return student, mapping
+
+
+def head_logits(model: Any, ids: Any, att: Any, kept: Any = None) -> Any:
+    """``model``'s logits for ``ids``; with ``kept`` (target ids), only those columns, in that order, computed from
+    the final hidden states through the rows of the output head they need (a 262k-token head costs more than
+    a drafter's layers). Softcapping, where the config has it, is applied as the model's own forward does."""
+    if kept is None:
+        return model(input_ids=ids, attention_mask=att).logits
+    hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+    logits = hidden @ model.lm_head.weight[kept].T
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if not cap else (logits / cap).tanh() * cap
 
 
 def trainable_state(student: Any) -> dict[str, Any]:

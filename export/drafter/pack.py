@@ -26,7 +26,8 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
 
     ``head_vocab``: keep only the N most frequent tokens of the run's training data (corpus and target
     generations, equally weighted) in the drafter's embedding and tied output head. The head is most of a
-    2-layer drafter's cost; the target still verifies over the whole vocabulary, so output stays exact."""
+    2-layer drafter's cost; the target still verifies over the whole vocabulary, so output stays exact.
+    None: the head the run trained (its recipe's head_vocab; the whole vocabulary when it has none)."""
     import torch
     from safetensors.torch import load_file
 
@@ -37,6 +38,8 @@ def pack_drafter(checkpoint: str | Path, out_file: str | Path, dtype: str = "flo
     ckpt = checkpoint_dir(Path(checkpoint), "drafter")
     meta = json.loads((ckpt / "meta.json").read_text())
     tensors = _encode(load_file(str(ckpt / "trainable.safetensors")), dtype)
+    if head_vocab is None:
+        head_vocab = meta["recipe"].get("head_vocab")
     if head_vocab is not None:
         run = ckpt.parent
         tokenizers = [run / "target-hf" / "tokenizer.json", Path(str(meta.get("target_spec"))) / "tokenizer.json"]
@@ -71,11 +74,31 @@ def frequent_tokens(run_dir: Path, vocab_size: int, n: int, tokenizer: Path | No
         counts = sum(np.bincount(np.asarray(ids[p:]), minlength=vocab_size) for ids, p in gens).astype(np.float64)
         weight += counts / max(counts.sum(), 1.0)
     added = json.loads(Path(tokenizer).read_text()).get("added_tokens", []) if tokenizer else []
-    special = np.array(sorted({t["id"] for t in added if t["id"] < vocab_size}), dtype=np.int64)
+    special = np.array(sorted(_kept_added(added, vocab_size, n, Path(tokenizer).parent if tokenizer else None)),
+                       dtype=np.int64)
     if len(special) >= n:
         raise EdgegenError(f"head vocabulary of {n} tokens leaves no room beside the {len(special)} special tokens")
     order = np.argsort(-weight, kind="stable")
     return np.concatenate([order[~np.isin(order, special)][: n - len(special)], special])
+
+
+def _kept_added(added: list[dict[str, Any]], vocab_size: int, n: int, hf_dir: Path | None) -> set[int]:
+    """The added tokens a reduced head always keeps: all of them when they are few (SmolLM2's 17); when they
+    would fill much of the head (Gemma's 6414, mostly ``<unusedN>`` placeholders), only those that start or
+    end a generation (the BOS and EOS ids of generation_config.json) or that the chat template writes; the
+    others are ranked by frequency like any token."""
+    ids = {t["id"] for t in added if t["id"] < vocab_size}
+    if len(ids) <= n // 4 or hf_dir is None:
+        return ids
+    gen = json.loads((hf_dir / "generation_config.json").read_text()) if (hf_dir / "generation_config.json").is_file() \
+        else {}
+    keep = set()
+    for key in ("eos_token_id", "bos_token_id"):
+        ids_ = gen.get(key)
+        keep |= set(ids_ if isinstance(ids_, list) else [ids_] if isinstance(ids_, int) else [])
+    template = (hf_dir / "chat_template.jinja").read_text() if (hf_dir / "chat_template.jinja").is_file() else ""
+    keep |= {t["id"] for t in added if t.get("special") and len(t["content"]) > 1 and t["content"] in template}
+    return keep & ids
 
 
 def export_trained(checkpoint: str | Path, out_dir: str | Path, **options: Any) -> Path:

@@ -36,9 +36,10 @@ def shrink_vocab(model: Any, kept: Any) -> None:
     if not model.config.tie_word_embeddings:
         raise EdgegenError("a reduced drafter head needs tied embeddings (the head is the embedding's rows)")
     idx = torch.as_tensor(np.asarray(kept), dtype=torch.long)
-    rows = model.get_input_embeddings().weight.detach()[idx].clone()
-    emb = torch.nn.Embedding(len(idx), rows.shape[1], _weight=rows)
-    model.set_input_embeddings(emb)
+    emb = model.get_input_embeddings()  # kept as it is: Gemma's scales its rows by sqrt(hidden)
+    rows = emb.weight.detach()[idx].clone()
+    emb.weight = torch.nn.Parameter(rows)
+    emb.num_embeddings, emb.padding_idx = len(idx), None
     model.lm_head = torch.nn.Linear(rows.shape[1], len(idx), bias=False)
     model.config.vocab_size = len(idx)
     model.tie_weights()

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgegen.errors import EdgegenError
 from edgegen.export.drafter.config import TrainConfig
 from edgegen.export.drafter.gendata import target_generations
+from edgegen.export.drafter.model import head_logits
 from edgegen.export.finetune import FineTune, lr_at
 
 PACKED_NAME = "drafter.safetensors"
@@ -28,62 +32,111 @@ KEEP = ("threads", "progress")  # what a resumed run takes from the command line
 # --- loss and metrics -------------------------------------------------------------------------------------------
 
 
-def _forward_pair(student: Any, teacher: Any, ids: Any, att: Any) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class Head:
+    """A drafter head reduced to ``kept`` target ids: what the drafter sees and predicts at run time (an id
+    outside the head feeds the head's first token, as strategies.drafters.ModelDrafter does)."""
+
+    kept: Any  # LongTensor of target ids; position i is the drafter's token i
+    index: Any  # LongTensor over the target vocabulary: the drafter's token for each id, -1 outside the head
+
+    @classmethod
+    def of(cls, kept: Any, vocab_size: int) -> Head:
+        import torch
+
+        kept = torch.as_tensor(np.asarray(kept), dtype=torch.long)
+        index = torch.full((vocab_size,), -1, dtype=torch.long)
+        index[kept] = torch.arange(len(kept))
+        return cls(kept, index)
+
+    def inputs(self, ids: Any) -> Any:
+        """``ids`` as the reduced drafter receives them (target ids; those outside the head become its first)."""
+        return self.kept[self.index[ids].clamp(min=0)]
+
+
+def _forward_pair(student: Any, teacher: Any, ids: Any, att: Any, head: Head | None = None,
+                  full_teacher: bool = False) -> tuple[Any, Any]:
+    """(drafter logits, target logits) for predicting ids[:, 1:]; with ``head``, the drafter's over the head and
+    the target's over the head too (or over its whole vocabulary with ``full_teacher``)."""
     import torch
 
     inp = ids[:, :-1]
+    kept = None if head is None else head.kept
     with torch.no_grad():
-        t_logits = teacher(input_ids=inp, attention_mask=att).logits.float()
-    s_logits = student(input_ids=inp, attention_mask=att).logits.float()
+        t_logits = head_logits(teacher, inp, att, None if full_teacher else kept).float()
+    s_logits = head_logits(student, inp if head is None else head.inputs(inp), att, kept).float()
     return s_logits, t_logits
 
 
 def distill_loss(student: Any, teacher: Any, batch: tuple[Any, Any, Any], kl_w: float,
-                 ce_w: float) -> tuple[Any, dict[str, float]]:
+                 ce_w: float, head: Head | None = None) -> tuple[Any, dict[str, float]]:
+    """With ``head``, the KL is to the target's distribution renormalised over the head (its minimiser is the
+    drafter that accepts most: q >= p on the head) and the CE counts the positions whose next token is in it."""
     import torch
     import torch.nn.functional as F
 
     ids, att, mask = batch
-    s_logits, t_logits = _forward_pair(student, teacher, ids, att)
+    s_logits, t_logits = _forward_pair(student, teacher, ids, att, head)
     denom = mask.sum().clamp(min=1.0)
     s_logp = F.log_softmax(s_logits, dim=-1)
     with torch.no_grad():
         t_logp = F.log_softmax(t_logits, dim=-1)
         t_p = t_logp.exp()
     kl = (t_p * (t_logp - s_logp)).sum(-1)
-    ce = -s_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    nxt, ce_mask = ids[:, 1:], mask
+    if head is not None:
+        nxt = head.index[nxt]
+        ce_mask = mask * (nxt >= 0)
+        nxt = nxt.clamp(min=0)
+    ce = -s_logp.gather(-1, nxt[..., None]).squeeze(-1)
     kl_m = (kl * mask).sum() / denom
-    ce_m = (ce * mask).sum() / denom
+    ce_m = (ce * ce_mask).sum() / (denom if head is None else ce_mask.sum().clamp(min=1.0))
     loss = kl_w * kl_m + ce_w * ce_m
     with torch.no_grad():
         agree = (((s_logits.argmax(-1) == t_logits.argmax(-1)).float() * mask).sum() / denom).item()
     return loss, {"loss": loss.item(), "kl": kl_m.item(), "ce": ce_m.item(), "agree": agree}
 
 
-def evaluate(student: Any, teacher: Any, batches: list[tuple[Any, Any, Any]]) -> dict[str, float]:
+def evaluate(student: Any, teacher: Any, batches: list[tuple[Any, Any, Any]],
+             head: Head | None = None) -> dict[str, float]:
     """Greedy top-1 agreement (argmax drafter == argmax target), expected acceptance alpha = sum min(p, q)
-    at T=1, the drafter's CE on the data and KL(p||q), over the counted positions of `batches`."""
+    at T=1, the drafter's CE on the data and KL(p||q), over the counted positions of `batches`.
+
+    With ``head``, agreement and alpha are against the target's whole distribution (what decoding gets: a
+    token outside the head is never drafted); CE counts next tokens in the head, KL is to the target's
+    distribution renormalised over the head, and ``head_mass`` is the target's probability on the head."""
     import torch
     import torch.nn.functional as F
 
     was_training = student.training
     student.eval()
-    tot = {"agree": 0.0, "alpha": 0.0, "ce": 0.0, "kl": 0.0, "n": 0.0}
+    tot = {"agree": 0.0, "alpha": 0.0, "ce": 0.0, "kl": 0.0, "n": 0.0, "ce_n": 0.0, "head_mass": 0.0}
     with torch.no_grad():
         for ids, att, mask in batches:
-            s_logits, t_logits = _forward_pair(student, teacher, ids, att)
+            s_logits, t_logits = _forward_pair(student, teacher, ids, att, head, full_teacher=True)
             s_logp, t_logp = F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1)
+            nxt, ce_mask, s_top = ids[:, 1:], mask, s_logits.argmax(-1)
+            if head is not None:
+                t_logp = t_logp[..., head.kept]
+                tot["head_mass"] += float((t_logp.exp().sum(-1) * mask).sum())
+                nxt = head.index[nxt]
+                ce_mask, nxt, s_top = mask * (nxt >= 0), nxt.clamp(min=0), head.kept[s_top]
             alpha = torch.minimum(s_logp.exp(), t_logp.exp()).sum(-1)
+            agree = (s_top == t_logits.argmax(-1)).float()
+            if head is not None:
+                t_logp = F.log_softmax(t_logp, -1)
             kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
-            ce = -s_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-            agree = (s_logits.argmax(-1) == t_logits.argmax(-1)).float()
-            for key, v in (("agree", agree), ("alpha", alpha), ("ce", ce), ("kl", kl)):
+            ce = -s_logp.gather(-1, nxt[..., None]).squeeze(-1)
+            for key, v in (("agree", agree), ("alpha", alpha), ("kl", kl)):
                 tot[key] += float((v * mask).sum())
+            tot["ce"] += float((ce * ce_mask).sum())
             tot["n"] += float(mask.sum())
+            tot["ce_n"] += float(ce_mask.sum())
     student.train(was_training)
     n = max(tot["n"], 1.0)
-    return {"agreement": tot["agree"] / n, "alpha": tot["alpha"] / n, "ce": tot["ce"] / n, "kl": tot["kl"] / n,
-            "positions": int(tot["n"])}
+    out = {"agreement": tot["agree"] / n, "alpha": tot["alpha"] / n, "ce": tot["ce"] / max(tot["ce_n"], 1.0),
+           "kl": tot["kl"] / n, "positions": int(tot["n"])}
+    return out if head is None else {**out, "head_mass": tot["head_mass"] / n}
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -112,6 +165,12 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
     plan = cfg.plan()  # a resumed run's saved recipe
     state.update(stage_idx=0, stage_step=0)
     student, mapping = build_student(teacher, cfg.layers, cfg.init, cfg.train_embedding)
+    head = None
+    if cfg.head_vocab is not None:
+        from edgegen.export.drafter.pack import frequent_tokens
+
+        head = Head.of(frequent_tokens(run.out, target.vocab_size, cfg.head_vocab, target.hf_dir / "tokenizer.json"),
+                       target.vocab_size)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
@@ -129,6 +188,7 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
              f"global step {state['global_step']}, {state['tokens_seen']} tokens seen")
     echo(f"drafter: {cfg.layers} layers from target layers {mapping}, "
          f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; "
+         f"head {'the whole vocabulary' if head is None else f'{len(head.kept)} tokens'}; "
          f"plan {plan} x {cfg.tokens_per_step} tokens/step; {cfg.threads} thread(s)")
 
     def recipe() -> dict[str, Any]:
@@ -142,7 +202,7 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
         return run.save(opt, trainable_state(student), meta, data_position=position)
 
     def run_eval(label: str) -> None:
-        run.evaluate(label, lambda batches: evaluate(student, teacher, batches),
+        run.evaluate(label, lambda batches: evaluate(student, teacher, batches, head),
                      lambda k, v: f"{k}: agree {v['agreement']:.3f} alpha {v['alpha']:.3f}")
 
     if tensors is None:
@@ -158,7 +218,7 @@ def train_drafter(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str
                     g["lr"] = lr_at(cfg, step, steps)
                 t0 = time.perf_counter()
                 batch = data.batch_at(step)
-                loss, logs = distill_loss(student, teacher, batch, cfg.kl_weight, cfg.ce_weight)
+                loss, logs = distill_loss(student, teacher, batch, cfg.kl_weight, cfg.ce_weight, head)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -190,7 +250,7 @@ def recipe_summary(cfg: TrainConfig, mapping: list[int], plan: list[tuple[str, i
                    gen_stats: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": "fastdraft", "layers": cfg.layers, "init": cfg.init, "layer_map": mapping,
-        "train_embedding": cfg.train_embedding, "stages": [[s, n] for s, n in plan],
+        "train_embedding": cfg.train_embedding, "head_vocab": cfg.head_vocab, "stages": [[s, n] for s, n in plan],
         "tokens_per_step": cfg.tokens_per_step, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
         "lr": cfg.lr, "loss": {"kl_weight": cfg.kl_weight, "ce_weight": cfg.ce_weight}, "seed": cfg.seed,
         "corpus": {k: v for k, v in corpus.items() if k != "files"},
