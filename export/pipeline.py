@@ -187,7 +187,8 @@ def _export_into(
         with stages.stage("save embedding table"):
             info = replace(emb.save_embedding_table(hf_dir, tmp, weights), graphs=emb_graphs)
         with stages.stage("check embeddings graphs"):
-            ids = gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos)
+            ids = gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos,
+                                 manifest.context_length)
             manifest = emb.finish_embeddings(tmp, manifest, info, ids, stages.note)
     shutil.rmtree(work)
     return manifest
@@ -198,7 +199,8 @@ def _run_gate(
 ) -> dict[str, GraphInfo]:
     from edgegen.export import quality
 
-    ids = quality.gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos)
+    ids = quality.gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos,
+                                 manifest.context_length)
     ppl_fp32 = quality.torch_perplexity(hf_dir, ids)
     stages.note(f"perplexity on {len(ids)} tokens of '{quality.TEXT_ID}': fp32 torch {ppl_fp32:.3f}")
     out: dict[str, GraphInfo] = {}

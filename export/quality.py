@@ -36,14 +36,19 @@ TEXT = (
 THRESHOLDS = {"fp32": 1.02, "fp16": 1.02, "int8": 1.02, "int4": 1.10}
 
 
-def gate_token_ids(tokenizer_json: Path, bos_token_id: int | None, add_bos: bool) -> list[int]:
-    """Token ids of TEXT as the runtime would build them (no template, BOS only if the model wants it)."""
+def gate_token_ids(tokenizer_json: Path, bos_token_id: int | None, add_bos: bool,
+                   context_length: int = 0) -> list[int]:
+    """Token ids of TEXT as the runtime would build them (no template, BOS only if the model wants it).
+
+    context_length: the model's (0: unknown); the ids are cut to what one session can hold (one slot short of
+    it: a session may keep a spare slot), so a model with a short context is gated on the text's start.
+    """
     from tokenizers import Tokenizer
 
     ids = Tokenizer.from_file(str(tokenizer_json)).encode(TEXT, add_special_tokens=False).ids
     if add_bos and bos_token_id is not None:
         ids = [bos_token_id, *ids]
-    return ids
+    return ids[: context_length - 1] if context_length > 1 else ids
 
 
 def perplexity_from_logits(logits: np.ndarray, ids: Sequence[int]) -> float:
