@@ -17,7 +17,7 @@ def _ids(n: int, seed: int = 0) -> np.ndarray:
 
 def test_paged_rollbacks_growth_and_restore(fp32_model: Path) -> None:
     manifest = read_manifest(fp32_model)
-    session = open_session(fp32_model, manifest, "openvino")
+    session = open_session(fp32_model, manifest, "openvino", paged=True)
     assert session._paged is not None  # the CPU runs the PagedAttention rewrite of the IR
     prompt, kept = _ids(530), _ids(12, seed=3)  # 530 + 12 tokens: past the 16 blocks (512) allocated up front
     straight = session.forward(np.concatenate([prompt, kept]))
