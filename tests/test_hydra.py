@@ -144,7 +144,9 @@ def real_shape_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         head_vocab=512, num_heads=4)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+# OpenVINO's run (~20 s) under scripts/test.sh --all; hydra == AR on the fakes and the hidden-state test on
+# both backends stay in CI
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.extended)])
 def test_hydra_greedy_equals_ar_on_the_default_model(backend: str, int8_model: Path, real_shape_heads: Path) -> None:
     from test_speculative import PROMPTS
 

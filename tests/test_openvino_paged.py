@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
@@ -15,6 +16,7 @@ def _ids(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(200, 20000, size=n).astype(np.int64)
 
 
+@pytest.mark.extended  # the opt-in paged path (OpenVINOSession(paged=True)), ~30 s: scripts/test.sh --all
 def test_paged_rollbacks_growth_and_restore(fp32_model: Path) -> None:
     manifest = read_manifest(fp32_model)
     session = open_session(fp32_model, manifest, "openvino", paged=True)

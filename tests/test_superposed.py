@@ -234,6 +234,7 @@ def test_real_model_drafts_are_apart_and_scored_by_the_model(fp32_model) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the CLI over the real fp32 model (~25 s): scripts/test.sh --all; the API's checks stay in CI
 def test_cli_superposed(fp32_model) -> None:
     import json as json_module
 
