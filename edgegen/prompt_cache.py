@@ -16,9 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import numpy as np
-
-from edgegen.runtimes.base import KVSnapshot, Session
+from edgegen.runtimes.base import KVSnapshot, Session, common_prefix_length
 
 
 def can_snapshot(session: Session) -> bool:
@@ -52,7 +50,7 @@ class PromptCache:
         kept = min(session.common_prefix(prompt_ids), usable)
         best, shared = None, kept
         for key in self._snapshots:
-            n = min(_common_prefix(key, prompt_ids), usable)
+            n = min(common_prefix_length(key, prompt_ids), usable)
             if n > shared:
                 best, shared = key, n
         chosen = None
@@ -79,9 +77,3 @@ class PromptCache:
         while self.nbytes > self.budget_bytes:
             _, evicted = self._snapshots.popitem(last=False)
             self.nbytes -= evicted.nbytes
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
-    return int(differ[0]) if len(differ) else n

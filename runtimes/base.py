@@ -181,6 +181,13 @@ def forward_top(session: Session, token_ids: np.ndarray, k: int = 1, last_only: 
     return top_tokens(session.forward(token_ids, last_only, **({"hidden": True} if hidden else {})), k)
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
+    return int(differ[0]) if len(differ) else n
+
+
 class CachePosition:
     """The bookkeeping both backends share: one integer position, a length limit and the cached token ids."""
 
@@ -189,10 +196,7 @@ class CachePosition:
     _ids: list[int]  # the token id at each cache position; -1 for rows fed as embeddings (never matched)
 
     def common_prefix(self, token_ids: Sequence[int]) -> int:
-        held = self._ids
-        n = min(len(held), len(token_ids))
-        same = np.flatnonzero(np.asarray(held[:n]) != np.asarray(token_ids[:n], np.int64))
-        return int(same[0]) if len(same) else n
+        return common_prefix_length(self._ids, token_ids)
 
     def _held(self, length: int, fed: Sequence[int] = ()) -> None:
         """Keep the first ``length`` remembered ids and append ``fed`` (called as the cache changes)."""

@@ -44,6 +44,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.runtimes.base import common_prefix_length
 from edgegen.sampling import SamplingConfig
 from edgegen.strategies.base import DecodeRequest, RankedDraft, Strategy, prefill, step, step_embeddings
 
@@ -447,12 +448,12 @@ def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndar
     first, logits, lse = 0, np.zeros((0, 0), np.float32), np.zeros(0)  # the previous forward: token index of its row 0
     for i in sorted(range(len(drafts)), key=lambda i: (-len(known[i]), drafts[i])):
         d, logp = drafts[i], list(known[i])
-        shared = _common(d, previous)  # the previous forward's row of token j is d's own for j <= shared
+        shared = common_prefix_length(d, previous)  # the previous forward's row of token j is d's own for j <= shared
         while first <= len(logp) <= shared and len(logp) - first < len(logits) and len(logp) < len(d):
             r = len(logp) - first
             logp.append(float(logits[r, d[len(logp)]] - lse[r]))
         if len(logp) < len(d):
-            start = min(len(logp), _common(d, held) + 1)  # the cache must hold d[:start - 1]
+            start = min(len(logp), common_prefix_length(d, held) + 1)  # the cache must hold d[:start - 1]
             request.target.trim(n0 + start - 1)
             first, logits = start, step(request, d[start - 1 : -1])[0]
             lse = logsumexp(logits)
@@ -462,10 +463,6 @@ def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndar
         out[i] = float(np.mean(logp))
     return [out[i] for i in range(len(drafts))]
 
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    return next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _check_vocabulary(store: NgramScorer | None, request: DecodeRequest) -> None:
