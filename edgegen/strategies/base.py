@@ -172,9 +172,7 @@ def step_top(request: DecodeRequest, token_ids: list[int], hidden: bool = False)
     comes back, chosen on the session's device where it can (runtimes.base.forward_top), and seconds."""
     start = time.perf_counter()
     top = forward_top(request.target, np.asarray(token_ids, np.int64), hidden=hidden)
-    seconds = time.perf_counter() - start
-    request.counters.target_s += seconds
-    request.counters.target_steps += 1
+    seconds = _count(request, time.perf_counter() - start)
     if not top.finite.all():
         raise _not_finite()
     return top, seconds
@@ -188,6 +186,11 @@ def step_embeddings(request: DecodeRequest, embeddings: np.ndarray) -> tuple[np.
 
 
 def _counted(request: DecodeRequest, logits: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
+    return check_finite(logits), _count(request, seconds)
+
+
+def _count(request: DecodeRequest, seconds: float) -> float:
+    """Record one target forward of ``seconds``; returns them."""
     request.counters.target_s += seconds
     request.counters.target_steps += 1
-    return check_finite(logits), seconds
+    return seconds

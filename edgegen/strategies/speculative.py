@@ -38,16 +38,16 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extr
     n = len(draft.tokens)
     if draft.q is None and not extra and request.sampler.picks_argmax:  # only each row's best token is needed
         top, seconds = step_top(request, [history[-1], *draft.tokens], hidden)
-        new, logits = verify_argmax(top.argmax, draft.tokens), np.empty((n + 1, 0), np.float32)
+        new, extra_rows = verify_argmax(top.argmax, draft.tokens), np.empty((0, 0), np.float32)
     else:
         logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
-        new = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler)
+        new, extra_rows = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler), logits[n + 1 :]
     accepted = len(new) - 1
     request.target.trim(cached + 1 + accepted)
     history.extend(new)
     request.counters.draft_proposed += n
     request.counters.draft_accepted += accepted
-    return new, logits[n + 1 :], seconds
+    return new, extra_rows, seconds
 
 
 class Speculative(Strategy):

@@ -14,7 +14,7 @@ the constraint: acceptance and the residual follow p', and the output is constra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -70,16 +70,21 @@ def verify_argmax(argmax: Sequence[int], draft: Sequence[int]) -> list[int]:
     ``argmax``: at least len(draft) + 1 ids, row i's after history + draft[:i]. Accept while the draft is the
     argmax, then take the argmax: what the general rule gives with p and q one-hot.
     """
-    for i, x in enumerate(draft):
-        if argmax[i] != x:
-            return [*draft[:i], int(argmax[i])]
-    return [*draft, int(argmax[len(draft)])]
+    return _accept_while_best(lambda i: int(argmax[i]), draft)
 
 
 def _verify_greedy(target_logits: np.ndarray, draft: Sequence[int], history: list[int], sampler: Sampler) -> list[int]:
     """``verify`` for a deterministic draft under unconstrained greedy: accept while the draft is the argmax
-    (after the repetition penalty, which reads each row's own context)."""
+    (after the repetition penalty, which reads each row's own context; rows past the first miss are not picked)."""
     if sampler.picks_argmax:
         return verify_argmax(np.argmax(target_logits, axis=-1).tolist(), draft)
-    picks = [sampler.pick(target_logits[i], [*history, *draft[:i]]) for i in range(len(draft) + 1)]
-    return verify_argmax(picks, draft)
+    return _accept_while_best(lambda i: sampler.pick(target_logits[i], [*history, *draft[:i]]), draft)
+
+
+def _accept_while_best(best: Callable[[int], int], draft: Sequence[int]) -> list[int]:
+    """The draft's tokens while each is row i's ``best(i)``, then that row's best (correction or bonus)."""
+    for i, x in enumerate(draft):
+        pick = best(i)
+        if pick != x:
+            return [*draft[:i], pick]
+    return [*draft, best(len(draft))]
