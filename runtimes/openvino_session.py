@@ -1,9 +1,9 @@
 """OpenVINO native backend over the export's stateful IR.
 
-CPU and GPU take any number of tokens per call. On the CPU the session rewrites the IR's attention to
-PagedAttention when it loads it (runtimes.openvino_paged: the KV cache in blocks the session owns, what
-openvino-genai's default pipeline runs; faster prefill and steps, docs/performance.md); elsewhere, or where
-the rewrite is refused, the KV cache lives in the infer request's state. The NPU, compiled by NPUW with static
+CPU and GPU take any number of tokens per call. By default the KV cache lives in the infer request's state;
+``paged=True`` (CPU, opt-in) rewrites the IR's attention to PagedAttention when it loads it
+(runtimes.openvino_paged: the KV cache in blocks the session owns, what openvino-genai's default pipeline
+runs; faster long-prompt prefill, docs/performance.md). The NPU, compiled by NPUW with static
 shapes, has its own session (runtimes.openvino_npu).
 
 On the stateful path, rolling the cache back (`trim`) does not touch the state: reading and rewriting it costs
