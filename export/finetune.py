@@ -238,13 +238,9 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 def eos_pad(hf_dir: Path, teacher: Any) -> tuple[list[int], int]:
     """The target's EOS ids (generation config first) and its pad id (the first EOS when it has none)."""
-    eos: list[int] = []
-    gen_path = Path(hf_dir) / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    for value in (gen.get("eos_token_id"), teacher.config.eos_token_id):
-        for tok in value if isinstance(value, list) else [value]:
-            if isinstance(tok, int) and tok not in eos:
-                eos.append(tok)
+    from edgegen.export.source import generation_ids
+
+    eos, _ = generation_ids(hf_dir, teacher.config.eos_token_id)
     if not eos:
         raise EdgegenError(f"{hf_dir}: the target has no EOS token id")
     pad = teacher.config.pad_token_id

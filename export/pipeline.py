@@ -230,14 +230,10 @@ def _manifest_from_hf(hf_dir: Path, src: Any, chat_template: str | None) -> Mani
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = int(text.num_attention_heads)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    eos: list[int] = []
-    gen_path = hf_dir / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    for value in (gen.get("eos_token_id"), getattr(text, "eos_token_id", None), getattr(cfg, "eos_token_id", None)):
-        for tok in value if isinstance(value, list) else [value]:
-            if isinstance(tok, int) and tok not in eos:
-                eos.append(tok)
-    bos = gen.get("bos_token_id", getattr(text, "bos_token_id", None))
+    from edgegen.export.source import generation_ids
+
+    eos, bos = generation_ids(hf_dir, getattr(text, "eos_token_id", None), getattr(cfg, "eos_token_id", None))
+    bos = bos if bos is not None else getattr(text, "bos_token_id", None)
     return Manifest(
         name=src.name,
         architecture=text.model_type,

@@ -189,6 +189,20 @@ def _write_sentencepiece_tokenizer(src: Source, dest: Path, config: object) -> N
     gen_path.write_text(json.dumps(gen, indent=2))
 
 
+def generation_ids(hf_dir: Path, *fallback_eos: object) -> tuple[list[int], int | None]:
+    """A Hugging Face folder's EOS ids (generation_config.json's, then each fallback's: an id or a list of ids,
+    e.g. the model config's) and its generation config's BOS id (None where it has none)."""
+    path = Path(hf_dir) / "generation_config.json"
+    gen = json.loads(path.read_text()) if path.is_file() else {}
+    eos: list[int] = []
+    for value in (gen.get("eos_token_id"), *fallback_eos):
+        for tok in value if isinstance(value, list) else [value]:
+            if isinstance(tok, int) and tok not in eos:
+                eos.append(tok)
+    bos = gen.get("bos_token_id")
+    return eos, bos if isinstance(bos, int) else None
+
+
 def _fix_gguf_tokenizer(folder: Path, config: object, src: Source) -> None:
     """Make the GGUF-derived tokenizer files agree with the GGUF metadata.
 

@@ -90,12 +90,10 @@ def _kept_added(added: list[dict[str, Any]], vocab_size: int, n: int, hf_dir: Pa
     ids = {t["id"] for t in added if t["id"] < vocab_size}
     if len(ids) <= n // 4 or hf_dir is None:
         return ids
-    gen = json.loads((hf_dir / "generation_config.json").read_text()) if (hf_dir / "generation_config.json").is_file() \
-        else {}
-    keep = set()
-    for key in ("eos_token_id", "bos_token_id"):
-        ids_ = gen.get(key)
-        keep |= set(ids_ if isinstance(ids_, list) else [ids_] if isinstance(ids_, int) else [])
+    from edgegen.export.source import generation_ids
+
+    eos, bos = generation_ids(hf_dir)
+    keep = {*eos, *([bos] if bos is not None else [])}
     template = (hf_dir / "chat_template.jinja").read_text() if (hf_dir / "chat_template.jinja").is_file() else ""
     keep |= {t["id"] for t in added if t.get("special") and len(t["content"]) > 1 and t["content"] in template}
     return keep & ids
