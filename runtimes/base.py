@@ -155,14 +155,21 @@ class TopTokens:
                    np.take_along_axis(logits, order, -1).astype(np.float32), np.asarray(finite, bool))
 
 
+def finite_rows(logits: np.ndarray) -> np.ndarray:
+    """Whether every value of each (rows, vocab) row is finite: one float32 sum per row, and a closer look only at
+    a row whose sum is not (a NaN or inf in it, or finite values overflowing)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or finite values overflowing: looked at below
+        finite = np.isfinite(logits.sum(-1))
+    for row in np.flatnonzero(~finite):
+        finite[row] = np.isfinite(logits[row]).all()
+    return finite
+
+
 def top_tokens(logits: np.ndarray, k: int = 1) -> TopTokens:
     """The TopTokens of float (rows, vocab) logits, on the host (the generic path)."""
     if not 1 <= k <= logits.shape[-1]:
         raise ValueError(f"k must lie in [1, {logits.shape[-1]}], got {k}")
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or finite values overflowing: looked at below
-        finite = np.isfinite(logits.sum(-1))  # one sum per row
-    for row in np.flatnonzero(~finite):
-        finite[row] = np.isfinite(logits[row]).all()
+    finite = finite_rows(logits)
     if k == 1:
         ids = np.argmax(logits, axis=-1)[:, None]
         return TopTokens(ids.astype(np.int64), np.take_along_axis(logits, ids, -1).astype(np.float32), finite)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.runtimes.base import Session, TopTokens, forward_top
+from edgegen.runtimes.base import Session, TopTokens, finite_rows, forward_top
 from edgegen.sampling import Sampler
 from edgegen.strategies.drafters import Drafter
 
@@ -132,8 +132,7 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
     NaN or inf logits come from corrupt weights (a flipped byte, a NaN quantization scale) or a model
     quantized too coarsely; decoding on would silently emit token 0 every step.
     """
-    # one float32 sum is NaN/inf when any value is (or when finite values overflow: then look closer)
-    if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
+    if not finite_rows(np.atleast_2d(logits)).all():
         raise _not_finite()
     return logits
 
