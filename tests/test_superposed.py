@@ -297,20 +297,22 @@ def test_drafts_are_distinct_valid_continuations_with_exact_scores(diversity: st
 
 def test_rescoring_costs_one_forward_per_draft_at_most() -> None:
     model = EmbeddingLM(1)
-    sup = Superposed(num_drafts=4, alpha=0.0)
+    sup = Superposed(num_drafts=4, alpha=0.0, continuation="pass")
     run(sup, model, new=20, eos=False)
     assert 20 < model.forwards <= 20 + 4  # drafts sharing a prefix share its forward
 
 
 def test_lanes_penalty_keeps_drafts_apart_at_every_position() -> None:
     model = EmbeddingLM(4)
-    apart = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=1e6, branch=math.inf)
+    apart = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=1e6, branch=math.inf,
+                       continuation="pass")
     run(apart, model, new=12, eos=False)
     for i, a in enumerate(apart.drafts):
         for b in apart.drafts[i + 1 :]:
             assert all(x != y for x, y in zip(a.tokens, b.tokens, strict=True))  # never the same token at a step
     # without a penalty the lanes split on their first token only: the shared distribution decides the rest
-    split = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=0.0, branch=math.inf)
+    split = Superposed(num_drafts=3, alpha=0.0, diversity="lanes", diversity_penalty=0.0, branch=math.inf,
+                       continuation="pass")
     run(split, EmbeddingLM(4), new=12, eos=False)
     assert len({d.tokens[0] for d in split.drafts}) == 3 and len({tuple(d.tokens[1:]) for d in split.drafts}) == 1
 
@@ -411,7 +413,7 @@ def test_rescoring_forwards_only_what_the_pass_did_not_score(seed: int) -> None:
     """With only the leading draft heard (min_weight 0.99), the pass scores it and every draft's shared prefix
     exactly: rescoring forwards each other draft once, from its first own token, and the scores stay exact."""
     model = CountingLM(seed)
-    sup = Superposed(num_drafts=3, alpha=0.0, min_weight=0.99, branch=2.0)
+    sup = Superposed(num_drafts=3, alpha=0.0, min_weight=0.99, branch=2.0, continuation="pass")
     run(sup, model, new=16, eos=False)
     rescored = model.positions[16:]  # after the prefill and the 15 superposed steps
     best = sup.drafts[0].tokens
@@ -456,3 +458,56 @@ def test_superposition_drops_weights_under_the_floor() -> None:
     w = superposition(np.array([0.0, -1.0, -50.0]), floor=1e-3)
     assert w[2] == 0.0 and np.isclose(w.sum(), 1.0) and w[1] > 0
     assert np.allclose(superposition(np.array([0.0, 0.0, 0.0]), floor=0.9), 1 / 3)  # the best are never dropped
+
+
+# ---- drafts that go on from their own distribution (issue 18, third round)
+
+
+def greedy_positions(model: EmbeddingLM, prompt: list[int], draft: list[int]) -> np.ndarray:
+    """Whether each token of ``draft`` is the model's argmax after prompt + the draft's tokens before it."""
+    model.reset()
+    logits = model.forward(np.array(prompt + draft))[len(prompt) - 1 : -1]
+    return np.argmax(logits, axis=1) == np.array(draft)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_own_continuation_is_greedy_after_the_tokens_that_set_a_draft_apart(seed: int) -> None:
+    """continuation="own": once a draft differs from every other draft, each of its tokens is the model's own
+    greedy choice (its own distribution, not the leading draft's); the drafts stay distinct, the scores exact,
+    and how many tokens each forward verifies (lookahead) changes no token."""
+    model = EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0)
+    sup = Superposed(num_drafts=3, alpha=0.0)
+    run(sup, model, new=16)
+    assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
+    for d in sup.drafts:
+        apart = 1 + max(common(d.tokens, o.tokens) for o in sup.drafts if o is not d)
+        assert greedy_positions(model, PROMPT, d.tokens)[apart:].all()
+        assert EOS not in d.tokens[:-1]
+        assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
+    for lookahead in (0, 1, 7):
+        other = Superposed(num_drafts=3, alpha=0.0, lookahead=lookahead)
+        run(other, EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0), new=16)
+        assert [d.tokens for d in other.drafts] == [d.tokens for d in sup.drafts]
+
+
+def common(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_own_continuation_costs_at_most_one_forward_per_decided_token(seed: int) -> None:
+    """Each forward after the pass decides at least one new token of a draft (its verified proposal rows
+    included): the other drafts cost at most one forward per token they decide, one row per token without a
+    lookahead, and verified proposals only save forwards."""
+    counts = {}
+    for lookahead in (0, 4):
+        model = CountingLM(seed, eos_bias=-6.0)
+        sup = Superposed(num_drafts=3, alpha=0.0, lookahead=lookahead)
+        run(sup, model, new=16, eos=False)
+        after = model.positions[16:]  # the prefill and 15 superposed steps come first
+        apart = [1 + max(common(d.tokens, o.tokens) for o in sup.drafts if o is not d) for d in sup.drafts]
+        decided = sum(16 - a for a in apart)  # tokens chosen after a draft differs from all others (at least)
+        assert 0 < len(after) <= decided + 3  # + one forward of only kept tokens per draft, at most
+        assert sum(after) <= 16 * 3 - 16 + (lookahead + 1) * len(after)  # the leading draft's rows are the pass's
+        counts[lookahead] = len(after)
+    assert counts[4] <= counts[0]

@@ -47,6 +47,7 @@ from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import common_prefix_length
 from edgegen.sampling import SamplingConfig
 from edgegen.strategies.base import DecodeRequest, RankedDraft, Strategy, prefill, step, step_embeddings
+from edgegen.strategies.drafters import PromptLookupDrafter
 
 # The paper's n-gram weight, used when a store is given. Without one the default is the LM alone: the
 # default store is counted from the Python standard library, and with it any alpha > 0 made drafts worse
@@ -65,6 +66,12 @@ DEFAULT_MIN_WEIGHT = 1e-3
 # nats: a draft branches off its twin where a token the twin did not take is at least half as likely as the
 # best one (docs/superposed.md has the sweep; inf: every draft branches at the first token)
 DEFAULT_BRANCH = math.log(2)
+# How a draft goes on after its branch token (rescore=True): "own": greedy from its own distribution (decoded by
+# the model, a few lookup-proposed tokens verified per forward); "pass": the tokens the pass chose for it from the
+# leading draft's distribution (docs/superposed.md, third round).
+CONTINUATIONS = ("own", "pass")
+DEFAULT_CONTINUATION = "own"
+LOOKAHEAD = 4  # proposed tokens verified per forward while a draft continues from its own distribution
 
 
 class NgramScorer(Protocol):
@@ -239,6 +246,10 @@ class Superposed(Strategy):
     min_weight: superposition weights below it are dropped (0: every alive draft is heard).
     branch: ("lanes", "sample") a draft identical to a better-ranked one branches off at the first step where a
     token the other did not take is within ``branch`` nats of its best (inf: all k branch at the first token).
+    continuation: (rescore, "lanes" and "sample", alpha 0) "own": after the tokens that set it apart, each draft
+    goes on greedily from its own distribution, decoded by the model (``lookahead`` tokens proposed by prompt
+    lookup over the prompt and the drafts are verified per forward); "pass": each draft keeps the tokens the pass
+    chose for it.
     """
 
     name: ClassVar[str] = "superposed"
@@ -250,7 +261,8 @@ class Superposed(Strategy):
                  diversity: str = DEFAULT_DIVERSITY, diversity_penalty: float = DEFAULT_PENALTY,
                  sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE, seed: int = 0,
                  min_distance: int = DEFAULT_MIN_DISTANCE, adaptive: bool = False, rescore: bool = True,
-                 min_weight: float = DEFAULT_MIN_WEIGHT, branch: float = DEFAULT_BRANCH) -> None:
+                 min_weight: float = DEFAULT_MIN_WEIGHT, branch: float = DEFAULT_BRANCH,
+                 continuation: str = DEFAULT_CONTINUATION, lookahead: int = LOOKAHEAD) -> None:
         if num_drafts < 1:
             raise ValueError(f"num_drafts must be >= 1, got {num_drafts}")
         if alpha is None:
@@ -271,6 +283,11 @@ class Superposed(Strategy):
             raise ValueError(f"branch must be a number >= 0 (inf: branch at the first token), got {branch}")
         if not 0 <= min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+        if continuation not in CONTINUATIONS:
+            raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}, got {continuation!r}")
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+        self.continuation, self.lookahead = continuation, lookahead
         self.num_drafts, self.alpha, self.lm_temperature = num_drafts, alpha, lm_temperature
         self.num_candidates = 3 * num_drafts if num_candidates is None else num_candidates
         if self.num_candidates < 1:
@@ -356,9 +373,12 @@ class Superposed(Strategy):
         drafts = [d for d, _ in ranked]
         if self.rescore:
             start = time.perf_counter()
-            scored = rescore(request, [d.tokens for d in drafts], [e for _, e in ranked], exact.held)
-            drafts = sorted((RankedDraft(d.tokens, s) for d, s in zip(drafts, scored, strict=True)),
-                            key=lambda d: -d.score)
+            # the beam rules' drafts are what their bookkeeping kept, and with an n-gram model what the store
+            # steered: those keep the pass's tokens
+            own = self.continuation == "own" and self.alpha == 0 and self.diversity not in BEAMS
+            scored = rescore(request, [d.tokens for d in drafts], [e for _, e in ranked], exact.held, t + 1,
+                             self.lookahead if own else None)
+            drafts = sorted((RankedDraft(tokens, score) for tokens, score in scored), key=lambda d: -d.score)
             counters.extra["rescore_s"] = counters.extra.get("rescore_s", 0.0) + time.perf_counter() - start
         self.drafts = drafts
         yield list(self.drafts[0].tokens)
@@ -432,37 +452,71 @@ class PassLogProbs:
         return self._logp[i, : self._count[i]].copy()
 
 
-def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndarray], held: list[int]) -> list[float]:
-    """Each draft's mean log-probability per token under the target (teacher forcing after the prompt).
+def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndarray], held: list[int],
+            length: int = 0, own: int | None = None) -> list[tuple[list[int], float]]:
+    """Each draft's tokens and exact mean log-probability per token under the target (teacher forcing after the
+    prompt).
 
-    ``known[i]``: the exact log-probs of draft i's leading tokens (from the pass); ``held``: the generated
-    tokens the cache holds exactly after the prompt. Only the rest is forwarded, from the first position
-    whose log-prob is missing: a draft continues from the cache where it shares ``held`` (or the previous
-    forwarded draft), and reuses the previous forward's rows for the prefix they share. Drafts go in
-    decreasing order of known prefix, so a forward never overwrites a position a later draft still needs.
+    ``known[i]``: the exact log-probs of draft i's leading tokens (from the pass); ``held``: the generated tokens
+    the cache holds exactly after the prompt. Only the rest is forwarded, from the first position whose log-prob
+    is missing: a draft continues from the cache where it shares ``held`` (what the last forward left there), and
+    takes the log-probs of a prefix it shares with a draft already scored from that draft. Drafts go in
+    decreasing order of known prefix, so a forward rarely overwrites a position a later draft needs.
+
+    ``own`` (a lookahead, None: keep every draft's tokens): a draft keeps its tokens up to the first one that sets
+    it apart from every other draft (and those already scored), then goes on greedily from its own distribution
+    up to ``length`` tokens or EOS: each forward also verifies ``own`` tokens proposed by prompt lookup over the
+    prompt and the drafts, keeping those equal to the model's own greedy choice. The drafts stay distinct.
     """
-    n0 = len(request.prompt_ids)
-    held = list(held)
-    out: dict[int, float] = {}
-    previous: list[int] = []
-    first, logits, lse = 0, np.zeros((0, 0), np.float32), np.zeros(0)  # the previous forward: token index of its row 0
+    n0, prompt = len(request.prompt_ids), list(request.prompt_ids)
+    held, current = list(held), [list(d) for d in drafts]
+    done: list[tuple[list[int], list[float]]] = []  # drafts scored so far: tokens and exact log-probs
+    out: dict[int, tuple[list[int], float]] = {}
     for i in sorted(range(len(drafts)), key=lambda i: (-len(known[i]), drafts[i])):
-        d, logp = drafts[i], list(known[i])
-        shared = common_prefix_length(d, previous)  # the previous forward's row of token j is d's own for j <= shared
-        while first <= len(logp) <= shared and len(logp) - first < len(logits) and len(logp) < len(d):
-            r = len(logp) - first
-            logp.append(float(logits[r, d[len(logp)]] - lse[r]))
-        if len(logp) < len(d):
+        d, logp = list(drafts[i]), list(known[i])
+        proposer = None
+        if own is not None and len(logp) < len(d):
+            apart = max([len(logp)] + [common_prefix_length(d, o) + 1 for j, o in enumerate(current) if j != i])
+            d, length_i = d[:apart], length
+            proposer = PromptLookupDrafter()
+            others = [t for j, o in enumerate(current) if j != i for t in o]
+        else:
+            length_i = len(d)
+        for tokens, scores in done:  # rows of a shared prefix, already forwarded
+            while len(logp) < min(common_prefix_length(d, tokens), len(scores)):
+                logp.append(scores[len(logp)])
+        while True:
+            grow = proposer is not None and len(d) < length_i and d[-1] not in request.eos_token_ids
+            if len(logp) == len(d) and not grow:
+                break
             start = min(len(logp), common_prefix_length(d, held) + 1)  # the cache must hold d[:start - 1]
+            proposal = []
+            if grow and own:
+                proposal = proposer.propose(prompt + others + d, min(own, length_i - len(d) - 1),
+                                            request.sampler).tokens
+            ext = d + proposal
+            feed = (prompt + ext)[n0 + start - 1 : n0 + len(ext) - (not grow)]
             request.target.trim(n0 + start - 1)
-            first, logits = start, step(request, d[start - 1 : -1])[0]
+            logits = step(request, feed)[0]
             lse = logsumexp(logits)
-            logp = logp[:start] + (logits[np.arange(len(d) - start), d[start:]] - lse).tolist()
-            held = held[: start - 1] + d[start - 1 : -1]
-            previous = d
-        out[i] = float(np.mean(logp))
+            held = ext[: start - 1 + len(feed)]
+            base = len(d)  # tokens fixed before this forward; the rows after them choose
+            for r in range(len(logits)):
+                at = start + r  # the token index row r predicts
+                if at < len(logp):
+                    continue
+                if at < base:
+                    logp.append(float(logits[r, d[at]] - lse[r]))
+                    continue
+                token = int(np.argmax(logits[r]))
+                d.append(token)
+                logp.append(float(logits[r, token] - lse[r]))
+                if len(d) >= length_i or token in request.eos_token_ids or at >= len(ext) or ext[at] != token:
+                    break
+        current[i] = d
+        done.append((d, logp))
+        out[i] = (d, float(np.mean(logp)))
     return [out[i] for i in range(len(drafts))]
-
 
 
 def _check_vocabulary(store: NgramScorer | None, request: DecodeRequest) -> None:
