@@ -476,7 +476,7 @@ def test_own_continuation_is_greedy_after_the_tokens_that_set_a_draft_apart(seed
     greedy choice (its own distribution, not the leading draft's); the drafts stay distinct, the scores exact,
     and how many tokens each forward verifies (lookahead) changes no token."""
     model = EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0)
-    sup = Superposed(num_drafts=3, alpha=0.0)
+    sup = Superposed(num_drafts=3, alpha=0.0, continuation="own")
     run(sup, model, new=16)
     assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
     for d in sup.drafts:
@@ -485,7 +485,7 @@ def test_own_continuation_is_greedy_after_the_tokens_that_set_a_draft_apart(seed
         assert EOS not in d.tokens[:-1]
         assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
     for lookahead in (0, 1, 7):
-        other = Superposed(num_drafts=3, alpha=0.0, lookahead=lookahead)
+        other = Superposed(num_drafts=3, alpha=0.0, continuation="own", lookahead=lookahead)
         run(other, EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0), new=16)
         assert [d.tokens for d in other.drafts] == [d.tokens for d in sup.drafts]
 
@@ -502,7 +502,7 @@ def test_own_continuation_costs_at_most_one_forward_per_decided_token(seed: int)
     counts = {}
     for lookahead in (0, 4):
         model = CountingLM(seed, eos_bias=-6.0)
-        sup = Superposed(num_drafts=3, alpha=0.0, lookahead=lookahead)
+        sup = Superposed(num_drafts=3, alpha=0.0, continuation="own", lookahead=lookahead)
         run(sup, model, new=16, eos=False)
         after = model.positions[16:]  # the prefill and 15 superposed steps come first
         apart = [1 + max(common(d.tokens, o.tokens) for o in sup.drafts if o is not d) for d in sup.drafts]

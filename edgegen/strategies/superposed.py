@@ -66,11 +66,11 @@ DEFAULT_MIN_WEIGHT = 1e-3
 # nats: a draft branches off its twin where a token the twin did not take is at least half as likely as the
 # best one (docs/superposed.md has the sweep; inf: every draft branches at the first token)
 DEFAULT_BRANCH = math.log(2)
-# How a draft goes on after its branch token (rescore=True): "own": greedy from its own distribution (decoded by
-# the model, a few lookup-proposed tokens verified per forward); "pass": the tokens the pass chose for it from the
-# leading draft's distribution (docs/superposed.md, third round).
-CONTINUATIONS = ("own", "pass")
-DEFAULT_CONTINUATION = "own"
+# How a draft goes on after its branch token (rescore=True): "pass": the tokens the pass chose for it from the
+# leading draft's distribution; "own": greedy from its own distribution, decoded by the model (a few lookup-proposed
+# tokens verified per forward): better drafts, but ~one generation per draft (docs/superposed.md, third round).
+CONTINUATIONS = ("pass", "own")
+DEFAULT_CONTINUATION = "pass"
 LOOKAHEAD = 4  # proposed tokens verified per forward while a draft continues from its own distribution
 
 
@@ -246,10 +246,10 @@ class Superposed(Strategy):
     min_weight: superposition weights below it are dropped (0: every alive draft is heard).
     branch: ("lanes", "sample") a draft identical to a better-ranked one branches off at the first step where a
     token the other did not take is within ``branch`` nats of its best (inf: all k branch at the first token).
-    continuation: (rescore, "lanes" and "sample", alpha 0) "own": after the tokens that set it apart, each draft
-    goes on greedily from its own distribution, decoded by the model (``lookahead`` tokens proposed by prompt
-    lookup over the prompt and the drafts are verified per forward); "pass": each draft keeps the tokens the pass
-    chose for it.
+    continuation: "pass": each draft keeps the tokens the pass chose for it; "own" (rescore, "lanes" and "sample",
+    alpha 0): after the tokens that set it apart, each draft goes on greedily from its own distribution, decoded
+    by the model (``lookahead`` tokens proposed by prompt lookup over the prompt and the drafts are verified per
+    forward).
     """
 
     name: ClassVar[str] = "superposed"
