@@ -376,6 +376,8 @@ def test_lanes_keep_k_drafts_when_the_ngram_filter_rejects_candidates() -> None:
     ({"diversity_penalty": -1.0}, "diversity_penalty must be"),
     ({"sample_temperature": 0.0}, "sample_temperature must be"),
     ({"min_distance": 0}, "min_distance must be >= 1"),
+    ({"continuation": "mine"}, "continuation must be one of"),
+    ({"lookahead": -1}, "lookahead must be >= 0"),
 ])
 def test_bad_diversity_options_are_one_line(options: dict, needle: str) -> None:
     with pytest.raises(EdgegenError) as e:
