@@ -109,13 +109,11 @@ def _npu_properties(folder: Path) -> dict[str, Any]:
     import os
 
     from edgegen.manifest import read_manifest
-    from edgegen.runtimes.openvino_npu import NPUW_ENV, npu_shapes
+    from edgegen.runtimes.openvino_npu import NPUW_ENV, npu_shapes, npuw_device_properties
 
     shapes = npu_shapes(read_manifest(folder))
     props: dict[str, Any] = {"MAX_PROMPT_LEN": shapes["max_prompt_len"], "MIN_RESPONSE_LEN": shapes["min_response_len"]}
-    if os.environ.get(NPUW_ENV):
-        props["NPUW_DEVICES"] = os.environ[NPUW_ENV]
-    return props
+    return props | npuw_device_properties(os.environ.get(NPUW_ENV))
 
 
 def _token_streamer(ovg: Any, on_token: TokenCallback) -> Any:

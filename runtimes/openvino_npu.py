@@ -51,8 +51,20 @@ def npuw_config(shapes: dict[str, int], npuw_devices: str | None) -> dict[str, o
         "NPUW_LLM_MIN_RESPONSE_LEN": shapes["min_response_len"] + shapes["max_generation_len"],
         "NPUW_LLM_MAX_GENERATION_TOKEN_LEN": shapes["max_generation_len"],
     }
-    if npuw_devices:
-        config["NPUW_DEVICES"] = npuw_devices
+    return config | npuw_device_properties(npuw_devices)
+
+
+def npuw_device_properties(npuw_devices: str | None) -> dict[str, object]:
+    """Where NPUW places the pieces (``NPUW_DEVICES``), and how when every piece runs on the CPU (no NPU: tests,
+    CI, the bench here): the model as one piece, unfolded. NPUW's default partitioning (folded repeated layers,
+    f16 between pieces) makes a row's logits move by up to ~0.03 with its place in a K-row call, which turns
+    near-ties between AR and verification; as one piece they move by < 0.01 and a step is faster (docs/npu.md).
+    An NPU keeps NPUW's defaults. openvino-genai's NPU pipeline gets the same (runtimes.baselines)."""
+    if not npuw_devices:
+        return {}
+    config: dict[str, object] = {"NPUW_DEVICES": npuw_devices}
+    if npuw_devices.upper() == "CPU":
+        config |= {"NPUW_ONLINE_PIPELINE": "NONE", "NPUW_FOLD": "NO"}
     return config
 
 

@@ -33,6 +33,9 @@ def _npuw_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 SHAPES = {"max_prompt_len": 128, "min_response_len": 64, "max_generation_len": 8}
+# How far a row's logits may move with the call it is in on NPUW's CPU placement (runtimes.openvino_npu.
+# npuw_device_properties; docs/npu.md).
+NPU_ROW_NOISE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,9 @@ def test_npu_session_steps_and_rolls_back_like_a_fresh_run(npu_gen: edgegen.Gene
     session.trim(len(prompt))  # drop all 12: NPUW still holds their entries, which must not be attended
     chunked = session.forward(tokens)  # 12 rows > max_step: two calls
     assert chunked.shape == one_by_one.shape
-    np.testing.assert_allclose(chunked, one_by_one, atol=0.05)
+    # Rows move with the call they are in (NPUW places a call's keys after its static cache), by less than
+    # NPU_ROW_NOISE on the CPU placement (NPUW's default partitioning: up to 0.03).
+    np.testing.assert_allclose(chunked, one_by_one, rtol=0, atol=NPU_ROW_NOISE)
     session.trim(len(prompt) + 3)
     again = session.forward(tokens[3:7])
     np.testing.assert_allclose(again, one_by_one[3:7], atol=0.05)
@@ -153,17 +158,38 @@ def test_npu_export_is_symmetric_int4_with_static_shapes_and_embeddings(npu_mode
     assert manifest.has_embeddings()
 
 
+def ar_margins(gen: edgegen.Generator, want: edgegen.GenerationResult) -> np.ndarray:
+    """AR's own gap between its best and second-best logit before each token of ``want`` (one token per
+    call, as AR runs)."""
+    session = gen.session
+    session.reset()
+    rows = [session.forward(np.asarray(want.prompt_token_ids), last_only=True)[-1]]
+    rows += [session.forward(np.array([t]))[-1] for t in want.token_ids[:-1]]
+    top2 = np.sort(np.stack(rows), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def assert_npu_ar_tokens(got: edgegen.GenerationResult, want: edgegen.GenerationResult, margins: np.ndarray,
+                         what: object) -> None:
+    """``got`` is AR's output, except that it may leave AR at a near-tie that the NPU path's row numerics
+    can turn (AR's top two within NPU_ROW_NOISE there: docs/npu.md); nowhere else."""
+    n = next((i for i, (a, b) in enumerate(zip(got.token_ids, want.token_ids, strict=True)) if a != b), None)
+    if n is not None:
+        assert margins[n] < NPU_ROW_NOISE, (what, n, float(margins[n]))
+
+
 @pytest.mark.real_npu
 def test_real_model_every_strategy_matches_npu_ar(npu_model: Path, cache_root: Path) -> None:
     gen = edgegen.load(npu_model, device="NPU", draft="default")  # the shipped FastDraft drafter, on the CPU
     lud = edgegen.load("default-lud", device="NPU")
     for prompt, chat in (("def fibonacci(n):", False), ("Explain photosynthesis in two sentences.", True)):
         want = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar", ignore_eos=True)
+        margins = ar_margins(gen, want)
         for strategy, options in (("prompt-lookup", {}), ("speculative", {}), ("superposed", {"num_drafts": 1})):
             got = gen.generate(prompt, max_new_tokens=48, chat=chat, strategy=strategy, ignore_eos=True, **options)
-            assert got.token_ids == want.token_ids, (strategy, prompt)
+            assert_npu_ar_tokens(got, want, margins, (strategy, prompt))
         want = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="ar", ignore_eos=True)
         got = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", verified=True, ignore_eos=True)
-        assert got.token_ids == want.token_ids, ("lexical", prompt)
+        assert_npu_ar_tokens(got, want, ar_margins(lud, want), ("lexical", prompt))
         unverified = lud.generate(prompt, max_new_tokens=48, chat=chat, strategy="lexical", ignore_eos=True)
         assert len(unverified.token_ids) == 48 and unverified.token_ids[0] == want.token_ids[0]
