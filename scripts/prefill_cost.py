@@ -14,7 +14,8 @@ round on a fresh random prompt; the first round is a warm-up. Variants:
 - ``fp32``: every MatMulNBits but the LM head replaced by a MatMul over the weights dequantized to fp32
   (ONNX Runtime prepacks them for SGEMM), what a prefill over fp32 weights costs.
 
-The variant graphs are written under a temporary folder (acc1 hard-links the weights; fp32 writes ~570 MB).
+The variant graphs are written under a temporary folder, removed at the end (acc1 hard-links the weights; fp32
+writes ~570 MB).
 Measurements on a shared machine are noisy: quote the ratios, with the load average printed at the end.
 """
 
@@ -50,9 +51,8 @@ def prefill(session: OnnxRuntimeSession, ids: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def profile(folder: Path, lengths: list[int]) -> None:
+def profile(folder: Path, lengths: list[int], tmp: Path) -> None:
     make = ort.InferenceSession
-    tmp = tempfile.mkdtemp()
 
     def profiled(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         options.enable_profiling = True
@@ -162,8 +162,7 @@ def attach_prefill(session: OnnxRuntimeSession, graph: Path, entries: dict[str, 
     session._pinned = other, binding, values  # keep them alive
 
 
-def compare(folder: Path, lengths: list[int], rounds: int, variants: list[str]) -> None:
-    tmp = Path(tempfile.mkdtemp())
+def compare(folder: Path, lengths: list[int], rounds: int, variants: list[str], tmp: Path) -> None:
     sessions: dict[str, OnnxRuntimeSession] = {}
     for name in ["shipped", *variants]:
         session = edgegen.load(folder, backend="onnxruntime").session
@@ -199,10 +198,11 @@ def main() -> None:
     parser.add_argument("--variant", action="append", choices=["spin", "latency", "acc1", "fp32"])
     args = parser.parse_args()
     lengths = args.tokens or [128, 1000]
-    if args.command == "profile":
-        profile(args.folder, lengths)
-    else:
-        compare(args.folder, lengths, args.rounds, args.variant or ["acc1", "fp32"])
+    with tempfile.TemporaryDirectory() as tmp:  # profiles and variant graphs (~570 MB for fp32) go away after
+        if args.command == "profile":
+            profile(args.folder, lengths, Path(tmp))
+        else:
+            compare(args.folder, lengths, args.rounds, args.variant or ["acc1", "fp32"], Path(tmp))
 
 
 if __name__ == "__main__":
