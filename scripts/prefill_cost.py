@@ -133,8 +133,7 @@ def model_vocab(model: onnx.ModelProto) -> int:
 def attach_prefill(session: OnnxRuntimeSession, graph: Path, entries: dict[str, str]) -> None:
     """Run ``session``'s last-row (prefill) forwards on ``graph``, bound to the same KV buffers."""
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    for key, value in entries.items():
+    for key, value in {"session.intra_op.allow_spinning": "0", **entries}.items():  # the shipped session's setting
         options.add_session_config_entry(key, value)
     other = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     binding = other.io_binding()
