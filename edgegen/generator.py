@@ -176,7 +176,7 @@ class Generator:
         constraint = self._constraint(constraint, response_format)
         name = self._strategy_name(check_text("strategy", strategy), config.temperature, constraint)
         decoder = make_strategy(name, self._drafter_for(name), **options)
-        session = self._session_for(decoder)
+        session = self.session_for(decoder)
         limit = session.max_length
         prompt_limit = getattr(session, "max_prompt_length", limit)  # a static NPU prefill graph's length
         if len(prompt_ids) > prompt_limit:
@@ -233,11 +233,11 @@ class Generator:
                 self._default_drafter = self._open_default_drafter()
         return self._default_drafter
 
-    def _session_for(self, decoder: Strategy) -> runtimes.Session:
-        """The session a strategy runs on. Superposed decoding feeds input embeddings: on a Generator
-        loaded without ``embeddings=True`` its first call opens a second session on the export's
-        input-embedding graph (adding the graph to a cached auto-export once) and keeps it; loading
-        with ``embeddings=True`` avoids that second copy of the weights."""
+    def session_for(self, decoder: Strategy) -> runtimes.Session:
+        """The session a strategy runs on (``generate`` and the bench's engines). Superposed decoding feeds
+        input embeddings: on a Generator loaded without ``embeddings=True`` its first call opens a second
+        session on the export's input-embedding graph (adding the graph to a cached auto-export once) and
+        keeps it; loading with ``embeddings=True`` avoids that second copy of the weights."""
         if not decoder.needs_embeddings or hasattr(self.session, "forward_embeddings"):
             return self.session
         with self._opening:

@@ -135,3 +135,27 @@ def test_chat_bench_turn_one_is_a_cold_prefill(int8_model: Path) -> None:
     first_turn = chat._gen._prompt_ids([{"role": "user", "content": "Hi"}], chat=True)
     assert chat._gen.session.position > 0  # the warm-up ran
     assert chat._gen.session.common_prefix(first_turn) == 0
+
+
+def test_a_strategy_that_releases_its_tokens_at_the_end_is_timed_from_its_first_decided_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgegen.bench.runner as runner
+    from edgegen.bench.engines import FIRST_TOKEN_AT
+
+    clock = iter(range(100))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(clock)))
+
+    class LateEngine:  # decides a token per tick, releases all four at the end (as superposed decoding does)
+        name = "late"
+
+        def generate(self, prompt_ids: list[int], new_tokens: int, on_token) -> dict[str, float]:
+            first = runner.time.perf_counter()  # tick 1: the first token decided (tick 0: the call)
+            for _ in range(2):
+                runner.time.perf_counter()
+            for token in range(new_tokens):
+                on_token(token)  # ticks 4..7
+            return {FIRST_TOKEN_AT: first, "target_steps": 4.0}
+
+    timing = runner.measure(LateEngine(), [1, 2], 4)
+    assert (timing.ttft_s, timing.decode_s) == (1.0, 6.0)  # not 4.0 and 3.0 from the release stamps
+    assert timing.engine_metrics == {"target_steps": 4.0}

@@ -64,7 +64,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     many turns, edgegen's API against openvino-genai's chat mode (``bench.chat``).
     device: where the engines run. "NPU" (EDGEGEN_NPUW_DEVICES=CPU: the NPUW path on the CPU) runs an NPU export
     (the default model's core-ultra-npu auto-export, or ``model`` as exported), openvino-genai's NPU pipelines
-    as anchors, and speculative decoding with the drafter on each device (the placement table: docs/npu.md);
+    as anchors, speculative decoding with the drafter on each device (the placement table: docs/npu.md) and,
+    with --strategy speculative, prompt lookup and superposed decoding (its first draft against AR);
     peak RSS, TTFT at lengths and the chat bench run on the CPU only.
     """
     from edgegen.bench.load import LOADS
@@ -107,8 +108,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
 
             folder = resolve_model(model, load_profile(DEVICE_PROFILES[device]))
         placements = [device]  # the drafter beside the target, besides the profile's placement (CPU)
-        if strategy == "speculative":
-            also = [*also, "prompt-lookup"]  # every drafting strategy of this bench in one run
+        if strategy == "speculative":  # every drafting strategy on the target in one run
+            also = [*also, "prompt-lookup", "superposed"]
     if folder is not None and weights and set(weights) != {folder_weights(folder)}:
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     bandwidth = _bandwidth()

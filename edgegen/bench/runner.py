@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from edgegen.bench.engines import EDGEGEN_BACKENDS, EngineSpec
+from edgegen.bench.engines import EDGEGEN_BACKENDS, FIRST_TOKEN_AT, EngineSpec
 from edgegen.bench.load import background_load
 from edgegen.errors import EdgegenError
 from edgegen.manifest import is_model_folder, read_manifest
@@ -120,7 +120,9 @@ def measure(engine: TokenEngine, prompt_ids: list[int], new_tokens: int) -> Timi
     metrics = engine.generate(list(prompt_ids), new_tokens, on_token)
     if len(tokens) != new_tokens:
         raise EdgegenError(f"{engine.name} produced {len(tokens)} tokens, expected {new_tokens}")
-    return Timing(tokens, stamps[0] - start, stamps[-1] - stamps[0], dict(metrics or {}))
+    metrics = dict(metrics or {})
+    first = min(metrics.pop(FIRST_TOKEN_AT, 0.0) or stamps[0], stamps[0])  # decided before it was released
+    return Timing(tokens, first - start, stamps[-1] - first, metrics)
 
 
 def exported_folder(model: str | None) -> Path | None:
