@@ -56,15 +56,15 @@ def npuw_config(shapes: dict[str, int], npuw_devices: str | None) -> dict[str, o
 
 def npuw_device_properties(npuw_devices: str | None) -> dict[str, object]:
     """Where NPUW places the pieces (``NPUW_DEVICES``), and how when every piece runs on the CPU (no NPU: tests,
-    CI, the bench here): the model as one piece, unfolded. NPUW's default partitioning (folded repeated layers,
-    f16 between pieces) makes a row's logits move by up to ~0.03 with its place in a K-row call, which turns
-    near-ties between AR and verification; as one piece they move by < 0.01 and a step is faster (docs/npu.md).
-    An NPU keeps NPUW's defaults. openvino-genai's NPU pipeline gets the same (runtimes.baselines)."""
+    CI, the bench here): f32 between the pieces. NPUW's f16 interconnect (an NPU computes in f16) rounds on the
+    CPU what it would not, and made a row's logits move by up to ~0.03 with its place in a K-row call, which
+    turns near-ties between AR and verification; without it they move by < 0.01 (docs/npu.md). An NPU keeps
+    NPUW's defaults. openvino-genai's NPU pipeline gets the same (runtimes.baselines)."""
     if not npuw_devices:
         return {}
     config: dict[str, object] = {"NPUW_DEVICES": npuw_devices}
     if npuw_devices.upper() == "CPU":
-        config |= {"NPUW_ONLINE_PIPELINE": "NONE", "NPUW_FOLD": "NO"}
+        config["NPUW_F16IC"] = "NO"
     return config
 
 

@@ -35,7 +35,7 @@ def _npuw_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 SHAPES = {"max_prompt_len": 128, "min_response_len": 64, "max_generation_len": 8}
 # How far a row's logits may move with the call it is in on NPUW's CPU placement (runtimes.openvino_npu.
 # npuw_device_properties; docs/npu.md).
-NPU_ROW_NOISE = 0.01
+NPU_ROW_NOISE = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_npu_session_steps_and_rolls_back_like_a_fresh_run(npu_gen: edgegen.Gene
     chunked = session.forward(tokens)  # 12 rows > max_step: two calls
     assert chunked.shape == one_by_one.shape
     # Rows move with the call they are in (NPUW places a call's keys after its static cache), by less than
-    # NPU_ROW_NOISE on the CPU placement (NPUW's default partitioning: up to 0.03).
+    # NPU_ROW_NOISE on the CPU placement (with NPUW's f16 interconnect: up to 0.03).
     np.testing.assert_allclose(chunked, one_by_one, rtol=0, atol=NPU_ROW_NOISE)
     session.trim(len(prompt) + 3)
     again = session.forward(tokens[3:7])
