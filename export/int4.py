@@ -6,10 +6,9 @@
   quantization error, no calibration data), applied by NNCF itself on OpenVINO (`ratio=`) and by
   ``int8_weight_names`` below on ONNX (the same NNCF function over the builder's fp32 MatMul weights).
 
-This is the shape of optimum-intel's tuned int4 configs (a ratio with an int8 backup; theirs run 0.6-1.0 on 1-13B
-models). Ours is lower, set so that the smallest real model we gate passes at the cpu profile's symmetric groups
-of 128: a 4-bit GGUF source dequantized to fp32 loses a second rounding at int4 (Gemma 3 270M, docs/models.md).
-A larger model loses less per int4 weight, so the ratio costs it size, not quality.
+This is what optimum-intel's tuned int4 configs do for many models (ratio 0.6-0.9 with an int8 backup); the
+ratio is lower here because a 4-bit GGUF source dequantized to fp32 loses a second rounding at int4
+(docs/models.md, Gemma 3 270M).
 """
 
 from __future__ import annotations
