@@ -17,7 +17,6 @@ ONNX_SUBDIR = "onnx"
 ONNX_EMBEDS_SUBDIR = "onnx-embeds"  # the inputs_embeds graph (superposed decoding), built on request
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 16: "bfloat16"}  # onnx.TensorProto element types
 _BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MatMulNBits accepts
-_INT4_ACCURACY_LEVEL = 4  # MatMulNBits compute: int8 activations on CPU, the builder's CPU default
 
 
 def build_onnx(
@@ -48,16 +47,14 @@ def build_onnx(
     subdir = ONNX_EMBEDS_SUBDIR if embeds else ONNX_SUBDIR
     out = model_folder / subdir
     extra = ["exclude_embeds=true"] if embeds else []
-    # int4 is edgegen's mixed int4/int8 recipe (export/int4.py): the builder writes the fp32 graph with an untied
-    # LM head (its own MatMul weight; the embedding stays float), then _quantize_int4 picks and quantizes.
-    builder_weights = "fp32" if weights == "int4" else weights
-    if weights == "int8":
+    if quantized:
         # The builder defaults to symmetric; edgegen's --sym defaults to asymmetric like NNCF, so be explicit.
         extra += [f"block_size={group_size}", f"is_symmetric={'true' if sym else 'false'}"]
-    elif weights == "int4":
-        # q, k and v as their own MatMuls, so each gets its own int4/int8 pick as NNCF gives them on OpenVINO
-        # (k and v are small and sensitive; a fused qkv goes to int4 or int8 as a whole).
-        extra += ["shared_embeddings=false", "disable_qkv_fusion=true"]
+        if weights == "int4" and not sym:
+            # Builder 0.18 bug: a tied embedding quantized to asymmetric uint4 (GatherBlockQuantized) gives
+            # a graph ONNX Runtime refuses to load (uint8 Reshape output where float is expected).
+            # Untied, the embedding stays float and only the LM head MatMul is quantized.
+            extra.append("shared_embeddings=false")
     root = logging.getLogger()
     root_state = (root.level, list(root.handlers))
     try:
@@ -69,10 +66,9 @@ def build_onnx(
     except Exception as e:
         raise EdgegenError(f"the ONNX model builder (onnxruntime-genai) cannot be imported: {e}") from None
     try:
-        opts = parse_extra_options(None, str(hf_dir), str(out), builder_weights, execution_provider, str(cache_dir),
-                                   extra)
+        opts = parse_extra_options(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), extra)
         normalize_for_onnx_builder(opts["hf_details"]["hf_config"])  # transformers 5 configs the builder misreads
-        create_model(None, str(hf_dir), str(out), builder_weights, execution_provider, str(cache_dir), **opts)
+        create_model(None, str(hf_dir), str(out), weights, execution_provider, str(cache_dir), **opts)
     except (NotImplementedError, ValueError) as e:
         raise EdgegenError(
             f"the ONNX builder cannot export this model ({weights}, {execution_provider}): {e}"
@@ -82,8 +78,6 @@ def build_onnx(
         root.handlers[:] = root_state[1]
     if not (out / "model.onnx").is_file():
         raise EdgegenError(f"the ONNX builder produced no model.onnx in {out}")
-    if weights == "int4":
-        _quantize_int4(out / "model.onnx", sym=sym, group_size=group_size)
     if embeds:
         # The runtime tokenizes with the folder's tokenizer.json; the builder's copies only serve the
         # onnxruntime-genai baseline, which runs the normal graph.
@@ -101,39 +95,6 @@ def build_onnx(
     # built for onnxruntime-genai, the bench anchor.
     edited, edits = edit_onnx(model_folder / info.path, info.logits)
     return replace(info, path=str(edited.relative_to(model_folder)), edits=edits)
-
-
-def _quantize_int4(graph_path: Path, *, sym: bool, group_size: int) -> None:
-    """Quantize the fp32 graph's MatMul weights in place to edgegen's int4 recipe (export/int4.py) with ONNX
-    Runtime's MatMulNBits quantizer, as the builder does (its default MLAS quantizer, accuracy level 4 on CPU):
-    an int4 pass over the chosen weights, then an int8 pass over the LM head and the rest."""
-    import onnx
-    from onnx import numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    from edgegen.export.int4 import int8_weight_names
-
-    model = onnx.load(str(graph_path))
-    inits = {i.name: i for i in model.graph.initializer}
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    if not matmuls:
-        raise EdgegenError(f"the ONNX graph {graph_path.name} has no MatMul weights to quantize")
-    head, body = matmuls[-1], matmuls[:-1]  # the builder emits the LM head last
-    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in body}
-    int8 = sorted(int8_weight_names(weights) | {head.name})
-    del weights, inits
-    common = {"block_size": group_size, "is_symmetric": sym, "accuracy_level": _INT4_ACCURACY_LEVEL,
-              "op_types_to_quantize": ("MatMul",)}
-    int4_pass = MatMulNBitsQuantizer(model, bits=4, nodes_to_exclude=int8, **common)
-    int4_pass.process()
-    int8_pass = MatMulNBitsQuantizer(int4_pass.model.model, bits=8, nodes_to_include=int8, **common)
-    int8_pass.process()
-    data = graph_path.with_name(graph_path.name + ".data")
-    tmp = graph_path.with_name("." + graph_path.name + ".tmp")
-    data.unlink()  # the new graph writes its own data file under the same name
-    onnx.save(int8_pass.model.model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=data.name, size_threshold=1024)
-    tmp.replace(graph_path)
 
 
 def describe_onnx(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from edgegen.errors import EdgegenError
 from edgegen.export.families import openvino_export_configs
-from edgegen.export.int4 import INT4_RATIO
 from edgegen.export.progress import warn
 from edgegen.manifest import GraphInfo, KVCacheLayout
 
@@ -67,10 +66,8 @@ def _model_type(hf_dir: Path) -> str:
 def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_size: int) -> int:
     """Compress the IR's weights in place with NNCF (int8 per-channel, int4 grouped); returns the group size used.
 
-    int8 in NNCF is per-channel only, so its group size is always -1. int4 is edgegen's mixed int4/int8 recipe
-    (export/int4.py): embeddings and the LM head at int8, INT4_RATIO of the rest at int4 by NNCF's data-free
-    sensitivity, the others int8. int4 layers whose input size is not a multiple of the group (SmolLM2's 576)
-    get the largest power-of-two group that divides it.
+    int8 in NNCF is per-channel only, so its group size is always -1. int4 layers whose input size is not
+    a multiple of the group (SmolLM2's 576) get the largest power-of-two group that divides it.
     """
     if weights not in ("int8", "int4"):
         return 0
@@ -86,13 +83,9 @@ def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_s
     used_group = -1
     if weights == "int4":
         used_group = group_size
-        kwargs.update(
-            group_size=group_size,
-            ratio=INT4_RATIO,
-            all_layers=False,  # embeddings and the LM head in the backup precision
-            backup_mode=nncf.BackupMode.INT8_ASYM,
-            sensitivity_metric=nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR,  # data-free, as ONNX's pick
-            advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
+        kwargs["group_size"] = group_size
+        kwargs["advanced_parameters"] = AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
         )
     core = ov.Core()
     model = core.read_model(str(ir_path))
