@@ -96,3 +96,21 @@ def test_measure_and_prompts() -> None:
     assert len(prompts) == 16 and {p.category for p in prompts} == {"code", "chat"}
     assert all(p.chat == (p.category == "chat") for p in prompts)
     assert len(load_prompts("code", limit=2)) == 2
+
+
+def test_a_second_model_in_a_run_is_compared_within_itself() -> None:
+    def run(label: str, strategy: str, model: str, tokens_per_s: float, tokens: list[int]) -> Run:
+        spec = EngineSpec(label, "edgegen", "openvino", "int4", Path(model or "m"), strategy, {}, model)
+        return Run(spec, "openvino", "code-a", "code", 5, 0, Timing(tokens, 0.1, (len(tokens) - 1) / tokens_per_s))
+
+    a, b = [5, 6, 7, 8, 9], [5, 6, 1, 1, 1]
+    rows = {r.engine: r for r in summarize([
+        run("edgegen-ov", "ar", "", 100.0, a),
+        run("edgegen-ov-prompt-lookup", "prompt-lookup", "", 150.0, a),
+        run("edgegen-ov-lud", "ar", "lud", 50.0, b),  # another model: another AR, other tokens
+        run("edgegen-ov-lud-lexical", "lexical", "lud", 75.0, b),
+    ])}
+    assert abs(rows["edgegen-ov-prompt-lookup"].x_edgegen_ar - 1.5) < 1e-9
+    assert abs(rows["edgegen-ov-lud-lexical"].x_edgegen_ar - 1.5) < 1e-9  # against the LUD model's AR, not 0.75
+    assert rows["edgegen-ov-lud-lexical"].identical == {"edgegen-ov-lud": (1, 1)}
+    assert rows["edgegen-ov-prompt-lookup"].identical == {"edgegen-ov": (1, 1)}

@@ -65,7 +65,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     device: where the engines run. "NPU" (EDGEGEN_NPUW_DEVICES=CPU: the NPUW path on the CPU) runs an NPU export
     (the default model's core-ultra-npu auto-export, or ``model`` as exported), openvino-genai's NPU pipelines
     as anchors, speculative decoding with the drafter on each device (the placement table: docs/npu.md) and,
-    with --strategy speculative, prompt lookup and superposed decoding (its first draft against AR);
+    with --strategy speculative, prompt lookup, superposed decoding (its first draft against AR) and the
+    LUD-tuned default model's AR and lexical decoding (compared within that model);
     peak RSS, TTFT at lengths and the chat bench run on the CPU only.
     """
     from edgegen.bench.load import LOADS
@@ -97,6 +98,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
 
     folder = exported_folder(model)
     placements: list[str] = []
+    lexical = False  # also the LUD-tuned default model: its AR and lexical decoding (NPU bench)
     if device != "CPU":
         if peak_rss or prompt_tokens or chat_turns:
             echo(f"--device {device}: peak RSS, --prompt-tokens and --chat-turns run on the CPU only; left out")
@@ -110,6 +112,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         placements = [device]  # the drafter beside the target, besides the profile's placement (CPU)
         if strategy == "speculative":  # every drafting strategy on the target in one run
             also = [*also, "prompt-lookup", "superposed"]
+            lexical = True
     if folder is not None and weights and set(weights) != {folder_weights(folder)}:
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     bandwidth = _bandwidth()
@@ -132,6 +135,8 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
         specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, placements, **options)
+        if lexical:
+            specs += _lexical_specs(device, note)
         if baselines:
             anchor_strategy = "speculative" if "speculative" in also else strategy  # the anchors' nearest pipeline
             if device != "CPU" and anchor_strategy == "speculative" and "prompt-lookup" in also:
@@ -195,6 +200,27 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         echo(section)
     echo("wrote " + ", ".join(str(p) for p in paths))
     return rows
+
+
+def _lexical_specs(device: str, note: Callable[[str], None]) -> list[EngineSpec]:
+    """The LUD-tuned default model on ``device`` (its profile's export, made once): AR, and lexical decoding
+    verified and unverified, compared within that model (``EngineSpec.model``)."""
+    from edgegen.artifacts import DEFAULT_LUD
+    from edgegen.bench.engines import edgegen_spec
+    from edgegen.loading import DEVICE_PROFILES
+    from edgegen.models import resolve_model
+    from edgegen.profiles import load_profile
+
+    try:
+        lud = resolve_model(DEFAULT_LUD, load_profile(DEVICE_PROFILES[device]))
+    except EdgegenError as e:
+        note(f"{DEFAULT_LUD}: {str(e).splitlines()[0]}; lexical decoding left out")
+        return []
+    weights = folder_weights(lud)
+    return [edgegen_spec(lud, "openvino", weights, "ar", "edgegen-ov-lud", model="lud"),
+            edgegen_spec(lud, "openvino", weights, "lexical", "edgegen-ov-lud-lexical-verified", model="lud",
+                         verified=True),
+            edgegen_spec(lud, "openvino", weights, "lexical", "edgegen-ov-lud-lexical", model="lud")]
 
 
 def _bandwidth() -> float | None:

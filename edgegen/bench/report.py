@@ -108,7 +108,8 @@ def summarize(runs: Sequence[Run], eos_ids: Collection[int] = (),
     first = _first_tokens(runs)
     for row in rows:
         spec = row.spec
-        peers = [b for b in rows if (b.load, b.weights) == (row.load, row.weights)]
+        # ratios and token references within one model (a run can compare several: the NPU bench's LUD model)
+        peers = [b for b in rows if (b.load, b.weights, b.spec.model) == (row.load, row.weights, spec.model)]
         anchors = [b for b in peers if _is_ar_anchor(b.spec)]
         row.x_fastest = _ratio(row.tokens_per_s, max((b.tokens_per_s for b in anchors), default=0.0))
         if spec.drafts:
