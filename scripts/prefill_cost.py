@@ -38,8 +38,8 @@ from onnx import helper, numpy_helper
 
 import edgegen
 from edgegen.runtimes.onnxruntime_session import OnnxRuntimeSession
+from edgegen.strategies.base import PREFILL_CHUNK as CHUNK
 
-CHUNK = 512  # strategies.base.PREFILL_CHUNK
 OPTIONS = {"spin": {"session.intra_op.allow_spinning": "1"}, "latency": {"session.kernel_dispatch_policy": "latency"}}
 
 

@@ -14,6 +14,7 @@ import pytest
 from fakes import EmbeddingLM
 
 from edgegen.errors import EdgegenError
+from edgegen.runtimes.base import common_prefix_length
 from edgegen.sampling import Sampler, SamplingConfig
 from edgegen.strategies import make_strategy
 from edgegen.strategies.autoregressive import Autoregressive
@@ -482,7 +483,7 @@ def test_own_continuation_is_greedy_after_the_tokens_that_set_a_draft_apart(seed
     run(sup, model, new=16)
     assert len(sup.drafts) == 3 and len({tuple(d.tokens) for d in sup.drafts}) == 3
     for d in sup.drafts:
-        apart = 1 + max(common(d.tokens, o.tokens) for o in sup.drafts if o is not d)
+        apart = 1 + max(common_prefix_length(d.tokens, o.tokens) for o in sup.drafts if o is not d)
         assert greedy_positions(model, PROMPT, d.tokens)[apart:].all()
         assert EOS not in d.tokens[:-1]
         assert np.isclose(d.score, one_pass_score(model, PROMPT, d.tokens), rtol=0, atol=1e-6)
@@ -490,10 +491,6 @@ def test_own_continuation_is_greedy_after_the_tokens_that_set_a_draft_apart(seed
         other = Superposed(num_drafts=3, alpha=0.0, continuation="own", lookahead=lookahead)
         run(other, EmbeddingLM(seed, eos_bias=0.5 if seed % 2 else -6.0), new=16)
         assert [d.tokens for d in other.drafts] == [d.tokens for d in sup.drafts]
-
-
-def common(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -507,7 +504,8 @@ def test_own_continuation_costs_at_most_one_forward_per_decided_token(seed: int)
         sup = Superposed(num_drafts=3, alpha=0.0, continuation="own", lookahead=lookahead)
         run(sup, model, new=16, eos=False)
         after = model.positions[16:]  # the prefill and 15 superposed steps come first
-        apart = [1 + max(common(d.tokens, o.tokens) for o in sup.drafts if o is not d) for d in sup.drafts]
+        apart = [1 + max(common_prefix_length(d.tokens, o.tokens) for o in sup.drafts if o is not d)
+                 for d in sup.drafts]
         decided = sum(16 - a for a in apart)  # tokens chosen after a draft differs from all others (at least)
         assert 0 < len(after) <= decided + 3  # + one forward of only kept tokens per draft, at most
         assert sum(after) <= 16 * 3 - 16 + (lookahead + 1) * len(after)  # the leading draft's rows are the pass's

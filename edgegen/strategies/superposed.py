@@ -479,7 +479,7 @@ def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndar
             apart = max([len(logp)] + [common_prefix_length(d, o) + 1 for j, o in enumerate(current) if j != i])
             d, length_i = d[:apart], length
             proposer = PromptLookupDrafter()
-            others = [t for j, o in enumerate(current) if j != i for t in o]
+            context = prompt + [t for j, o in enumerate(current) if j != i for t in o]  # what lookup copies from
         else:
             length_i = len(d)
         for tokens, scores in done:  # rows of a shared prefix, already forwarded
@@ -492,10 +492,9 @@ def rescore(request: DecodeRequest, drafts: list[list[int]], known: list[np.ndar
             start = min(len(logp), common_prefix_length(d, held) + 1)  # the cache must hold d[:start - 1]
             proposal = []
             if grow and own:
-                proposal = proposer.propose(prompt + others + d, min(own, length_i - len(d) - 1),
-                                            request.sampler).tokens
+                proposal = proposer.propose(context + d, min(own, length_i - len(d) - 1), request.sampler).tokens
             ext = d + proposal
-            feed = (prompt + ext)[n0 + start - 1 : n0 + len(ext) - (not grow)]
+            feed = ([prompt[-1]] + ext)[start : len(ext) + 1 - (not grow)]  # from the token before ext[start]
             request.target.trim(n0 + start - 1)
             logits = step(request, feed)[0]
             lse = logsumexp(logits)
