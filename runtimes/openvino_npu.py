@@ -32,6 +32,10 @@ from edgegen.runtimes.openvino_session import NPUW_ENV, available_devices, core
 
 # The NPU profile's shapes (device_profiles/core-ultra-npu.toml); used for what an export does not record.
 DEFAULT_SHAPES = {"max_prompt_len": 1024, "min_response_len": 128, "max_generation_len": 8}
+# Session.row_noise: how far a logit of a call's row after the first may lie from AR's (a call's first row), the
+# measured bound with margin (docs/npu.md). Every piece on the CPU, f32 between them: up to 0.015. On an NPU (f16
+# between the pieces): up to 0.032 on the CPU placement with NPUW's f16 interconnect; not measured on an NPU.
+ROW_NOISE_CPU, ROW_NOISE_NPU = 0.02, 0.05
 
 
 def npu_shapes(manifest: Manifest, profile_shapes: dict[str, int] | None = None) -> dict[str, int]:
@@ -106,6 +110,7 @@ class OpenVINONPUSession(CachePosition, EmbeddingInputs):
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
         shapes = npu_shapes(manifest, static_shapes)
         self.manifest, self.device, self.static_shapes = manifest, "NPU", shapes
+        self.row_noise = ROW_NOISE_CPU if (npuw_devices or "").upper() == "CPU" else ROW_NOISE_NPU
         self._max_prompt, self._step = shapes["max_prompt_len"], shapes["max_generation_len"]
         self._limit = shapes["max_prompt_len"] + shapes["min_response_len"]
         if max_length is not None:

@@ -118,6 +118,24 @@ class TinyLM(ListSession):
         return self.logits_after(cache)
 
 
+class NoisyRowsLM(TinyLM):
+    """TinyLM whose rows after a forward's first move by up to ``noise`` per logit, a fixed function of the prefix
+    and the row's place in the call, as a static NPU graph's rows do; a call's first row is exact. ``row_noise``
+    (Session.row_noise) says so when ``declared``."""
+
+    def __init__(self, seed: int, sharpness: float, noise: float, declared: bool = True, vocab: int = 5) -> None:
+        super().__init__(seed, sharpness, vocab=vocab)
+        self.noise, self.row_noise = noise, noise if declared else 0.0
+
+    def _append(self, entries: Sequence[Any]) -> np.ndarray:
+        rows = super()._append(entries)
+        first = len(self.cache) - len(entries)  # cache position of the call's first row
+        for i in range(1, len(rows)):
+            rng = np.random.default_rng([self.seed, 1000 + i, *self.cache[: first + i + 1]])
+            rows[i] += rng.uniform(-self.noise, self.noise, self.vocab).astype(np.float32)
+        return rows
+
+
 class TinyLexLM(ListSession):
     """A LUD-tuned model: real tokens 0..real-1, placeholders whose rows look ahead.
 

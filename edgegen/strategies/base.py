@@ -158,6 +158,13 @@ def step_limit(target: Session) -> int:
     return getattr(target, "max_step", sys.maxsize)
 
 
+def row_noise(target: Session) -> float:
+    """How far a logit of a forward's row after its first may lie from the same position computed as a call's
+    first row, as AR computes every token (Session.row_noise: a static NPU graph's rows move with their place in
+    the call); 0 where every row is computed alike (the CPU backends)."""
+    return getattr(target, "row_noise", 0.0)
+
+
 def step(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> tuple[np.ndarray, float]:
     """One target forward after prefill, counted and timed: its (len(token_ids), vocab) logits and seconds.
     ``hidden``: the session also keeps the rows' final hidden states (Session.hidden_states)."""
@@ -166,11 +173,12 @@ def step(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> 
     return _counted(request, logits, time.perf_counter() - start)
 
 
-def step_top(request: DecodeRequest, token_ids: list[int], hidden: bool = False) -> tuple[TopTokens, float]:
-    """Like ``step`` when the sampler's pick is the argmax (Sampler.picks_argmax): only each row's best token
-    comes back, chosen on the session's device where it can (runtimes.base.forward_top), and seconds."""
+def step_top(request: DecodeRequest, token_ids: list[int], hidden: bool = False,
+             k: int = 1) -> tuple[TopTokens, float]:
+    """Like ``step`` when the sampler's pick is the argmax (Sampler.picks_argmax): only each row's ``k`` best
+    tokens come back, chosen on the session's device where it can (runtimes.base.forward_top), and seconds."""
     start = time.perf_counter()
-    top = forward_top(request.target, np.asarray(token_ids, np.int64), hidden=hidden)
+    top = forward_top(request.target, np.asarray(token_ids, np.int64), k, hidden=hidden)
     seconds = _count(request, time.perf_counter() - start)
     if not top.finite.all():
         raise _not_finite()

@@ -161,6 +161,7 @@ class ModelDrafter:
         n = min(len(self._fed), len(context))
         differ = np.flatnonzero(np.asarray(self._fed[:n]) != np.asarray(context[:n]))
         keep = int(differ[0]) if differ.size else n
+        keep = min(keep, len(context) - 1)  # the newest token is fed again: the next proposal starts from its row
         self.session.trim(keep)
         del self._fed[keep:]
 

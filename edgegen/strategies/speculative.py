@@ -12,10 +12,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.strategies.base import DecodeRequest, Strategy, prefill, step, step_limit, step_top
+from edgegen.runtimes.base import common_prefix_length, top_tokens
+from edgegen.strategies.base import DecodeRequest, Strategy, prefill, row_noise, step, step_limit, step_top
 from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
-from edgegen.strategies.verify import verify, verify_argmax
+from edgegen.strategies.verify import verify, verify_argmax, within_row_noise
 
 
 def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extra: Sequence[int] = (),
@@ -25,7 +26,9 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extr
     ``history`` (every token so far; the target has cached all but the newest) is extended by the
     accepted draft prefix and one target token (correction or bonus). The target's cache is rolled
     back to that accepted prefix, dropping rejected and ``extra`` rows. Returns (new tokens, the
-    ``extra`` rows' logits, the forward's seconds).
+    ``extra`` rows' logits, the forward's seconds). On a session whose later rows carry noise
+    (Session.row_noise), greedy stops before a token such a row decided within its noise: the new tokens
+    then end with a draft token, and the next call's first row decides what follows, as AR's would.
 
     Under a constraint the draft is first cut before its first token the grammar refuses: the target
     would reject that token for sure (p'(x) = 0), and for a deterministic draft the residual it would
@@ -36,17 +39,22 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extr
     cached = request.target.position
     draft = draft.prefix(request.sampler.admissible(draft.tokens))
     n = len(draft.tokens)
-    if draft.q is None and not extra and request.sampler.picks_argmax:  # only each row's best token is needed
-        top, seconds = step_top(request, [history[-1], *draft.tokens], hidden)
+    greedy = draft.q is None and request.sampler.picks_argmax
+    noise = row_noise(request.target) if greedy else 0.0  # AR's tokens from rows that may differ a little
+    if greedy and not extra:  # only each row's best token is needed (and the second, for its margin)
+        top, seconds = step_top(request, [history[-1], *draft.tokens], hidden, k=2 if noise else 1)
         new, extra_rows = verify_argmax(top.argmax, draft.tokens), np.empty((0, 0), np.float32)
     else:
         logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
         new, extra_rows = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler), logits[n + 1 :]
-    accepted = len(new) - 1
-    request.target.trim(cached + 1 + accepted)
+        top = top_tokens(logits[: n + 1], 2) if noise else None
+    if noise:
+        new = within_row_noise(new, top.logits[:, 0] - top.logits[:, 1], noise)
+    # the cache keeps all but the newest token: a cut new ends with a draft token the forward already cached
+    request.target.trim(cached + len(new))
     history.extend(new)
     request.counters.draft_proposed += n
-    request.counters.draft_accepted += accepted
+    request.counters.draft_accepted += common_prefix_length(new, draft.tokens)
     return new, extra_rows, seconds
 
 

@@ -73,6 +73,20 @@ def verify_argmax(argmax: Sequence[int], draft: Sequence[int]) -> list[int]:
     return _accept_while_best(lambda i: int(argmax[i]), draft)
 
 
+def within_row_noise(new: list[int], margins: np.ndarray, noise: float) -> list[int]:
+    """``new`` cut before its first token that a row other than the call's first decided by less than its noise.
+
+    ``new[i]`` was decided by row i of the verification call; ``margins[i]``: that row's best logit minus its
+    second. A session whose rows after the first may move by up to ``noise`` per logit (Session.row_noise) can
+    turn a near-tie there, so AR, which decides every token as a call's first row, might pick the other token.
+    A margin above 2 * noise cannot turn. The cut leaves the token for the next call's first row, as AR computes it.
+    """
+    for i in range(1, len(new)):
+        if margins[i] <= 2 * noise:
+            return new[:i]
+    return new
+
+
 def _verify_greedy(target_logits: np.ndarray, draft: Sequence[int], history: list[int], sampler: Sampler) -> list[int]:
     """``verify`` for a deterministic draft under unconstrained greedy: accept while the draft is the argmax
     (after the repetition penalty, which reads each row's own context; rows past the first miss are not picked)."""
