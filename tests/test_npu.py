@@ -35,8 +35,9 @@ def _npuw_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 SHAPES = {"max_prompt_len": 128, "min_response_len": 64, "max_generation_len": 8}
 # How far a row's logits may move with the call it is in on NPUW's CPU placement (runtimes.openvino_npu.
 # npuw_device_properties; docs/npu.md): the session's row_noise for rows after a call's first; a call's first row
-# (every AR token's) within FIRST_ROW_NOISE (measured 2e-5).
-NPU_ROW_NOISE, FIRST_ROW_NOISE = 0.02, 1e-3
+# (every AR token's) within FIRST_ROW_NOISE (measured: 2e-5 on a cache AR's way, 0.0042 where an earlier multi-row
+# call wrote the cache: its keys and values carry that call's row noise).
+NPU_ROW_NOISE, FIRST_ROW_NOISE = 0.02, 0.005
 
 
 @pytest.fixture(scope="module")
