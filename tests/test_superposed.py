@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from fakes import EmbeddingLM
+from fakes import EmbeddingLM, TinyLM
 
 from edgegen.errors import EdgegenError
 from edgegen.runtimes.base import common_prefix_length
@@ -59,6 +59,16 @@ def test_one_draft_without_ngram_is_greedy(seed: int) -> None:
     sup = Superposed(num_drafts=1, alpha=0.0)
     assert run(sup, model) == greedy
     assert len(sup.drafts) == 1 and sup.drafts[0].tokens == greedy
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_draft_feeds_token_ids_on_a_session_without_embeddings(seed: int) -> None:
+    """One draft carries all the weight at every step: it feeds ids, on the graph AR runs (a Generator gives it the
+    ids session, no input-embedding graph); more drafts need the embeddings."""
+    model = TinyLM(seed, sharpness=1.0)  # no embed / forward_embeddings
+    sup = Superposed(num_drafts=1, alpha=0.0)
+    assert not sup.needs_embeddings and Superposed(num_drafts=2).needs_embeddings
+    assert run(sup, model, eos=False) == run(Autoregressive(), TinyLM(seed, sharpness=1.0), eos=False)
 
 
 def test_k_drafts_are_distinct_ranked_and_cost_one_pass() -> None:

@@ -69,7 +69,9 @@ class Strategy(Protocol):
 
     name: ClassVar[str]
     multi_draft: ClassVar[bool] = False  # returns several ranked drafts (a MultiDraftStrategy)
-    needs_embeddings: ClassVar[bool] = False  # feeds input embeddings (the session must be loaded for them)
+    # feeds input embeddings (the session must be loaded for them); an instance may need them where its class
+    # might not (superposed decoding with one draft feeds token ids)
+    needs_embeddings: bool = False
     default_model: ClassVar[str | None] = None  # the model it needs when the caller names none
     takes_constraint: ClassVar[bool] = False  # keeps a sampling constraint (a grammar) in step with its output
 

@@ -254,7 +254,7 @@ class Superposed(Strategy):
 
     name: ClassVar[str] = "superposed"
     multi_draft: ClassVar[bool] = True
-    needs_embeddings: ClassVar[bool] = True
+    needs_embeddings = True  # what the class may need (the CLI loads for it); one draft feeds only ids
 
     def __init__(self, num_drafts: int = 3, alpha: float | None = None, ngram: NgramScorer | str | Path | None = None,
                  lm_temperature: float = DEFAULT_LM_TEMPERATURE, num_candidates: int | None = None,
@@ -288,6 +288,7 @@ class Superposed(Strategy):
         if lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.continuation, self.lookahead = continuation, lookahead
+        self.needs_embeddings = num_drafts > 1
         self.num_drafts, self.alpha, self.lm_temperature = num_drafts, alpha, lm_temperature
         self.num_candidates = 3 * num_drafts if num_candidates is None else num_candidates
         if self.num_candidates < 1:
@@ -361,12 +362,11 @@ class Superposed(Strategy):
                 break
             w = superposition(scores, self.min_weight)
             heard = np.unique(token[w > 0])
-            if len(heard) == 1:  # one token carries all the weight: its own embedding, an exact input
-                x = target.embed(heard)
-            else:
-                x = (w @ target.embed(token))[None, :]
             exact.fed(t, token, int(heard[0]) if len(heard) == 1 else None)
-            logits = step_embeddings(request, x)[0][-1]
+            if len(heard) == 1:  # one token carries all the weight: fed as its id, what AR feeds (the same graph)
+                logits = step(request, [int(heard[0])])[0][-1]
+            else:
+                logits = step_embeddings(request, (w @ target.embed(token))[None, :])[0][-1]
         alive = [(RankedDraft(seqs[i, n0 : n0 + t + 1].tolist(), float(s) / (t + 1)), exact.known(i))
                  for i, s in enumerate(scores)]
         ranked = sorted(alive + finished, key=lambda f: -f[0].score)[:k]
