@@ -7,6 +7,7 @@ lud_cli: one group each), and import only this module from one another.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -63,3 +64,32 @@ def gendata_options(f: Any) -> Any:
     f = click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
                      show_default=True, help="Shards of the generations (parquet needs pyarrow).")(f)
     return ray_options("Generators running at once: worker processes, or Ray actors with --ray.")(f)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def run_training(train: Callable[..., dict[str, Any]], open_run: Callable[..., Any], cfg: Any, resume: bool,
+                 workers: int, ray_address: str | None) -> dict[str, Any]:
+    """Train a recipe's ``cfg`` in this process, or on Ray Train with ``--ray`` (progress lines on stderr); returns
+    the run's summary."""
+    if ray_address is not None:
+        from edgegen.export.ray_train import train_on_ray
+
+        return train_on_ray(train, open_run, cfg, resume=resume, workers=workers, address=ray_address,
+                            echo=_progress)
+    return train(cfg, resume=resume, echo=_progress)
+
+
+def build_data(group: str, open_run: Callable[..., Any], cfg: Any, resume: bool, workers: int,
+               ray_address: str | None, output_format: str) -> None:
+    """A recipe's ``gendata``: open the run in ``cfg.out`` and build its data (corpus, the target's generations on
+    local workers or Ray actors) without training; ``edgegen GROUP train --out ... --resume`` trains on it."""
+    from edgegen.batch_output import check_format
+    from edgegen.export.drafter.gendata import GenWorkers
+
+    check_format(output_format)
+    run = open_run(cfg, resume=resume, echo=_progress,
+                   gen=GenWorkers(workers=workers, ray=ray_address, output_format=output_format))
+    click.echo(f"data built in {run.out}: `edgegen {group} train --out {run.out} --resume` trains on it")

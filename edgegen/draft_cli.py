@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgegen.cli_common import gendata_options, ray_options, training_options
+from edgegen.cli_common import build_data, gendata_options, ray_options, run_training, training_options
 
 
 @click.group()
@@ -57,14 +57,7 @@ def draft_train(resume: bool, ray_address: str | None, workers: int, **options: 
     """Train a drafter for --target with the FastDraft recipe (resumable)."""
     from edgegen.export.drafter.train import open_run, train_drafter
 
-    cfg = _config(**options)
-    if ray_address is not None:
-        from edgegen.export.ray_train import train_on_ray
-
-        summary = train_on_ray(train_drafter, open_run, cfg, resume=resume, workers=workers, address=ray_address,
-                               echo=lambda m: click.echo(m, err=True))
-    else:
-        summary = train_drafter(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    summary = run_training(train_drafter, open_run, _config(**options), resume, workers, ray_address)
     click.echo(f"trained drafter in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s)")
 
@@ -75,15 +68,9 @@ def draft_train(resume: bool, ray_address: str | None, workers: int, **options: 
 def draft_gendata(resume: bool, ray_address: str | None, workers: int, output_format: str, **options: Any) -> None:
     """Open the run in --out and build its data (corpus, the target's generations) without training;
     `edgegen draft train --out ... --resume` then trains on it."""
-    from edgegen.batch_output import check_format
-    from edgegen.export.drafter.gendata import GenWorkers
     from edgegen.export.drafter.train import open_run
 
-    check_format(output_format)
-    cfg = _config(**options)
-    run = open_run(cfg, resume=resume, echo=lambda m: click.echo(m, err=True),
-                   gen=GenWorkers(workers=workers, ray=ray_address, output_format=output_format))
-    click.echo(f"data built in {run.out}: `edgegen draft train --out {run.out} --resume` trains on it")
+    build_data("draft", open_run, _config(**options), resume, workers, ray_address, output_format)
 
 
 @draft.command("export")

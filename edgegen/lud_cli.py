@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgegen.cli_common import command_line, gendata_options, ray_options, training_options
+from edgegen.cli_common import build_data, command_line, gendata_options, ray_options, run_training, training_options
 
 
 @click.group()
@@ -67,14 +67,7 @@ def lud_train(resume: bool, ray_address: str | None, workers: int, **options: An
     """Fine-tune --target's placeholder rows (and LoRA adapters) on marked lexical units (resumable), export it."""
     from edgegen.export.lud.train import open_run, train_lud
 
-    cfg = _config(**options)
-    if ray_address is not None:
-        from edgegen.export.ray_train import train_on_ray
-
-        summary = train_on_ray(train_lud, open_run, cfg, resume=resume, workers=workers, address=ray_address,
-                               echo=lambda m: click.echo(m, err=True))
-    else:
-        summary = train_lud(cfg, resume=resume, echo=lambda m: click.echo(m, err=True))
+    summary = run_training(train_lud, open_run, _config(**options), resume, workers, ray_address)
     model = f"; model {summary['model']}" if "model" in summary else ""
     click.echo(f"trained LUD ({summary['recipe']['trainable']}) in {summary['out']} ({summary['tokens_seen']} tokens, "
                f"{summary['train_tokens_per_s']} tokens/s){model}")
@@ -86,15 +79,9 @@ def lud_train(resume: bool, ray_address: str | None, workers: int, **options: An
 def lud_gendata(resume: bool, ray_address: str | None, workers: int, output_format: str, **options: Any) -> None:
     """Open the run in --out and build its data (corpus, the target's generations) without training;
     `edgegen lud train --out ... --resume` then trains on it."""
-    from edgegen.batch_output import check_format
-    from edgegen.export.drafter.gendata import GenWorkers
     from edgegen.export.lud.train import open_run
 
-    check_format(output_format)
-    cfg = _config(**options)
-    run = open_run(cfg, resume=resume, echo=lambda m: click.echo(m, err=True),
-                   gen=GenWorkers(workers=workers, ray=ray_address, output_format=output_format))
-    click.echo(f"data built in {run.out}: `edgegen lud train --out {run.out} --resume` trains on it")
+    build_data("lud", open_run, _config(**options), resume, workers, ray_address, output_format)
 
 
 @lud.command("export")
