@@ -67,9 +67,14 @@ def npuw_device_properties(npuw_devices: str | None) -> dict[str, object]:
     if not npuw_devices:
         return {}
     config: dict[str, object] = {"NPUW_DEVICES": npuw_devices}
-    if npuw_devices.upper() == "CPU":
+    if on_cpu(npuw_devices):
         config["NPUW_F16IC"] = "NO"
     return config
+
+
+def on_cpu(npuw_devices: str | None) -> bool:
+    """Whether NPUW places every piece on the CPU (``NPUW_DEVICES=CPU``: the NPU path without an NPU)."""
+    return (npuw_devices or "").upper() == "CPU"
 
 
 def _compile(path: Path, config: dict[str, object]) -> object:
@@ -110,7 +115,7 @@ class OpenVINONPUSession(CachePosition, EmbeddingInputs):
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
         shapes = npu_shapes(manifest, static_shapes)
         self.manifest, self.device, self.static_shapes = manifest, "NPU", shapes
-        self.row_noise = ROW_NOISE_CPU if (npuw_devices or "").upper() == "CPU" else ROW_NOISE_NPU
+        self.row_noise = ROW_NOISE_CPU if on_cpu(npuw_devices) else ROW_NOISE_NPU
         self._max_prompt, self._step = shapes["max_prompt_len"], shapes["max_generation_len"]
         self._limit = shapes["max_prompt_len"] + shapes["min_response_len"]
         if max_length is not None:

@@ -98,7 +98,6 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
 
     folder = exported_folder(model)
     placements: list[str] = []
-    lexical = False  # also the LUD-tuned default model: its AR and lexical decoding (NPU bench)
     if device != "CPU":
         if peak_rss or prompt_tokens or chat_turns:
             echo(f"--device {device}: peak RSS, --prompt-tokens and --chat-turns run on the CPU only; left out")
@@ -112,7 +111,6 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         placements = [device]  # the drafter beside the target, besides the profile's placement (CPU)
         if strategy == "speculative":  # every drafting strategy on the target in one run
             also = [*also, "prompt-lookup", "superposed"]
-            lexical = True
     if folder is not None and weights and set(weights) != {folder_weights(folder)}:
         note(f"{folder} is exported at {folder_weights(folder)}: --weights {'/'.join(weights)} does not apply")
     bandwidth = _bandwidth()
@@ -135,7 +133,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
         quality[precision] = {fmt: g.quality["ratio"] for fmt, g in manifest.graphs.items() if "ratio" in g.quality}
         folders[precision] = str(path)
         specs = edgegen_specs(path, precision, strategy, exported_folder(draft), note, also, placements, **options)
-        if lexical:
+        if device != "CPU" and strategy == "speculative":  # also the LUD-tuned default model (NPU bench)
             specs += _lexical_specs(device, note)
         if baselines:
             anchor_strategy = "speculative" if "speculative" in also else strategy  # the anchors' nearest pipeline

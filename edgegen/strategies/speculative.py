@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.runtimes.base import common_prefix_length, top_tokens
+from edgegen.runtimes.base import top_tokens
 from edgegen.strategies.base import DecodeRequest, Strategy, prefill, row_noise, step, step_limit, step_top
 from edgegen.strategies.draft_length import DraftLength
 from edgegen.strategies.drafters import Draft, Drafter, LookupThenModel, ModelDrafter, PromptLookupDrafter
@@ -48,13 +48,15 @@ def verified_step(request: DecodeRequest, history: list[int], draft: Draft, extr
         logits, seconds = step(request, [history[-1], *draft.tokens, *extra], hidden)
         new, extra_rows = verify(logits[: n + 1], draft.tokens, draft.q, history, request.sampler), logits[n + 1 :]
         top = top_tokens(logits[: n + 1], 2) if noise else None
-    if noise:
+    accepted = len(new) - 1  # draft tokens taken; the last is the target's (correction or bonus)
+    if noise:  # a cut keeps only draft tokens, up to the accepted ones
         new = within_row_noise(new, top.logits[:, 0] - top.logits[:, 1], noise)
+        accepted = min(accepted, len(new))
     # the cache keeps all but the newest token: a cut new ends with a draft token the forward already cached
     request.target.trim(cached + len(new))
     history.extend(new)
     request.counters.draft_proposed += n
-    request.counters.draft_accepted += common_prefix_length(new, draft.tokens)
+    request.counters.draft_accepted += accepted
     return new, extra_rows, seconds
 
 
