@@ -16,7 +16,10 @@ by the next step, so the cache needs one spare slot) and its output row is dropp
     GroupQueryAttention(qkv', ...) ── out' [1,S+1,H] ── Slice(:-1) ── out [1,S,H]
 
 Float MatMuls (an fp32/fp16 graph, an unquantized LM head) have a one-row path too and get the same
-treatment; MatMulNBits is left alone.
+treatment; 8-bit MatMulNBits is left alone. 4-bit MatMulNBits with int8 activations (accuracy level 4, ONNX
+Runtime's CPU default) also computes a lone row in another order (0.74 logits apart on SmolLM2 int4): there every
+matmul would need the second row, and a pad around each costs more than the runtime's two-row call (10.5 against
+9.4 ms a step, docs/performance.md), so such a graph gets no ``row_pad`` and the runtime pads one-token calls.
 
 ``logits_to_keep`` (prefill computes one row of logits): a new int64 input [1]; the LM head sees only
 the last ``logits_to_keep`` rows of the final hidden state (0 keeps all)::
@@ -107,9 +110,10 @@ class _Builder:
 def _pad_rows(graph) -> bool:
     """Give every GroupQueryAttention and float MatMul one extra row (see the module docstring).
 
-    False (graph untouched) without GroupQueryAttention: the runtime then pads one-token calls itself.
+    False (graph untouched) without GroupQueryAttention, or with 4-bit MatMulNBits on int8 activations: the
+    runtime then pads one-token calls itself.
     """
-    if not any(n.op_type == "GroupQueryAttention" for n in graph.node):
+    if not any(n.op_type == "GroupQueryAttention" for n in graph.node) or any(map(_one_row_kernel, graph.node)):
         return False
     b = _Builder(graph, "row_pad")
     initializers = {init.name for init in graph.initializer}
@@ -135,6 +139,15 @@ def _pad_rows(graph) -> bool:
         b.rows(node.output[0], 0, -1, output=out)
     _insert_sorted(graph, b.new_nodes)
     return True
+
+
+def _one_row_kernel(node) -> bool:
+    """A MatMulNBits whose lone row is summed another way than a row of several: 4-bit weights on int8
+    activations."""
+    if node.op_type != "MatMulNBits":
+        return False
+    attrs = {a.name: a.i for a in node.attribute}
+    return attrs.get("bits", 4) == 4 and attrs.get("accuracy_level", 0) == 4
 
 
 def _lm_head(graph, logits_name: str) -> tuple:

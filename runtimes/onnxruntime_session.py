@@ -7,7 +7,8 @@ forward overwrites the dropped slots.
 
 Every forward computes its rows as a multi-row forward would (token identity between AR and
 verification; see export.graph_edits). Exports with the ``row_pad`` edit do it inside the graph, where
-only attention sees a second row; older exports get a filler row on one-token calls (~20% per step).
+only attention sees a second row; older exports and int4 graphs (every 4-bit matmul computes a lone row
+another way) get a filler row on one-token calls (~16-25% per step).
 """
 
 from __future__ import annotations
@@ -81,14 +82,16 @@ class OnnxRuntimeSession(SlotCache, EmbeddingInputs):
             self._embeds_dtype = np.float16 if kind == "tensor(float16)" else np.float32
         self._buffer_device = _BUFFER_DEVICE.get(provider, "cpu")
         self._kv_dtype = np.dtype(graph.kv.dtype)
-        self._row_pad = ROW_PAD in graph.edits
+        # int4 exports made before their matmuls were found row-dependent carry an attention-only pad: their
+        # one-token calls get the filler row as well (correct, if slower: re-export to drop the attention pad).
+        self._row_pad = ROW_PAD in graph.edits and graph.weights != "int4"
         self._keep_input = LOGITS_TO_KEEP in graph.edits
         self.has_hidden = HIDDEN_STATE in graph.edits
         kinds = {o.name: o.type for o in self._session.get_outputs()}
         self._hidden_dtype = np.float16 if kinds.get(HIDDEN_STATE) == "tensor(float16)" else np.float32
         self._hidden_bound = False  # an output stays bound once bound: then every run binds it (to a scratch buffer)
         # The in-graph pad writes one slot past the last token, and gives it a rotary position: one spare.
-        self._spare = 1 if self._row_pad else 0
+        self._spare = 1 if ROW_PAD in graph.edits else 0
         self._limit = min(max_length or manifest.context_length, manifest.context_length - self._spare)
         self._binding = self._session.io_binding()
         self._keep = {k: np.array([k], np.int64) for k in (0, 1)}  # logits_to_keep: all rows, the last one

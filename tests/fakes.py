@@ -285,8 +285,9 @@ def _tiny_scores(seed: int, sharpness: float, vocab: int, prefix: tuple[int, ...
     return TinyLM(seed, sharpness, vocab=vocab).logits_after(prefix)
 
 
-def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, vocab_extra: int = 0) -> Path:
-    """A tiny Llama HF folder (hidden 32, tied head, peaked outputs) with a byte-level BPE tokenizer of
+def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, vocab_extra: int = 0,
+               hidden: int = 32) -> Path:
+    """A tiny Llama HF folder (4 heads of hidden / 4, tied head, peaked outputs) with a byte-level BPE tokenizer of
     ``vocab_size`` trained on ``texts``, plus ``vocab_extra`` model-only ids: a target to train against."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -299,7 +300,7 @@ def tiny_llama(folder: Path, texts: list[str], vocab_size: int, layers: int, voc
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     tok.save(str(folder / "tokenizer.json"))
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=32, intermediate_size=64,
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size() + vocab_extra, hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=0, pad_token_id=1,
                       bos_token_id=None, initializer_range=0.3)  # peaked outputs: a teacher with something to learn
