@@ -56,6 +56,7 @@ class GraphInfo:
     execution_provider: str = "cpu"  # the EP the graph was built for (ONNX builder choice)
     quality: dict[str, Any] = field(default_factory=dict)  # perplexity gate results
     edits: list[str] = field(default_factory=list)  # edgegen's graph edits (export.graph_edits), e.g. row_pad
+    int4_share: float | None = None  # int4 graphs: share of the weights at int4, the rest int8 (None: all as built)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> GraphInfo:

@@ -71,11 +71,16 @@ def build_embedding_graphs(
         if fmt == "torch":
             continue  # the torch model takes input embeddings itself (runtimes.NATIVE_EMBEDDINGS)
         if fmt == "onnx":
-            from edgegen.export.onnx import build_onnx
+            from edgegen.export.onnx import build_onnx, requantize_onnx_int4
 
             with stage("build ONNX embeddings graph"):
-                out[fmt] = build_onnx(hf_dir, folder, weights=g.weights, sym=g.sym, group_size=g.group_size,
-                                      execution_provider=g.execution_provider, cache_dir=cache_dir, embeds=True)
+                if g.int4_share is not None:  # the normal graph's int4/int8 mix, not the builder's all-int4
+                    out[fmt] = requantize_onnx_int4(hf_dir, folder, share=g.int4_share, sym=g.sym,
+                                                    group_size=g.group_size, execution_provider=g.execution_provider,
+                                                    cache_dir=cache_dir / "int4", embeds=True)
+                else:
+                    out[fmt] = build_onnx(hf_dir, folder, weights=g.weights, sym=g.sym, group_size=g.group_size,
+                                          execution_provider=g.execution_provider, cache_dir=cache_dir, embeds=True)
         elif fmt == "openvino":
             from edgegen.export.openvino import OV_EMBEDS_MODEL, build_openvino_embeds_ir, describe_openvino
 
@@ -83,7 +88,8 @@ def build_embedding_graphs(
                 ir = folder / g.path
                 scale = embedding_scale(hf_dir)
                 embeds_ir = build_openvino_embeds_ir(ir, ir.with_name(OV_EMBEDS_MODEL), scale=scale)
-                out[fmt] = describe_openvino(folder, embeds_ir, weights=g.weights, sym=g.sym, group_size=g.group_size)
+                out[fmt] = replace(describe_openvino(folder, embeds_ir, weights=g.weights, sym=g.sym,
+                                                     group_size=g.group_size), int4_share=g.int4_share)
         else:
             raise EdgegenError(f"no input-embedding graph for format '{fmt}'")
     return out

@@ -63,11 +63,14 @@ def _model_type(hf_dir: Path) -> str:
         return ""
 
 
-def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_size: int) -> int:
+def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_size: int,
+                              int4_share: float = 1.0, source: Path | None = None) -> int:
     """Compress the IR's weights in place with NNCF (int8 per-channel, int4 grouped); returns the group size used.
 
     int8 in NNCF is per-channel only, so its group size is always -1. int4 layers whose input size is not
-    a multiple of the group (SmolLM2's 576) get the largest power-of-two group that divides it.
+    a multiple of the group (SmolLM2's 576) get the largest power-of-two group that divides it; ``int4_share``
+    of the weights go to int4 (NNCF's ratio, by its data-free criterion), the rest, embeddings and the LM head
+    to int8 (export/int4.py). source: an uncompressed IR to read instead of ``ir_path`` (a second compression).
     """
     if weights not in ("int8", "int4"):
         return 0
@@ -79,7 +82,7 @@ def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_s
         raise EdgegenError(f"NNCF cannot be imported: {e}") from None
     mode_name = f"{weights.upper()}_{'SYM' if sym else 'ASYM'}"
     mode = nncf.CompressWeightsMode[mode_name]
-    kwargs: dict[str, object] = {"mode": mode, "ratio": 1.0}
+    kwargs: dict[str, object] = {"mode": mode, "ratio": int4_share if weights == "int4" else 1.0}
     used_group = -1
     if weights == "int4":
         used_group = group_size
@@ -88,7 +91,7 @@ def compress_openvino_weights(ir_path: Path, *, weights: str, sym: bool, group_s
             group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
         )
     core = ov.Core()
-    model = core.read_model(str(ir_path))
+    model = core.read_model(str(source or ir_path))
     try:
         compressed = nncf.compress_weights(model, **kwargs)
     except Exception as e:

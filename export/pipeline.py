@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -165,12 +166,18 @@ def _export_into(
                 ir = build_openvino_ir(hf_dir, tmp, weights=weights)
             used_group = 0
             if weights in ("int8", "int4"):
+                if weights == "int4" and quality_gate:  # kept for a re-quantization should the gate flag it
+                    _link_files(ir, (".xml", ".bin"), work / "openvino-fp32")
                 with stages.stage(f"compress OpenVINO weights ({weights})"):
                     used_group = compress_openvino_weights(ir, weights=weights, sym=sym, group_size=group_size)
             graphs["openvino"] = describe_openvino(tmp, ir, weights=weights, sym=sym, group_size=used_group)
     if quality_gate:
         with stages.stage("quality gate"):
-            graphs = _run_gate(tmp, hf_dir, manifest, graphs, stages)
+            gate = _Gate(tmp, hf_dir, manifest, stages)
+            graphs = {fmt: gate.score(graphs, fmt) for fmt in graphs}
+        if weights == "int4":
+            graphs = _int4_within_gate(gate, graphs, hf_dir, work, sym=sym, group_size=group_size, ep=ep)
+        gate.warn_flagged(graphs)
     import edgegen
 
     manifest = replace(
@@ -194,32 +201,84 @@ def _export_into(
     return manifest
 
 
-def _run_gate(
-    tmp: Path, hf_dir: Path, manifest: Manifest, graphs: dict[str, GraphInfo], stages: Stages
-) -> dict[str, GraphInfo]:
-    from edgegen.export import quality
+class _Gate:
+    """The quality gate of one export: the fp32 torch reference computed once, then each graph scored."""
 
-    ids = quality.gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos,
-                                 manifest.context_length)
-    ppl_fp32 = quality.torch_perplexity(hf_dir, ids)
-    stages.note(f"perplexity on {len(ids)} tokens of '{quality.TEXT_ID}': fp32 torch {ppl_fp32:.3f}")
-    out: dict[str, GraphInfo] = {}
-    for fmt, g in graphs.items():
+    def __init__(self, tmp: Path, hf_dir: Path, manifest: Manifest, stages: Stages) -> None:
+        from edgegen.export import quality
+
+        self.tmp, self.manifest, self.stages = tmp, manifest, stages
+        self.ids = quality.gate_token_ids(tmp / manifest.tokenizer, manifest.bos_token_id, manifest.add_bos,
+                                          manifest.context_length)
+        self.ppl_fp32 = quality.torch_perplexity(hf_dir, self.ids)
+        stages.note(f"perplexity on {len(self.ids)} tokens of '{quality.TEXT_ID}': fp32 torch {self.ppl_fp32:.3f}")
+
+    def score(self, graphs: dict[str, GraphInfo], fmt: str) -> GraphInfo:
+        """graphs[fmt] with its quality record."""
+        from edgegen.export import quality
+
+        g = graphs[fmt]
         try:
-            ppl = quality.graph_perplexity(tmp, replace(manifest, graphs=graphs), fmt, ids)
+            ppl = quality.graph_perplexity(self.tmp, replace(self.manifest, graphs=graphs), fmt, self.ids)
         except Exception as e:  # a graph its own runtime cannot run must not be published
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgegenError(f"the exported {fmt} {g.weights} graph does not run: {msg}") from None
-        q = quality.gate_result(g.weights, ppl, ppl_fp32)
-        stages.note(f"{fmt} {g.weights}: {q['ppl']:.3f} (x{q['ratio']:.4f})" + ("  FLAGGED" if q["flagged"] else ""))
-        if q["flagged"]:
-            limit = quality.THRESHOLDS.get(g.weights, 1.10)
-            warn(
-                f"{fmt} {g.weights} perplexity {ppl:.3f} is {(q['ratio'] - 1) * 100:.1f}% above fp32 "
-                f"{ppl_fp32:.3f} (limit {(limit - 1) * 100:.0f}%): check its output"
-            )
-        out[fmt] = replace(g, quality=q)
-    return out
+        q = quality.gate_result(g.weights, ppl, self.ppl_fp32)
+        share = f" ({g.int4_share:.0%} int4)" if g.int4_share is not None else ""
+        self.stages.note(f"{fmt} {g.weights}{share}: {q['ppl']:.3f} (x{q['ratio']:.4f})"
+                         + ("  FLAGGED" if q["flagged"] else ""))
+        return replace(g, quality=q)
+
+    def warn_flagged(self, graphs: dict[str, GraphInfo]) -> None:
+        from edgegen.export import quality
+
+        for fmt, g in graphs.items():
+            q = g.quality
+            if q.get("flagged"):
+                limit = quality.THRESHOLDS.get(g.weights, 1.10)
+                warn(f"{fmt} {g.weights} perplexity {q['ppl']:.3f} is {(q['ratio'] - 1) * 100:.1f}% above fp32 "
+                     f"{q['ppl_fp32']:.3f} (limit {(limit - 1) * 100:.0f}%): check its output")
+
+
+def _int4_within_gate(gate: _Gate, graphs: dict[str, GraphInfo], hf_dir: Path, work: Path, *, sym: bool,
+                      group_size: int, ep: str) -> dict[str, GraphInfo]:
+    """Re-quantize each int4 graph the gate flagged with a smaller int4 share (export/int4.py) until it passes;
+    the last share tried stays (flagged) when none does."""
+    from edgegen.export.int4 import INT4_SHARES
+
+    graphs = dict(graphs)
+    for fmt in [f for f, g in graphs.items() if g.quality.get("flagged") and f in ("onnx", "openvino")]:
+        for share in INT4_SHARES:
+            with gate.stages.stage(f"re-quantize {fmt} with {share:.0%} int4, the rest int8"):
+                if fmt == "onnx":
+                    from edgegen.export.onnx import requantize_onnx_int4
+
+                    g = requantize_onnx_int4(hf_dir, gate.tmp, share=share, sym=sym, group_size=group_size,
+                                             execution_provider=ep, cache_dir=work / "onnx-int4")
+                else:
+                    from edgegen.export.openvino import compress_openvino_weights, describe_openvino
+
+                    ir = gate.tmp / graphs[fmt].path
+                    used = compress_openvino_weights(ir, weights="int4", sym=sym, group_size=group_size,
+                                                     int4_share=share, source=work / "openvino-fp32" / ir.name)
+                    g = replace(describe_openvino(gate.tmp, ir, weights="int4", sym=sym, group_size=used),
+                                int4_share=share)
+                graphs[fmt] = gate.score({**graphs, fmt: g}, fmt)
+            if not graphs[fmt].quality["flagged"]:
+                break
+    return graphs
+
+
+def _link_files(path: Path, suffixes: Sequence[str], folder: Path) -> None:
+    """Hard-link (else copy) ``path`` with each suffix into ``folder`` (a writer that replaces ``path`` by rename
+    leaves the linked file as it was)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in suffixes:
+        src = path.with_suffix(suffix)
+        try:
+            os.link(src, folder / src.name)
+        except OSError:
+            shutil.copy2(src, folder / src.name)
 
 
 def _manifest_from_hf(hf_dir: Path, src: Any, chat_template: str | None) -> Manifest:

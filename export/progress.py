@@ -42,7 +42,9 @@ class Stages:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        i = self.names.index(name) + 1 if name in self.names else len(self.times) + 1
+        if name not in self.names:  # a stage the plan could not foresee (a re-quantization): counted where it runs
+            self.names.insert(len(self.times), name)
+        i = self.names.index(name) + 1
         self._print(f"({i}/{len(self.names)}) {name} ...")
         t0 = time.perf_counter()
         yield
