@@ -96,8 +96,8 @@ def requantize_onnx_int4(
     weights = {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in body}
     int8 = sorted(int8_weight_names(weights, share) | {head.name})
     del weights, inits
-    common = {"block_size": group_size, "is_symmetric": sym, "accuracy_level": _ACCURACY_LEVEL}
-    common = {**common, "op_types_to_quantize": ("MatMul",)}
+    common = {"block_size": group_size, "is_symmetric": sym, "accuracy_level": _ACCURACY_LEVEL,
+              "op_types_to_quantize": ("MatMul",)}
     int4_pass = MatMulNBitsQuantizer(model, bits=4, nodes_to_exclude=int8, **common)
     int4_pass.process()
     int8_pass = MatMulNBitsQuantizer(int4_pass.model.model, bits=8, nodes_to_include=int8, **common)
