@@ -105,7 +105,7 @@ def test_report_reads_identity_from_specs_not_labels() -> None:
     assert table.count("Background load:") == 2 and table.index("Background load: none") == 0
     assert "| peak RSS MB |" in table and "| edgegen-x | openvino | int8 | 80.0 | 50.0 | 1.00x | — | 900 |" in table
     assert headline_lines(rows)[0].startswith("edgegen-default (int8, edgegen.load() on onnxruntime")
-    assert "1.20x edgegen's unpadded AR" in headline_lines(rows)[1] and "under load 'busy'" in headline_lines(rows)[1]
+    assert "1.20x edgegen's own AR" in headline_lines(rows)[1] and "under load 'busy'" in headline_lines(rows)[1]
 
 
 def test_chat_table_per_turn() -> None:

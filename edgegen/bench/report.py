@@ -40,7 +40,7 @@ class Row:
     # speculative engines only
     acceptance: float | None = None  # accepted / proposed draft tokens
     tokens_per_step: float | None = None  # new tokens per target forward
-    x_edgegen_ar: float | None = None  # over edgegen's fastest unpadded AR engine (drafting and headline rows)
+    x_edgegen_ar: float | None = None  # over edgegen's fastest AR engine (drafting and headline rows)
     x_baseline_strategy: float | None = None  # over openvino-genai running the same strategy
     skipped: str | None = None  # why this engine could not run the model (no figures: a row of the table all the same)
 
@@ -202,14 +202,15 @@ def _skipped_line(row: Row, dashes: int, rss: bool) -> str:
 
 def headline_lines(rows: Sequence[Row]) -> list[str]:
     """Per load and precision: what ``edgegen.load()`` + the default strategy gives a user, against the fastest
-    AR anchor and edgegen's own unpadded AR."""
+    AR anchor and edgegen's own AR (one row per step where its kernels compute rows alike; int4 on ONNX Runtime
+    runs two)."""
     lines = []
     for r in rows:
         if r.spec.is_headline and r.skipped is None:
             where = f" under load '{r.load}'" if r.load != "none" else ""
             lines.append(f"{r.engine} ({r.weights}{where}, edgegen.load() on {r.backend} + the default strategy): "
                          f"{r.tokens_per_s:.1f} tokens/s = {_x(r.x_fastest)} the fastest AR anchor, "
-                         f"{_x(r.x_edgegen_ar)} edgegen's unpadded AR")
+                         f"{_x(r.x_edgegen_ar)} edgegen's own AR")
     return lines
 
 
