@@ -159,3 +159,30 @@ def test_a_strategy_that_releases_its_tokens_at_the_end_is_timed_from_its_first_
     timing = runner.measure(LateEngine(), [1, 2], 4)
     assert (timing.ttft_s, timing.decode_s) == (1.0, 6.0)  # not 4.0 and 3.0 from the release stamps
     assert timing.engine_metrics == {"target_steps": 4.0}
+
+
+def test_weight_bytes_leave_out_tables_only_gathered_from(tmp_path: Path) -> None:
+    # A step reads every matmul weight but one row of an embedding table: the bandwidth ceiling counts what is read.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgegen.bench.machine import weight_bytes
+    from edgegen.manifest import GraphInfo, KVCacheLayout, Manifest
+
+    table, shared, head = (np.ones(s, np.float32) for s in ((1000, 64), (64, 64), (64, 1000)))
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x"]),  # the embedding: gathered only
+             helper.make_node("Gather", ["shared", "ids"], ["y"]),  # gathered and multiplied: read in full
+             helper.make_node("MatMul", ["x", "shared"], ["z"]), helper.make_node("MatMul", ["z", "head"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for a, n in ((table, "table"), (shared, "shared"),
+                                                                          (head, "head"))])
+    (tmp_path / "onnx").mkdir()
+    onnx.save(helper.make_model(graph), str(tmp_path / "onnx" / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    kv = KVCacheLayout(stateful=False, shared_buffer=True)
+    Manifest("m", "llama", 1, 64, 1, 1, 64, 1000, 16, None, [0], False, chat_template=None,
+             graphs={"onnx": GraphInfo("onnx", "onnx/model.onnx", "fp32", {}, "logits", kv)}).write(tmp_path)
+    files = (tmp_path / "onnx" / "model.onnx").stat().st_size + (tmp_path / "onnx" / "model.onnx.data").stat().st_size
+    assert weight_bytes(tmp_path, "onnx") == files - table.nbytes

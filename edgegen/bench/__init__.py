@@ -248,7 +248,8 @@ def _extra_sections(rows: Sequence[Row], ttft: Sequence[Run], bandwidth: float |
         parts = []
         ceilings = {}
         for r in rows:
-            if r.load != "none" or r.spec.drafts or r.spec.padded or r.weights not in folders or r.skipped:
+            if (r.load != "none" or r.spec.drafts or r.spec.is_headline or r.spec.padded or r.weights not in folders
+                    or r.skipped):  # AR engines only: a drafting strategy's tokens share weight reads
                 continue
             try:
                 size = weight_bytes(Path(folders[r.weights]), runtimes.graph_format(r.backend))
@@ -261,9 +262,9 @@ def _extra_sections(rows: Sequence[Row], ttft: Sequence[Run], bandwidth: float |
                          f"({size / 1e6:.0f} MB)")
         if parts:
             sections.append(f"Memory-bandwidth ceiling: single-thread read bandwidth {bandwidth:.1f} GB/s (NumPy copy "
-                            "of 512 MiB, best of 5); ceiling = bandwidth / bytes of the weight files of the graph the "
-                            "engine runs (ONNX: graph + external data, whose fp32 embedding table counts in full "
-                            "though a step gathers one row of it; OpenVINO: .bin). "
+                            "of 512 MiB, best of 5); ceiling = bandwidth / bytes a step reads of the graph the "
+                            "engine runs (ONNX: graph + external data less the tables it only gathers from, the float "
+                            "embedding; OpenVINO: .bin). "
                             "Quiet AR tokens/s as a fraction of it: " + "; ".join(parts) + ".")
         extra["bandwidth"] = {"read_gb_per_s": bandwidth,
                               "engines": {f"{e} {w}": v for (e, w), v in ceilings.items()}}

@@ -59,9 +59,26 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def weight_bytes(folder: Path, graph_format: str) -> int:
-    """Bytes of the weight files of ``folder``'s graph of ``graph_format``: an ONNX graph file and the external
-    data files beside it (``*.data``), or an OpenVINO IR's ``.bin`` (its XML holds only the topology).
-    A table the graph only gathers from (ONNX's fp32 embedding) counts in full, though a step reads one row."""
+    """Bytes a decoding step reads of ``folder``'s graph of ``graph_format``: an ONNX graph file and the external
+    data files beside it (``*.data``) less the tables the graph only gathers from (ONNX's float embedding: a step
+    reads one row of it), or an OpenVINO IR's ``.bin`` (its XML holds only the topology; its int8 embedding,
+    shared with the LM head, is read in full)."""
     graph = Path(folder) / read_manifest(folder).graphs[graph_format].path
-    files = [graph.with_suffix(".bin")] if graph.suffix == ".xml" else [graph, *graph.parent.glob("*.data")]
-    return sum(f.stat().st_size for f in files if f.is_file())
+    if graph.suffix == ".xml":
+        return graph.with_suffix(".bin").stat().st_size
+    files = [graph, *graph.parent.glob("*.data")]
+    return sum(f.stat().st_size for f in files if f.is_file()) - _gathered_only_bytes(graph)
+
+
+def _gathered_only_bytes(graph_path: Path) -> int:
+    """Bytes of the ONNX graph's initializers that no op but Gather reads (lookup tables)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, set()).add(node.op_type if (node.op_type, i) == ("Gather", 0) else "other")
+    return sum(int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in graph.initializer if readers.get(t.name) == {"Gather"})
