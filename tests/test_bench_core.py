@@ -186,3 +186,22 @@ def test_weight_bytes_leave_out_tables_only_gathered_from(tmp_path: Path) -> Non
              graphs={"onnx": GraphInfo("onnx", "onnx/model.onnx", "fp32", {}, "logits", kv)}).write(tmp_path)
     files = (tmp_path / "onnx" / "model.onnx").stat().st_size + (tmp_path / "onnx" / "model.onnx.data").stat().st_size
     assert weight_bytes(tmp_path, "onnx") == files - table.nbytes
+
+
+def test_an_isolated_engine_times_in_its_own_process_with_the_same_tokens(int8_model: Path, tmp_path: Path) -> None:
+    from edgegen.bench.engines import open_engine
+    from edgegen.bench.isolated import IsolatedEngine
+    from edgegen.bench.runner import measure
+
+    spec = edgegen_spec(int8_model, "onnxruntime", "int8")
+    ids = [1, 504, 3136, 282, 260, 2377]
+    isolated = IsolatedEngine(spec)
+    try:
+        assert isolated.backend == "onnxruntime" and isolated._process.pid != os.getpid()
+        remote = measure(isolated, ids, 8)
+        assert remote.tokens == measure(open_engine(spec), ids, 8).tokens
+        assert remote.ttft_s > 0 and remote.decode_s > 0 and "target_ms" in remote.engine_metrics
+    finally:
+        isolated.close()
+    with pytest.raises(EdgegenError):  # an engine that cannot open says so in the parent, as in-process
+        IsolatedEngine(edgegen_spec(tmp_path / "missing", "onnxruntime", "int8"))

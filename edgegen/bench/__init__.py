@@ -145,7 +145,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             specs += anchors
             for line in lines:
                 note(line)
-        engines = open_engines(specs, device, note=note, skipped=skipped)
+        engines = open_engines(specs, device, note=note, skipped=skipped, isolated=True)
         for spec, engine in engines:
             if spec.is_headline:
                 note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "

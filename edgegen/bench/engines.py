@@ -148,15 +148,18 @@ def anchor_specs(folder: Path, weights: str, strategy: str = "ar",
 
 
 def open_engines(specs: list[EngineSpec], device: str = "CPU", note: Any = print,
-                 skipped: list[tuple[EngineSpec, str]] | None = None) -> list[tuple[EngineSpec, TokenEngine]]:
+                 skipped: list[tuple[EngineSpec, str]] | None = None,
+                 isolated: bool = False) -> list[tuple[EngineSpec, TokenEngine]]:
     """Open every spec; one that cannot load is skipped with a one-line note (the others still run), and with
-    its reason in ``skipped`` when given (the report shows it as a row)."""
+    its reason in ``skipped`` when given (the report shows it as a row). isolated: each in a process of its own
+    (bench/isolated.py)."""
+    from edgegen.bench.isolated import IsolatedEngine
     from edgegen.errors import EdgegenError
 
     opened = []
     for spec in specs:
         try:
-            opened.append((spec, open_engine(spec, device)))
+            opened.append((spec, IsolatedEngine(spec, device) if isolated else open_engine(spec, device)))
             continue
         except (EdgegenError, ImportError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
