@@ -19,6 +19,7 @@ from typing import Any
 
 from edgegen.artifacts import DEFAULT_DRAFT, default_drafter_model
 from edgegen.bench.engines import EngineSpec, anchor_specs, open_engines
+from edgegen.bench.isolated import IsolatedEngine
 from edgegen.bench.report import Row, markdown_table, summarize, write_reports
 from edgegen.bench.runner import (
     WARMUP_PROMPT,
@@ -145,7 +146,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
             specs += anchors
             for line in lines:
                 note(line)
-        engines = open_engines(specs, device, note=note, skipped=skipped, isolated=True)
+        engines = open_engines(specs, device, note=note, skipped=skipped, opener=IsolatedEngine)
         for spec, engine in engines:
             if spec.is_headline:
                 note(f"{spec.label} ({precision}): edgegen.load() chose {engine.backend}; the default strategy "

@@ -9,7 +9,7 @@ parsed back out of the label, which is only the row's name in the table.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,17 +149,18 @@ def anchor_specs(folder: Path, weights: str, strategy: str = "ar",
 
 def open_engines(specs: list[EngineSpec], device: str = "CPU", note: Any = print,
                  skipped: list[tuple[EngineSpec, str]] | None = None,
-                 isolated: bool = False) -> list[tuple[EngineSpec, TokenEngine]]:
-    """Open every spec; one that cannot load is skipped with a one-line note (the others still run), and with
-    its reason in ``skipped`` when given (the report shows it as a row). isolated: each in a process of its own
-    (bench/isolated.py)."""
-    from edgegen.bench.isolated import IsolatedEngine
+                 opener: Callable[[EngineSpec, str], TokenEngine] | None = None,
+                 ) -> list[tuple[EngineSpec, TokenEngine]]:
+    """Open every spec with ``opener`` (default ``open_engine``; the bench passes bench.isolated.IsolatedEngine);
+    one that cannot load is skipped with a one-line note (the others still run), and with its reason in
+    ``skipped`` when given (the report shows it as a row)."""
     from edgegen.errors import EdgegenError
 
+    opener = opener or open_engine
     opened = []
     for spec in specs:
         try:
-            opened.append((spec, IsolatedEngine(spec, device) if isolated else open_engine(spec, device)))
+            opened.append((spec, opener(spec, device)))
             continue
         except (EdgegenError, ImportError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
