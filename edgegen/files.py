@@ -28,6 +28,15 @@ OWNER_FILE = ".edgegen-owner"  # inside a temp folder: "pid host" of the process
 _UNOWNED_GRACE_S = 3600.0
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (no bytes copied; a writer that later replaces ``src`` by rename leaves
+    ``dst`` as it was), or copy it where a link cannot be made (another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def publish_file(tmp: str | Path, out: str | Path) -> None:
     """Give ``tmp`` the umask's permissions (mkstemp and safetensors write 0600, which hides a shared store or
     a shippable pack from other users), then atomically replace ``out`` with it."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.files import link_or_copy
 from edgegen.manifest import EXPORT_LOG, MANIFEST_NAME, EmbeddingsInfo, GraphInfo, Manifest, read_manifest
 
 TABLE_FILE = "embeddings.npy"
@@ -193,9 +194,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         (dst / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
             path = Path(root) / name
-            try:
-                if path.stat().st_size < _LINK_MIN_BYTES:
-                    raise OSError("small file: copy it")
-                os.link(path, dst / rel / name)
-            except OSError:
+            if path.stat().st_size < _LINK_MIN_BYTES:
                 shutil.copy2(path, dst / rel / name)
+            else:
+                link_or_copy(path, dst / rel / name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -12,7 +11,7 @@ from typing import Any
 
 from edgegen.errors import EdgegenError
 from edgegen.export.progress import Stages, library_output, warn
-from edgegen.files import atomic_folder, check_output_dir
+from edgegen.files import atomic_folder, check_output_dir, link_or_copy
 from edgegen.manifest import EXPORT_LOG, GraphInfo, Manifest
 
 FORMATS = ("onnx", "openvino", "torch")  # torch: the HF weights themselves, for the torch backend
@@ -167,7 +166,9 @@ def _export_into(
             used_group = 0
             if weights in ("int8", "int4"):
                 if weights == "int4" and quality_gate:  # kept for a re-quantization should the gate flag it
-                    _link_files(ir, (".xml", ".bin"), work / "openvino-fp32")
+                    (work / "openvino-fp32").mkdir()
+                    for suffix in (".xml", ".bin"):
+                        link_or_copy(ir.with_suffix(suffix), work / "openvino-fp32" / ir.with_suffix(suffix).name)
                 with stages.stage(f"compress OpenVINO weights ({weights})"):
                     used_group = compress_openvino_weights(ir, weights=weights, sym=sym, group_size=group_size)
             graphs["openvino"] = describe_openvino(tmp, ir, weights=weights, sym=sym, group_size=used_group)
@@ -267,18 +268,6 @@ def _int4_within_gate(gate: _Gate, graphs: dict[str, GraphInfo], hf_dir: Path, w
             if not graphs[fmt].quality["flagged"]:
                 break
     return graphs
-
-
-def _link_files(path: Path, suffixes: Sequence[str], folder: Path) -> None:
-    """Hard-link (else copy) ``path`` with each suffix into ``folder`` (a writer that replaces ``path`` by rename
-    leaves the linked file as it was)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix in suffixes:
-        src = path.with_suffix(suffix)
-        try:
-            os.link(src, folder / src.name)
-        except OSError:
-            shutil.copy2(src, folder / src.name)
 
 
 def _manifest_from_hf(hf_dir: Path, src: Any, chat_template: str | None) -> Manifest:

@@ -82,9 +82,10 @@ class OnnxRuntimeSession(SlotCache, EmbeddingInputs):
             self._embeds_dtype = np.float16 if kind == "tensor(float16)" else np.float32
         self._buffer_device = _BUFFER_DEVICE.get(provider, "cpu")
         self._kv_dtype = np.dtype(graph.kv.dtype)
-        # int4 exports made before their matmuls were found row-dependent carry an attention-only pad: their
-        # one-token calls get the filler row as well (correct, if slower: re-export to drop the attention pad).
-        self._row_pad = ROW_PAD in graph.edits and graph.weights != "int4"
+        # int4 CPU exports made before their matmuls were found row-dependent (export.graph_edits) carry an
+        # attention-only pad: their one-token calls get the filler row as well (re-export to drop the attention pad).
+        stale_int4 = graph.weights == "int4" and graph.execution_provider == "cpu"
+        self._row_pad = ROW_PAD in graph.edits and not stale_int4
         self._keep_input = LOGITS_TO_KEEP in graph.edits
         self.has_hidden = HIDDEN_STATE in graph.edits
         kinds = {o.name: o.type for o in self._session.get_outputs()}
