@@ -118,11 +118,17 @@ def test_chat_table_per_turn() -> None:
 
 
 def test_peak_rss_is_the_engines_own(int8_model: Path) -> None:
-    from edgegen.bench.memory import peak_rss_mb
+    from edgegen.bench.isolated import IsolatedEngine
+    from edgegen.bench.runner import measure
 
     held = np.ones(2**30 // 8)  # 1 GiB in the bench process must not count against the engine
     held[::512] = 2.0
-    mb = peak_rss_mb(edgegen_spec(int8_model, "onnxruntime", "int8"), list(range(100, 140)), 4)
+    engine = IsolatedEngine(edgegen_spec(int8_model, "onnxruntime", "int8"))
+    try:
+        measure(engine, list(range(100, 140)), 4)
+        mb = engine.peak_rss_mb()
+    finally:
+        engine.close()
     assert 100 < mb < 1024
 
 

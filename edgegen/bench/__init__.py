@@ -60,7 +60,7 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
     the same strategy; "hydra" also runs speculative (the shipped drafter) and prompt lookup
     (``ALONGSIDE``); ``options`` go to the strategy.
     loads: background loads to measure under ("none", "busy": one core spinning; ``bench.load``).
-    peak_rss: measure each engine's peak RSS in a process of its own (``bench.memory``).
+    peak_rss: each engine's peak RSS, read in its own process after the timed prompts (``bench.memory``).
     prompt_tokens: prompt lengths to measure TTFT at (``bench.ttft``). chat_turns: also run a chat of that
     many turns, edgegen's API against openvino-genai's chat mode (``bench.chat``).
     device: where the engines run. "NPU" (EDGEGEN_NPUW_DEVICES=CPU: the NPUW path on the CPU) runs an NPU export
@@ -160,18 +160,18 @@ def run_bench(model: str | None = None, weights: Sequence[str] = (), prompts: st
                 note(f"{spec.label}: cannot run {path}: {failed[spec.label]}, left out")
                 skipped.append((spec, failed[spec.label]))
         engines = [(s, e) for s, e in engines if s.label not in failed]
+        if peak_rss:  # each engine's own process, after the timed prompts (before the long TTFT prompts)
+            for spec, engine in engines:
+                try:
+                    rss[spec.label, spec.weights] = engine.peak_rss_mb()
+                except Exception as e:  # a failed measurement must not lose the bench's timings
+                    note(f"{spec.label}: peak RSS not measured ({type(e).__name__}: {e})".splitlines()[0])
         if prompt_tokens:
             from edgegen.bench.ttft import ttft_runs
 
             ttft += ttft_runs([(s, e) for s, e in engines if not s.drafts and not s.padded], path,
                               prompt_tokens, loads=loads)
-        del engines  # before the next precision's, and before the memory children
-        if peak_rss:
-            from edgegen.bench.memory import peak_rss_by_engine
-
-            longest = max((ids[p.id] for p in chosen), key=len)
-            rss |= peak_rss_by_engine([s for s in specs if any(r.engine == s for r in runs)], longest, new_tokens,
-                                      note)
+        del engines  # their processes end before the next precision's start
     if not runs:
         raise EdgegenError("nothing was benchmarked: " + "; ".join(notes))
     rows = summarize(runs, eos, rss, skipped)

@@ -34,6 +34,11 @@ class IsolatedEngine:
         self._conn.send((list(prompt_ids), new_tokens))
         return self._reply()
 
+    def peak_rss_mb(self) -> float:
+        """Peak resident set of the engine's process so far (bench/memory.py)."""
+        self._conn.send("peak_rss")
+        return self._reply()
+
     def generate(self, prompt_ids: list[int], new_tokens: int, on_token: Any) -> dict[str, float]:
         raise EdgegenError(f"{self.name} runs in a process of its own: time it with runner.measure")
 
@@ -73,6 +78,7 @@ class IsolatedEngine:
 def _serve(spec: EngineSpec, device: str, conn: Any) -> None:
     """The child: open the engine, then answer timing requests until told to stop."""
     from edgegen.bench.engines import open_engine
+    from edgegen.bench.memory import process_peak_rss_mb
     from edgegen.bench.runner import measure
 
     try:
@@ -83,6 +89,6 @@ def _serve(spec: EngineSpec, device: str, conn: Any) -> None:
         return
     while (request := conn.recv()) is not None:
         try:
-            conn.send(("ok", measure(engine, *request)))
+            conn.send(("ok", process_peak_rss_mb() if request == "peak_rss" else measure(engine, *request)))
         except Exception as e:
             conn.send(("error", (type(e).__name__, str(e))))
