@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bench.engines import EngineSpec, edgegen_spec, open_engine
+from edgegen.bench.engines import EngineSpec, edgegen_spec
+from edgegen.bench.isolated import IsolatedEngine
 from edgegen.bench.quality import fp32_session, perplexity, until_eos
 from edgegen.bench.report import write_report
 from edgegen.bench.runner import Prompt, encode_prompts, folder_weights, load_prompts, prepare_folder, timed_runs
@@ -201,7 +202,8 @@ def run_lud_bench(tuned: str | Path | Sequence[str | Path], base: str | Path | N
     for _, folder in models:
         if ids != encode_prompts(folder, chosen):
             raise EdgegenError(f"the base model and {folder} tokenize the prompts differently")
-    engines = [(spec, open_engine(spec)) for spec in lud_specs(base, models, backend, thresholds, spans, verified)]
+    # each engine in a process of its own, as in the main bench (bench/isolated.py: no opening-order bias)
+    engines = [(spec, IsolatedEngine(spec)) for spec in lud_specs(base, models, backend, thresholds, spans, verified)]
     timed = timed_runs(engines, chosen, ids, new_tokens, warmup, desc="lud bench")
     del engines
     session, eos = fp32_session(fp32)
