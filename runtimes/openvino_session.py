@@ -1,10 +1,10 @@
 """OpenVINO native backend over the export's stateful IR.
 
-CPU and GPU take any number of tokens per call. By default the KV cache lives in the infer request's state;
-``paged=True`` (CPU, opt-in) rewrites the IR's attention to PagedAttention when it loads it
-(runtimes.openvino_paged: the KV cache in blocks the session owns, what openvino-genai's default pipeline
-runs; faster long-prompt prefill, docs/performance.md). The NPU, compiled by NPUW with static
-shapes, has its own session (runtimes.openvino_npu).
+CPU and GPU take any number of tokens per call. On the CPU the session rewrites the IR's attention to
+PagedAttention when it loads it (runtimes.openvino_paged: the KV cache in blocks the session owns, what
+openvino-genai's default pipeline runs; faster decode and long-prompt prefill, docs/performance.md); on the GPU,
+for an IR the rewrite refuses, and with ``paged=False`` the KV cache lives in the infer request's state. The
+NPU, compiled by NPUW with static shapes, has its own session (runtimes.openvino_npu).
 
 On the stateful path, rolling the cache back (`trim`) does not touch the state: reading and rewriting it costs
 more than a forward (2026-11-26, SmolLM2-135M on CPU: 22 ms to read the f16 state, +7 ms to write it, +10 ms on
@@ -28,6 +28,7 @@ from edgegen.runtimes.openvino_paged import PagedCache, to_paged
 
 _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
+_EMBEDS, _EMBEDS_SCALE = "inputs_embeds", "embeds_scale"  # the paged IR's embeddings inputs
 NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU (tests, CI)
 
 
@@ -45,19 +46,24 @@ def available_devices() -> list[str]:
 class OpenVINOSession(CachePosition, EmbeddingInputs):
     """A Session (see runtimes.base) over a compiled stateful OpenVINO model.
 
-    embeddings=True runs the export's input-embedding IR (embed / forward_embeddings). CPU and GPU; the NPU's
-    session is runtimes.openvino_npu.OpenVINONPUSession (runtimes.DEVICE_SESSIONS). paged=True runs
-    PagedAttention on the CPU (runtimes.openvino_paged, where the IR allows it). Not the default yet: on the
-    paged path an input-embedding IR and its token-id IR give rows up to 8e-3 apart (tests/test_embeddings.py
-    holds them to 1e-3, which the stateful path meets), so superposed decoding could leave greedy on a near-tie.
+    embeddings=True also takes input embeddings (embed / forward_embeddings). CPU and GPU; the NPU's session is
+    runtimes.openvino_npu.OpenVINONPUSession (runtimes.DEVICE_SESSIONS). ``paged`` (default: on the CPU) runs
+    PagedAttention (runtimes.openvino_paged, where the IR allows it). A paged session compiles the token-id IR
+    with an embeddings input beside the ids (``_add_embeddings_input``), whether or not it was asked for
+    embeddings: its quantized cache blocks turn the ~5e-5 between two separately compiled IRs into ~8e-3 in
+    the logits, while one graph gives a token's embedding and its id the same rows, bit for bit, so superposed
+    decoding (embeddings) stays greedy-exact against every other strategy (ids).
     """
 
     backend = "openvino"
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
-                 threads: int | None = None, embeddings: bool = False, paged: bool = False) -> None:
+                 threads: int | None = None, embeddings: bool = False, paged: bool | None = None) -> None:
         device = device.upper()
-        graph = manifest.embeddings_graph("openvino") if embeddings else manifest.graph("openvino")
+        paged = device == "CPU" if paged is None else paged
+        # the paged path takes embeddings through the token-id IR itself (the class docstring says why)
+        separate = embeddings and not (paged and device == "CPU")
+        graph = manifest.embeddings_graph("openvino") if separate else manifest.graph("openvino")
         if not graph.kv.stateful:
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
         present = available_devices()
@@ -82,6 +88,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
                 model = core().read_model(str(folder / graph.path))
             # a prefill needs only the last position's logits; paged graphs hold one row per token on axis 0
             self._keep = _add_logits_to_keep(model, 0 if is_paged else 1)
+            self._embeds = _add_embeddings_input(model) if is_paged else None
+            if embeddings and not separate and self._embeds is None:
+                raise EdgegenError(f"{folder / graph.path}: no token-embedding lookup found to take embeddings")
             self.has_hidden = _add_hidden_output(model)  # after the cut: the logits' rows
             compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
@@ -92,7 +101,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._names = graph.inputs
         if embeddings:
             self._open_embeddings(folder, manifest)
-        self._input_name = graph.inputs["inputs_embeds" if embeddings else "input_ids"]
+            if self._embeds is not None:
+                self._embeds.unscale = np.float32(1.0 / self._table.scale)
+        self._input_name = graph.inputs["inputs_embeds" if separate else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
         self._keep_rows = {k: np.array([k], np.int64) for k in (0, 1)}
         self._positions = np.arange(self._limit, dtype=np.int64).reshape(1, -1)  # position_ids are views of it
@@ -110,7 +121,10 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             raise EdgegenError(f"sequence of {end} tokens exceeds this session's maximum of {self._limit}")
         if self._paged is not None:
             inputs = self._paged.inputs(start, n)
-            inputs[self._input_name] = x[0]
+            if self._embeds is not None:
+                inputs.update(self._embeds.inputs(x[0]))
+            else:
+                inputs[self._input_name] = x[0]
             inputs[self._names["position_ids"]] = self._positions[0, start:end]
         else:
             inputs = self._state_inputs(x, start, end)
@@ -240,6 +254,75 @@ def _add_logits_to_keep(model: ov.Model, axis: int = 1) -> bool:
     model.add_parameters([keep])
     model.validate_nodes_and_infer_types()
     return True
+
+
+class _EmbeddingsInput:
+    """The inputs of an IR edited by ``_add_embeddings_input``: ids with a zero embedding and scale 1, or
+    embeddings with token 0 and scale 0 (zero buffers reused between steps). Embeddings are scaled rows
+    (EmbeddingsInfo.scale): where the model scales its rows after the lookup (Gemma), they are unscaled here,
+    as the separate embeddings IR does in its graph (export.openvino.build_openvino_embeds_ir)."""
+
+    def __init__(self, hidden: int) -> None:
+        self._hidden = hidden
+        self.unscale = np.float32(1.0)  # 1 / EmbeddingsInfo.scale, set by an embeddings session
+        self._zero_ids = np.zeros(0, np.int64)
+        self._zero_rows = np.zeros((0, 1, hidden), np.float32)
+        self._scale = {True: np.ones((), np.float32), False: np.zeros((), np.float32)}
+
+    def inputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """x: ids [n] or embeddings [n, hidden] -> the edited graph's three inputs."""
+        n = x.shape[0]
+        if n > len(self._zero_ids):
+            self._zero_ids = np.zeros(max(n, 2 * len(self._zero_ids)), np.int64)
+            self._zero_rows = np.zeros((len(self._zero_ids), 1, self._hidden), np.float32)
+        ids = x.dtype == np.int64
+        if ids:
+            return {"input_ids": x, _EMBEDS: self._zero_rows[:n], _EMBEDS_SCALE: self._scale[True]}
+        rows = x.reshape(n, 1, self._hidden)
+        return {"input_ids": self._zero_ids[:n], _EMBEDS: rows * self.unscale if self.unscale != 1 else rows,
+                _EMBEDS_SCALE: self._scale[False]}
+
+
+def _add_embeddings_input(model: ov.Model) -> _EmbeddingsInput | None:
+    """Give the token-id IR an embeddings input: the first layer reads ``lookup(ids) * embeds_scale +
+    inputs_embeds`` (exact for either: x * 1 + 0 and y * 0 + x). None where no embedding lookup is found
+    (then the session takes ids only). Applied to paged graphs, whose ``input_ids`` are [tokens] and whose lookup
+    gives [tokens, 1, hidden]."""
+    from openvino import opset13 as ops
+
+    ids = next((p for p in model.get_parameters() if "input_ids" in p.output(0).get_names()), None)
+    lookup = _embedding_lookup(ids.output(0)) if ids is not None else None
+    if lookup is None:
+        return None
+    rows = lookup.output(0)
+    readers = list(rows.get_target_inputs())
+    embeds = ops.parameter(rows.get_partial_shape(), ov.Type.f32, name=_EMBEDS)
+    scale = ops.parameter(ov.PartialShape([]), ov.Type.f32, name=_EMBEDS_SCALE)
+    for param in (embeds, scale):
+        param.output(0).set_names({param.get_friendly_name()})
+    x, gain = embeds.output(0), scale.output(0)
+    if rows.get_element_type() != ov.Type.f32:  # a lookup in the model's own float type
+        x, gain = (ops.convert(v, rows.get_element_type()).output(0) for v in (x, gain))
+    mixed = ops.add(ops.multiply(rows, gain), x)
+    for reader in readers:
+        reader.replace_source_output(mixed.output(0))
+    model.add_parameters([embeds, scale])
+    model.validate_nodes_and_infer_types()
+    return _EmbeddingsInput(rows.get_partial_shape()[-1].get_length())
+
+
+def _embedding_lookup(ids: ov.Output, depth: int = 3) -> ov.Node | None:
+    """The Gather that looks the ids up in the embedding table: the first float-valued Gather at most ``depth``
+    nodes below them (past the Unsqueeze / Convert the converter puts between)."""
+    for reader in ids.get_target_inputs():
+        node = reader.get_node()
+        if node.get_type_name() == "Gather" and node.get_output_element_type(0).is_real():
+            return node
+        if depth > 1 and node.get_output_size() == 1:
+            found = _embedding_lookup(node.output(0), depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _lm_head(model: ov.Model) -> ov.Node | None:

@@ -1,12 +1,12 @@
-"""The OpenVINO CPU session's PagedAttention cache: rollback by position, growth past the first blocks,
-snapshot/restore, and agreement with the stateful path on the same IR."""
+"""The OpenVINO CPU session's PagedAttention cache (the CPU default): rollback by position, growth past the first
+blocks, snapshot/restore, agreement with the stateful path on the same IR, and embeddings that give their tokens'
+rows exactly."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
@@ -16,10 +16,9 @@ def _ids(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(200, 20000, size=n).astype(np.int64)
 
 
-@pytest.mark.extended  # the opt-in paged path (OpenVINOSession(paged=True)), ~30 s: scripts/test.sh --all
 def test_paged_rollbacks_growth_and_restore(fp32_model: Path) -> None:
     manifest = read_manifest(fp32_model)
-    session = open_session(fp32_model, manifest, "openvino", paged=True)
+    session = open_session(fp32_model, manifest, "openvino")
     assert session._paged is not None  # the CPU runs the PagedAttention rewrite of the IR
     prompt, kept = _ids(530), _ids(12, seed=3)  # 530 + 12 tokens: past the 16 blocks (512) allocated up front
     straight = session.forward(np.concatenate([prompt, kept]))
@@ -55,3 +54,19 @@ def test_paged_rollbacks_growth_and_restore(fp32_model: Path) -> None:
     cut = session.forward(prompt[100:110])  # 10 rows from 100 cached, against rows of one 542-row forward
     np.testing.assert_allclose(cut, straight[100:110], atol=2e-2)  # f16 cache: row counts change the sums
     assert (cut.argmax(-1) == straight[100:110].argmax(-1)).all()
+
+
+def test_paged_embeddings_give_their_tokens_rows_exactly(fp32_model: Path) -> None:
+    # One compiled graph takes ids and embeddings (its quantized cache blocks would turn two graphs' ~5e-5 into
+    # ~8e-3): a token's embedding gives the token's rows bit for bit, also after a step of mixed embeddings.
+    manifest = read_manifest(fp32_model)
+    plain = open_session(fp32_model, manifest, "openvino", threads=1)
+    emb = open_session(fp32_model, manifest, "openvino", embeddings=True, threads=1)
+    assert plain._paged is not None and emb._paged is not None
+    ids, more = _ids(24), _ids(4, seed=5)
+    expected = plain.forward(ids)
+    assert np.array_equal(emb.forward_embeddings(emb.embed(ids)), expected)
+    a, b = emb.embed(more[:2])
+    emb.forward_embeddings((0.5 * a + 0.5 * b)[None])  # a superposed step, then rolled back
+    emb.trim(len(ids))
+    assert np.array_equal(emb.forward(more), plain.forward(more))
