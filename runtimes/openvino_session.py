@@ -51,8 +51,8 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
     PagedAttention (runtimes.openvino_paged, where the IR allows it). A paged session compiles the token-id IR
     with an embeddings input beside the ids (``_add_embeddings_input``), whether or not it was asked for
     embeddings: its quantized cache blocks turn the ~5e-5 between two separately compiled IRs into ~8e-3 in
-    the logits, while one graph gives a token's embedding and its id the same rows, bit for bit, so superposed
-    decoding (embeddings) stays greedy-exact against every other strategy (ids).
+    the logits, while one graph gives a token's embedding and its id the same rows (bit for bit where the model
+    has no embedding scale), so superposed decoding (embeddings) stays greedy-exact against every other strategy (ids).
     """
 
     backend = "openvino"
@@ -88,7 +88,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
                 model = core().read_model(str(folder / graph.path))
             # a prefill needs only the last position's logits; paged graphs hold one row per token on axis 0
             self._keep = _add_logits_to_keep(model, 0 if is_paged else 1)
-            self._embeds = _add_embeddings_input(model) if is_paged else None
+            # embeddings are scaled rows (EmbeddingsInfo.scale; none without a table: then only ids are fed)
+            scale = manifest.embeddings.scale if manifest.embeddings is not None else 1.0
+            self._embeds = _add_embeddings_input(model, scale) if is_paged else None
             if embeddings and not separate and self._embeds is None:
                 raise EdgegenError(f"{folder / graph.path}: no token-embedding lookup found to take embeddings")
             self.has_hidden = _add_hidden_output(model)  # after the cut: the logits' rows
@@ -101,8 +103,6 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._names = graph.inputs
         if embeddings:
             self._open_embeddings(folder, manifest)
-            if self._embeds is not None:
-                self._embeds.unscale = np.float32(1.0 / self._table.scale)
         self._input_name = graph.inputs["inputs_embeds" if separate else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
         self._keep_rows = {k: np.array([k], np.int64) for k in (0, 1)}
@@ -259,12 +259,13 @@ def _add_logits_to_keep(model: ov.Model, axis: int = 1) -> bool:
 class _EmbeddingsInput:
     """The inputs of an IR edited by ``_add_embeddings_input``: ids with a zero embedding and scale 1, or
     embeddings with token 0 and scale 0 (zero buffers reused between steps). Embeddings are scaled rows
-    (EmbeddingsInfo.scale): where the model scales its rows after the lookup (Gemma), they are unscaled here,
-    as the separate embeddings IR does in its graph (export.openvino.build_openvino_embeds_ir)."""
+    (EmbeddingsInfo.scale): where the model scales its rows after the lookup (Gemma), they are divided by the
+    scale here, as the separate embeddings IR does in its graph (export.openvino.build_openvino_embeds_ir), and
+    then equal the lookup's rows to rounding, not bit for bit."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, scale: float) -> None:
         self._hidden = hidden
-        self.unscale = np.float32(1.0)  # 1 / EmbeddingsInfo.scale, set by an embeddings session
+        self._unscale = np.float32(1.0 / scale)
         self._zero_ids = np.zeros(0, np.int64)
         self._zero_rows = np.zeros((0, 1, hidden), np.float32)
         self._scale = {True: np.ones((), np.float32), False: np.zeros((), np.float32)}
@@ -279,15 +280,15 @@ class _EmbeddingsInput:
         if ids:
             return {"input_ids": x, _EMBEDS: self._zero_rows[:n], _EMBEDS_SCALE: self._scale[True]}
         rows = x.reshape(n, 1, self._hidden)
-        return {"input_ids": self._zero_ids[:n], _EMBEDS: rows * self.unscale if self.unscale != 1 else rows,
+        return {"input_ids": self._zero_ids[:n], _EMBEDS: rows * self._unscale if self._unscale != 1 else rows,
                 _EMBEDS_SCALE: self._scale[False]}
 
 
-def _add_embeddings_input(model: ov.Model) -> _EmbeddingsInput | None:
+def _add_embeddings_input(model: ov.Model, scale: float) -> _EmbeddingsInput | None:
     """Give the token-id IR an embeddings input: the first layer reads ``lookup(ids) * embeds_scale +
     inputs_embeds`` (exact for either: x * 1 + 0 and y * 0 + x). None where no embedding lookup is found
     (then the session takes ids only). Applied to paged graphs, whose ``input_ids`` are [tokens] and whose lookup
-    gives [tokens, 1, hidden]."""
+    gives [tokens, 1, hidden]. ``scale``: the model's embedding scale (EmbeddingsInfo.scale)."""
     from openvino import opset13 as ops
 
     ids = next((p for p in model.get_parameters() if "input_ids" in p.output(0).get_names()), None)
@@ -297,18 +298,18 @@ def _add_embeddings_input(model: ov.Model) -> _EmbeddingsInput | None:
     rows = lookup.output(0)
     readers = list(rows.get_target_inputs())
     embeds = ops.parameter(rows.get_partial_shape(), ov.Type.f32, name=_EMBEDS)
-    scale = ops.parameter(ov.PartialShape([]), ov.Type.f32, name=_EMBEDS_SCALE)
-    for param in (embeds, scale):
+    gain_param = ops.parameter(ov.PartialShape([]), ov.Type.f32, name=_EMBEDS_SCALE)
+    for param in (embeds, gain_param):
         param.output(0).set_names({param.get_friendly_name()})
-    x, gain = embeds.output(0), scale.output(0)
+    x, gain = embeds.output(0), gain_param.output(0)
     if rows.get_element_type() != ov.Type.f32:  # a lookup in the model's own float type
         x, gain = (ops.convert(v, rows.get_element_type()).output(0) for v in (x, gain))
     mixed = ops.add(ops.multiply(rows, gain), x)
     for reader in readers:
         reader.replace_source_output(mixed.output(0))
-    model.add_parameters([embeds, scale])
+    model.add_parameters([embeds, gain_param])
     model.validate_nodes_and_infer_types()
-    return _EmbeddingsInput(rows.get_partial_shape()[-1].get_length())
+    return _EmbeddingsInput(rows.get_partial_shape()[-1].get_length(), scale)
 
 
 def _embedding_lookup(ids: ov.Output, depth: int = 3) -> ov.Node | None:
