@@ -60,10 +60,8 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", max_length: int | None = None,
                  threads: int | None = None, embeddings: bool = False, paged: bool | None = None) -> None:
         device = device.upper()
-        paged = device == "CPU" if paged is None else paged
-        # the paged path takes embeddings through the token-id IR itself (the class docstring says why)
-        separate = embeddings and not (paged and device == "CPU")
-        graph = manifest.embeddings_graph("openvino") if separate else manifest.graph("openvino")
+        paged = device == "CPU" and paged is not False  # the rewrite runs on the CPU, by default
+        graph = manifest.graph("openvino")
         if not graph.kv.stateful:
             raise EdgegenError(f"{folder}: the OpenVINO backend needs a stateful IR; re-export the model")
         present = available_devices()
@@ -79,20 +77,18 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             config["INFERENCE_NUM_THREADS"] = threads
         self.manifest = manifest
         self.device = device
-        self._graph = graph
+        self._paged: PagedCache | None = None
         try:
-            model = core().read_model(str(folder / graph.path))
-            self._paged: PagedCache | None = None
-            is_paged = paged and device == "CPU" and to_paged(model)
-            if paged and device == "CPU" and not is_paged:  # refused: the transformation may have left it half done
-                model = core().read_model(str(folder / graph.path))
-            # a prefill needs only the last position's logits; paged graphs hold one row per token on axis 0
-            self._keep = _add_logits_to_keep(model, 0 if is_paged else 1)
-            # embeddings are scaled rows (EmbeddingsInfo.scale; none without a table: then only ids are fed)
+            model, is_paged = _read(folder / graph.path, paged)
+            # the paged graph takes embeddings itself (the class docstring says why); scaled rows
+            # (EmbeddingsInfo.scale; none without a table: then only ids are fed)
             scale = manifest.embeddings.scale if manifest.embeddings is not None else 1.0
             self._embeds = _add_embeddings_input(model, scale) if is_paged else None
-            if embeddings and not separate and self._embeds is None:
-                raise EdgegenError(f"{folder / graph.path}: no token-embedding lookup found to take embeddings")
+            if embeddings and self._embeds is None:  # the stateful path: the export's input-embedding IR
+                graph = manifest.embeddings_graph("openvino")
+                model, is_paged = _read(folder / graph.path, False)
+            # a prefill needs only the last position's logits; paged graphs hold one row per token on axis 0
+            self._keep = _add_logits_to_keep(model, 0 if is_paged else 1)
             self.has_hidden = _add_hidden_output(model)  # after the cut: the logits' rows
             compiled = core().compile_model(model, device, config)
         except RuntimeError as e:
@@ -100,10 +96,11 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._request = compiled.create_infer_request()
         if is_paged:
             self._paged = PagedCache(compiled, self._request, device, self._limit)
+        self._graph = graph
         self._names = graph.inputs
         if embeddings:
             self._open_embeddings(folder, manifest)
-        self._input_name = graph.inputs["inputs_embeds" if separate else "input_ids"]
+        self._input_name = graph.inputs["inputs_embeds" if "inputs_embeds" in graph.inputs else "input_ids"]
         self._beam_idx = np.zeros(1, np.int32)
         self._keep_rows = {k: np.array([k], np.int64) for k in (0, 1)}
         self._positions = np.arange(self._limit, dtype=np.int64).reshape(1, -1)  # position_ids are views of it
@@ -230,6 +227,17 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._slots[:] = 1
         self._held(0, snapshot.token_ids[:n])
         self._position = n
+
+
+def _read(path: Path, paged: bool) -> tuple[ov.Model, bool]:
+    """The IR at ``path``, its attention rewritten to PagedAttention when ``paged`` and the rewrite takes it; and
+    whether it did."""
+    model = core().read_model(str(path))
+    if not paged:
+        return model, False
+    if to_paged(model):
+        return model, True
+    return core().read_model(str(path)), False  # refused: the transformation may have left it half done
 
 
 def _add_logits_to_keep(model: ov.Model, axis: int = 1) -> bool:

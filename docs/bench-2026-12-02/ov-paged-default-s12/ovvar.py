@@ -1,5 +1,5 @@
 """One engine per process over the bench's 8 prompts (token ids), 128 tokens, tokens/s from per-token stamps
-(first token to last, like the bench). argv[2]: edgegen-ov | raw (constant slice, unpinned) | raw-pin | genai-sdpa | genai-pa."""
+(first token to last, like the bench). argv[1]: an exported folder (int4 in its name: int4); argv[2]: edgegen-ov | raw (constant slice, unpinned) | raw-pin | genai-sdpa | genai-pa."""
 import statistics, sys, time
 from pathlib import Path
 import numpy as np
@@ -31,13 +31,9 @@ class Raw:
             tok = int(np.argmax(out[0][0, -1])); on_token(tok)
         return {}
 
-if which == "edgegen-ov-paged":
-    import edgegen.runtimes.openvino_session as s
-    pass
+if which == "edgegen-ov":  # as shipped: PagedAttention on the CPU
     eng = open_engine(edgegen_spec(folder, "openvino", W))
     assert eng._gen.session._paged is not None
-elif which == "edgegen-ov":
-    eng = open_engine(edgegen_spec(folder, "openvino", W))
 elif which.startswith("raw"):
     eng = Raw("pin" in which)
 else:
