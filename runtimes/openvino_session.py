@@ -94,6 +94,7 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         except RuntimeError as e:
             raise EdgegenError(f"cannot compile {folder / graph.path} for {device}: {str(e).splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
+        self._bound = _BoundInputs(self._request)
         if is_paged:
             self._paged = PagedCache(compiled, self._request, device, self._limit)
         self._graph = graph
@@ -127,9 +128,10 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
             inputs = self._state_inputs(x, start, end)
         if self._keep:
             inputs[LOGITS_TO_KEEP] = self._keep_rows[1 if last_only else 0]
-        # Shared, not copied: the inputs are views of buffers kept between steps, and the logits are read
-        # from the request's own output memory (copied below, since the next call reuses it).
-        outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
+        # The inputs go into tensors the request keeps (a new tensor only where a shape changes), and the logits
+        # are read from the request's own output memory (copied below, since the next call reuses it).
+        self._bound.write(inputs)
+        outputs = self._request.infer(share_outputs=True)
         self._position = end
         logits = outputs[self._logits_port]
         logits = logits.reshape(-1, logits.shape[-1])  # [1, rows, vocab] stateful, [rows, 1, vocab] paged
@@ -227,6 +229,29 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
         self._slots[:] = 1
         self._held(0, snapshot.token_ids[:n])
         self._position = n
+
+
+class _BoundInputs:
+    """An infer request's input tensors, set once per shape and then written in place.
+
+    Handing the request new tensors every step (``infer(inputs)``) cost ~0.5 ms of a 9 ms one-token step on the
+    CPU (SmolLM2-135M, docs/performance.md): the plugin rebinds each one. A decode step's inputs keep their
+    shapes, so after the first step only their values are copied in.
+    """
+
+    def __init__(self, request: ov.InferRequest) -> None:
+        self._request = request
+        self._arrays: dict[str, np.ndarray] = {}  # input name -> the memory of the tensor the request holds
+
+    def write(self, inputs: dict[str, np.ndarray]) -> None:
+        for name, value in inputs.items():
+            held = self._arrays.get(name)
+            if held is not None and held.shape == value.shape and held.dtype == value.dtype:
+                held[...] = value
+                continue
+            held = np.array(value, order="C")  # our own copy: the caller's buffers change under it
+            self._request.set_tensor(name, ov.Tensor(held, shared_memory=True))
+            self._arrays[name] = held
 
 
 def _read(path: Path, paged: bool) -> tuple[ov.Model, bool]:
