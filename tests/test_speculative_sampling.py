@@ -21,7 +21,7 @@ from edgegen.strategies import verify as verify_module
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
 from edgegen.strategies.draft_length import DraftLength
-from edgegen.strategies.drafters import LookupThenModel, ModelDrafter, PromptLookupDrafter
+from edgegen.strategies.drafters import Draft, LookupThenModel, ModelDrafter, PromptLookupDrafter
 from edgegen.strategies.speculative import Speculative
 
 VOCAB = 5
@@ -185,3 +185,25 @@ def test_draft_length_follows_acceptance_and_measured_costs() -> None:
         n = costly.choose(room=100)
         costly.update(n, n // 2, n + 1, 0.010 + 0.001 * (n + 1), 0.020 * n)
     assert costly.choose(room=100) == 0
+
+
+def test_draft_length_keeps_acceptance_per_kind() -> None:
+    # one-token matches always rejected, three-token matches always accepted: only the latter are drafted
+    length = DraftLength(initial=4, maximum=8)
+    for _ in range(40):
+        for kind, rate in ((1, 0.0), (3, 1.0)):
+            n = length.choose(room=8, kind=kind)
+            length.update(n, int(rate * n), n + 1, 0.010 + 0.003 * (n + 1), 0.0, kind)
+    assert length.choose(room=8, kind=1) == 0
+    assert length.choose(room=8, kind=3) == 8
+    assert length.acceptance(1) < 0.2 < 0.8 < length.acceptance(3)
+
+
+def test_prompt_lookup_drafts_carry_the_matched_ngram_length() -> None:
+    drafter = PromptLookupDrafter(max_ngram=3)
+    context = [5, 6, 7, 8, 9, 1, 6, 7]  # [6, 7] occurred before, [1, 6, 7] did not
+    draft = drafter.propose(context, 4, None)
+    assert (draft.tokens, draft.kind) == ([8, 9, 1, 6], 2)
+    assert draft.prefix(1).kind == 2
+    assert drafter.propose([*context, 8], 2, None).kind == 3  # [6, 7, 8] now repeats
+    assert drafter.propose([1, 2, 3], 2, None) == Draft([])

@@ -19,15 +19,19 @@ from edgegen.sampling import Sampler, sample
 class Draft:
     tokens: list[int]
     q: np.ndarray | None = None  # (len(tokens), vocab) distributions the tokens were drawn from; None: deterministic
+    kind: int = 0  # the evidence behind it (prompt lookup: the matched n-gram's length); acceptance is kept per kind
 
     def prefix(self, n: int) -> Draft:
         """The draft's first ``n`` tokens (itself when that is all of it)."""
         if n >= len(self.tokens):
             return self
-        return Draft(self.tokens[:n], None if self.q is None else self.q[:n])
+        return Draft(self.tokens[:n], None if self.q is None else self.q[:n], self.kind)
 
 
 class Drafter(Protocol):
+    # Optional class attribute ``free`` (read with getattr, default False): proposing costs no forward, so the
+    # speculative loop proposes first and sizes the draft by its kind (DraftLength keeps acceptance per kind).
+
     def begin(self, prompt_ids: list[int]) -> None:
         """A new sequence starts with these tokens."""
         ...
@@ -45,9 +49,12 @@ class PromptLookupDrafter:
     """Copies what followed the most recent earlier occurrence of the context's last n tokens.
 
     Training-free and deterministic (q is one-hot); strong where output repeats input (code edits,
-    summaries, RAG). Tries n = max_ngram down to min_ngram. An index from each n-gram to where it last
-    started grows with the context, so a step costs the new tokens, not a scan of the whole context.
+    summaries, RAG). Tries n = max_ngram down to min_ngram; the draft's kind is the n that matched. An index
+    from each n-gram to where it last started grows with the context, so a step costs the new tokens, not a
+    scan of the whole context.
     """
+
+    free = True  # a dictionary look-up: the loop proposes before it sizes the draft (Drafter)
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:
@@ -74,7 +81,7 @@ class PromptLookupDrafter:
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
             start = self._last_start.get(tuple(context[-n:]))
             if start is not None:
-                return Draft(context[start + n : start + n + max_tokens])
+                return Draft(context[start + n : start + n + max_tokens], kind=n)
         return Draft([])
 
     def update(self, context: list[int], accepted: int) -> None:

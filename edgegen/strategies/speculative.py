@@ -84,6 +84,7 @@ class Speculative(Strategy):
         if num_draft_tokens < 1 or max_draft_tokens < num_draft_tokens:
             raise ValueError("need 1 <= num_draft_tokens <= max_draft_tokens")
         self.drafter = drafter
+        self._free = getattr(drafter, "free", False)
         # not adaptive: every step drafts num_draft_tokens (fewer only where the drafter has no more)
         self.length = DraftLength(num_draft_tokens, max_draft_tokens if adaptive else num_draft_tokens, adaptive)
 
@@ -101,14 +102,18 @@ class Speculative(Strategy):
             # Never draft past what the caller wants, the cache holds or one call takes (static NPU graphs).
             room = max(0, min(request.max_new_tokens - produced - 1, target.max_length - len(history) - 1,
                               step_limit(target) - 1))
-            n = self.length.choose(room)
             started = counters.draft_s
             with counters.timing("draft_s"):
-                draft = self.drafter.propose(history, n, sampler) if n else Draft([])
+                if self._free:  # propose first: the draft's kind decides how much of it pays
+                    draft = self.drafter.propose(history, min(room, self.length.maximum), sampler)
+                    draft = draft.prefix(self.length.choose(len(draft.tokens), draft.kind))
+                else:
+                    n = self.length.choose(room)
+                    draft = self.drafter.propose(history, n, sampler) if n else Draft([])
             drafted_s = counters.draft_s - started
             new, _, forward_s = verified_step(request, history, draft, hidden=self.reads_hidden)
             accepted = len(new) - 1
-            self.length.update(len(draft.tokens), accepted, len(draft.tokens) + 1, forward_s, drafted_s)
+            self.length.update(len(draft.tokens), accepted, len(draft.tokens) + 1, forward_s, drafted_s, draft.kind)
             with counters.timing("draft_s"):
                 self.drafter.update(history, accepted)
             produced += len(new)
