@@ -93,8 +93,9 @@ class Session(Protocol):
         """Like ``forward``, but only each row's ``k`` best tokens and their logits leave the device."""
         ...
 
-    # Optional attributes, read with getattr and a default (strategies.base): ``max_step`` and ``prefill_chunk``
-    # (the NPU's static graphs), and ``row_noise``: how far a logit of a forward's row after the first may lie
+    # Optional attributes, read with getattr and a default (strategies.base): ``max_step`` (the NPU's static
+    # graphs), ``prefill_chunk`` (prompt tokens per prefill forward: the NPU's whole prompt, OpenVINO's paged CPU
+    # path 2048), and ``row_noise``: how far a logit of a forward's row after the first may lie
     # from the same position computed as a call's first row (0 where rows are computed alike; the NPU's rows move
     # with their place in a call), so greedy verification leaves a near-tie there to the next call's first row.
 

@@ -148,9 +148,10 @@ PREFILL_CHUNK = 512  # prompt tokens per prefill forward: bounds the attention s
 
 
 def prefill_chunk(target: Session) -> int:
-    """Prompt tokens one prefill forward takes: ``PREFILL_CHUNK``, unless the session needs the whole prompt
-    in one call (Session.prefill_chunk: a static NPU prefill graph). Chunks cost no time on the CPU backends
-    (docs/performance.md) and keep a 8k-token prompt's attention scores to a 512-row slice."""
+    """Prompt tokens one prefill forward takes: ``PREFILL_CHUNK``, unless the session says otherwise
+    (Session.prefill_chunk: a static NPU prefill graph needs the whole prompt in one call; OpenVINO's paged CPU path
+    prefills 2048 at a time). 512-token chunks cost no time on ONNX Runtime (docs/performance.md) and keep a
+    8k-token prompt's attention scores to a 512-row slice."""
     return getattr(target, "prefill_chunk", PREFILL_CHUNK)
 
 
