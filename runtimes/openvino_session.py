@@ -30,9 +30,8 @@ _core: ov.Core | None = None
 _DEAD_SLOTS = 128  # trimmed slots kept (masked) in the state before it is rewritten: ~0.7 ms per 100 per step
 _EMBEDS, _EMBEDS_SCALE = "inputs_embeds", "embeds_scale"  # the paged IR's embeddings inputs
 # Prompt tokens per prefill forward on the paged path (Session.prefill_chunk; strategies.base.PREFILL_CHUNK elsewhere):
-# PagedAttention tiles its scores, so a longer chunk only holds more activations (an 8,000-token prompt whole:
-# +124 MB peak over 512-token chunks), and a 1,000-token prompt in one call is as fast as openvino-genai's
-# prefill, 3% faster than in 512-token chunks (docs/performance.md).
+# PagedAttention tiles its scores, so a longer chunk only holds more activations, and a 1,000-token prompt in one
+# call prefills as fast as openvino-genai's (512-token chunks were slower; docs/performance.md).
 _PAGED_PREFILL_CHUNK = 2048
 NPUW_ENV = "EDGEGEN_NPUW_DEVICES"  # e.g. "CPU": run the NPU code path without an NPU (tests, CI)
 
@@ -240,9 +239,9 @@ class OpenVINOSession(CachePosition, EmbeddingInputs):
 class _BoundInputs:
     """An infer request's input tensors, set once per shape and then written in place.
 
-    Handing the request new tensors every step (``infer(inputs)``) cost ~0.5 ms of a 9 ms one-token step on the
-    CPU (SmolLM2-135M, docs/performance.md): the plugin rebinds each one. A decode step's inputs keep their
-    shapes, so after the first step only their values are copied in.
+    Handing the request new tensors every step (``infer(inputs)``) made the plugin rebind each one, 1-4% of a
+    one-token CPU step (docs/performance.md). A decode step's inputs keep their shapes, so after the first step
+    only their values are copied in.
     """
 
     def __init__(self, request: ov.InferRequest) -> None:

@@ -106,14 +106,15 @@ class Speculative(Strategy):
             with counters.timing("draft_s"):
                 if self._free:  # propose first: the draft's kind decides how much of it pays
                     draft = self.drafter.propose(history, min(room, self.length.maximum), sampler)
-                    draft = draft.prefix(self.length.choose(len(draft.tokens), draft.kind))
-                else:
-                    n = self.length.choose(room)
+                    kind = draft.kind
+                    draft = draft.prefix(self.length.choose(len(draft.tokens), kind))
+                else:  # sized before the drafter runs: one acceptance for all its drafts
+                    kind, n = 0, self.length.choose(room)
                     draft = self.drafter.propose(history, n, sampler) if n else Draft([])
             drafted_s = counters.draft_s - started
             new, _, forward_s = verified_step(request, history, draft, hidden=self.reads_hidden)
             accepted = len(new) - 1
-            self.length.update(len(draft.tokens), accepted, len(draft.tokens) + 1, forward_s, drafted_s, draft.kind)
+            self.length.update(len(draft.tokens), accepted, len(draft.tokens) + 1, forward_s, drafted_s, kind)
             with counters.timing("draft_s"):
                 self.drafter.update(history, accepted)
             produced += len(new)
