@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,22 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class HydraHeads:
-    """K Hydra heads for one target, run in NumPy (float32). Open with :meth:`open`."""
+class _Dense:
+    """``x @ weight`` in NumPy float32: the exact products (the training side's reference)."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = np.ascontiguousarray(weight, np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight
+
+
+class HydraHeads:
+    """K Hydra heads for one target, run in NumPy (float32; ``int8``: their products on ONNX Runtime with int8
+    weights, a head in 0.67x NumPy's time with a cold cache, close but not equal; docs/hydra.md). Open with
+    :meth:`open`."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], info: dict[str, Any], int8: bool = False) -> None:
         self.info = info
         self.num_heads = int(info["num_heads"])
         self.layers = int(info["layers"])
@@ -140,25 +153,32 @@ class HydraHeads:
         if embed.shape != (V + 1, d) or self.vocab.min() < 0 or self.vocab.max() >= self.vocab_size:
             raise EdgegenError("heads file: the embedding or the vocabulary does not fit its metadata")
         self.embed = np.ascontiguousarray(embed)  # (V + 1, d): the unknown token's row last
-        self.out_t = np.ascontiguousarray(embed[:V].T)  # (d, V): the tied output projection, row-vector friendly
         self.index = np.full(self.vocab_size, V, dtype=np.int64)  # target id -> head index (V: unknown)
         self.index[self.vocab] = np.arange(V)
-        # Weights as (in, out) so a row vector x @ W is one contiguous matmul.
-        self.w_in_r, self.w_in_e, self.b_in, self.blocks, self.bias = [], [], [], [], []
+        if int8:  # one thread: a one-row product is too small to pay for waking a pool
+            from edgegen.runtimes.onnxruntime_linear import Int8Linear
+
+            dense = partial(Int8Linear, threads=1)
+        else:
+            dense = _Dense
+        # Products as x @ W with W (in, out): the tied output projection, and per head its input layer over
+        # [state ; token embedding] and its blocks.
+        self.out = dense(embed[:V].T)
+        self.w_in, self.b_in, self.blocks, self.bias = [], [], [], []
         for k in range(self.num_heads):
             w_in = tensors[f"heads.{k}.w_in"].astype(np.float32)
             if w_in.shape != (d, 2 * d):
                 raise EdgegenError(f"heads file: heads.{k}.w_in has shape {w_in.shape}, expected {(d, 2 * d)}")
-            self.w_in_r.append(np.ascontiguousarray(w_in[:, :d].T))
-            self.w_in_e.append(np.ascontiguousarray(w_in[:, d:].T))
+            self.w_in.append(dense(w_in.T))
             self.b_in.append(tensors[f"heads.{k}.b_in"].astype(np.float32))
-            self.blocks.append([(np.ascontiguousarray(tensors[f"heads.{k}.blocks.{j}.w"].astype(np.float32).T),
+            self.blocks.append([(dense(tensors[f"heads.{k}.blocks.{j}.w"].astype(np.float32).T),
                                  tensors[f"heads.{k}.blocks.{j}.b"].astype(np.float32)) for j in range(self.layers)])
             self.bias.append(tensors[f"heads.{k}.bias"].astype(np.float32))
 
     @classmethod
-    def open(cls, path: str | Path) -> HydraHeads:
-        """Load a heads file; one EdgegenError for a missing, foreign or malformed file."""
+    def open(cls, path: str | Path, int8: bool = False) -> HydraHeads:
+        """Load a heads file (``int8``: products on ONNX Runtime, see the class); one EdgegenError for a missing,
+        foreign or malformed file."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise EdgegenError(f"heads file not found: {path}")
@@ -173,7 +193,7 @@ class HydraHeads:
         if info.get("feature") != FEATURE:
             raise EdgegenError(f"{path} reads feature {info.get('feature')!r}; this edgegen provides {FEATURE}")
         try:
-            return cls(tensors, info)
+            return cls(tensors, info, int8)
         except KeyError as e:
             raise EdgegenError(f"{path}: heads file lacks tensor {e}") from None
 
@@ -185,10 +205,10 @@ class HydraHeads:
     def head(self, k: int, state: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Head ``k`` (0-based) on rows: ``state`` (n, d) = r_k (the hidden state for k = 0), ``tokens`` (n,)
         target ids of the token each row just drafted; returns (r_{k+1} (n, d), logits (n, V))."""
-        x = state @ self.w_in_r[k] + self.embed[self.index[tokens]] @ self.w_in_e[k] + self.b_in[k]
-        for w, b in self.blocks[k]:
-            x = x + _silu(x @ w + b)
-        return x, x @ self.out_t + self.bias[k]
+        x = self.w_in[k](np.concatenate([state, self.embed[self.index[tokens]]], axis=1)) + self.b_in[k]
+        for dense, b in self.blocks[k]:
+            x = x + _silu(dense(x) + b)
+        return x, self.out(x) + self.bias[k]
 
     def _check(self, hidden: np.ndarray, base_token: int) -> np.ndarray:
         h = np.asarray(hidden, dtype=np.float32).reshape(-1)

@@ -298,6 +298,24 @@ def test_int8_heads_file_is_half_the_size_and_close(tmp_path):
     np.testing.assert_allclose(a.logits, b.logits, atol=0.05 * np.abs(a.logits).max())
 
 
+def test_heads_with_int8_products_on_onnx_runtime_stay_close_to_numpy(tmp_path):
+    # HydraHeads(int8=True), what the hydra strategy runs: the same heads, each product on ONNX Runtime with int8
+    # weights and activations, so close to the float heads, not equal (each head fed the float heads' inputs)
+    kw = dict(hidden_size=64, vocab_size=96, head_vocab=40, num_heads=3, layers=2, seed=7)
+    path = random_heads(tmp_path / "heads.safetensors", **kw)
+    exact, fast = HydraHeads.open(path), HydraHeads.open(path, int8=True)
+    rng = np.random.default_rng(1)
+    state, tokens = rng.standard_normal((20, 64)).astype(np.float32) * 4, rng.integers(0, 96, 20)
+    same = 0
+    for k in range(3):
+        (want_state, want), (got_state, got) = exact.head(k, state, tokens), fast.head(k, state, tokens)
+        np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
+        np.testing.assert_allclose(got_state, want_state, atol=0.03 * np.abs(want_state).max())
+        same += int((got.argmax(1) == want.argmax(1)).sum())
+        state, tokens = want_state, exact.vocab[want.argmax(1)]
+    assert same >= 0.9 * 3 * 20
+
+
 # --- alignment: what the heads read and what they are trained towards -------------------------------------------
 
 
