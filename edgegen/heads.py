@@ -1,4 +1,5 @@
-"""Hydra draft heads in NumPy: small MLPs that draft from the target's own last hidden state.
+"""Hydra draft heads in NumPy (their products optionally on ONNX Runtime, int8): small MLPs that draft from the
+target's own last hidden state.
 
 A heads file (safetensors; trained by ``edgegen heads train``, export/hydra/) holds K sequentially dependent
 heads. Head k (1-based) proposes the token k+1 places after the last accepted position t, reading:
@@ -26,7 +27,7 @@ whole vocabulary and speculative sampling stays lossless.
 The file is read without torch or safetensors (neither is a runtime dependency): a safetensors file is an
 8-byte little-endian header length, a JSON header (dtype, shape, byte offsets; ``__metadata__``) and the
 raw little-endian tensors, read here with ``np.frombuffer`` (no pickle). Weights (fp32, fp16 or int8 blocks
-of 32 with fp16 scales) are kept as float32.
+of 32 with fp16 scales) are kept as float32, or quantized again to int8 for ONNX Runtime (``int8=True``).
 """
 
 from __future__ import annotations
