@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,7 @@ from edgegen.errors import EdgegenError
 
 FORMAT = "edgegen-hydra-heads/1"
 METADATA_KEY = "edgegen_heads"
+_INT8_RULE = "MatMulNBits 8-bit blocks of 32, accuracy 4, v1"  # in the int8 graphs' cache key
 FEATURE = "final_norm_hidden"  # what ``hidden`` must be: the target's last hidden state after its final norm
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "I8": np.int8,
            "BF16": None}
@@ -127,6 +129,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+Product = Callable[[np.ndarray], np.ndarray]  # x (rows, in) -> x @ W (rows, out)
+
+
 class _Dense:
     """``x @ weight`` in NumPy float32: the exact products (the training side's reference)."""
 
@@ -137,12 +142,37 @@ class _Dense:
         return x @ self.weight
 
 
+def _numpy_products(weights: dict[str, np.ndarray]) -> dict[str, Product]:
+    return {name: _Dense(w) for name, w in weights.items()}
+
+
+def _int8_products(path: Path, weights: dict[str, np.ndarray]) -> dict[str, Product]:
+    """The products on ONNX Runtime with int8 weights, their graphs built once per heads file into the cache (building
+    imports ``onnx``, 0.7 s; loading them does not). One thread: a one-row product does not pay for waking a pool."""
+    from edgegen.cache import build_once, cache_dir, input_key
+    from edgegen.files import atomic_folder
+    from edgegen.runtimes.onnxruntime_linear import Int8Linear, int8_linear_model
+
+    folder = cache_dir() / "heads-int8" / f"{path.stem}-{input_key([path], [_INT8_RULE])}"
+
+    def build() -> Path:
+        with atomic_folder(folder, check=False) as tmp:
+            for name, w in weights.items():
+                (tmp / f"{name}.onnx").write_bytes(int8_linear_model(w))
+        return folder
+
+    build_once(folder, f"the int8 graphs of {path.name}", build, progress=False,
+               complete=lambda out: all((out / f"{name}.onnx").is_file() for name in weights))
+    return {name: Int8Linear(folder / f"{name}.onnx", threads=1) for name in weights}
+
+
 class HydraHeads:
     """K Hydra heads for one target, run in NumPy (float32; ``int8``: their products on ONNX Runtime with int8
     weights, a head in 0.67x NumPy's time with a cold cache, close but not equal; docs/hydra.md). Open with
     :meth:`open`."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], info: dict[str, Any], int8: bool = False) -> None:
+    def __init__(self, tensors: dict[str, np.ndarray], info: dict[str, Any],
+                 products: Callable[[dict[str, np.ndarray]], dict[str, Product]] | None = None) -> None:
         self.info = info
         self.num_heads = int(info["num_heads"])
         self.layers = int(info["layers"])
@@ -156,25 +186,23 @@ class HydraHeads:
         self.embed = np.ascontiguousarray(embed)  # (V + 1, d): the unknown token's row last
         self.index = np.full(self.vocab_size, V, dtype=np.int64)  # target id -> head index (V: unknown)
         self.index[self.vocab] = np.arange(V)
-        if int8:  # one thread: a one-row product is too small to pay for waking a pool
-            from edgegen.runtimes.onnxruntime_linear import Int8Linear
-
-            dense = partial(Int8Linear, threads=1)
-        else:
-            dense = _Dense
         # Products as x @ W with W (in, out): the tied output projection, and per head its input layer over
         # [state ; token embedding] and its blocks.
-        self.out = dense(embed[:V].T)
-        self.w_in, self.b_in, self.blocks, self.bias = [], [], [], []
+        weights = {"out": embed[:V].T}
         for k in range(self.num_heads):
             w_in = tensors[f"heads.{k}.w_in"].astype(np.float32)
             if w_in.shape != (d, 2 * d):
                 raise EdgegenError(f"heads file: heads.{k}.w_in has shape {w_in.shape}, expected {(d, 2 * d)}")
-            self.w_in.append(dense(w_in.T))
-            self.b_in.append(tensors[f"heads.{k}.b_in"].astype(np.float32))
-            self.blocks.append([(dense(tensors[f"heads.{k}.blocks.{j}.w"].astype(np.float32).T),
-                                 tensors[f"heads.{k}.blocks.{j}.b"].astype(np.float32)) for j in range(self.layers)])
-            self.bias.append(tensors[f"heads.{k}.bias"].astype(np.float32))
+            weights[f"w_in.{k}"] = w_in.T
+            weights.update({f"block.{k}.{j}": tensors[f"heads.{k}.blocks.{j}.w"].astype(np.float32).T
+                            for j in range(self.layers)})
+        dense = (products or _numpy_products)(weights)
+        self.out = dense["out"]
+        self.w_in = [dense[f"w_in.{k}"] for k in range(self.num_heads)]
+        self.blocks = [[(dense[f"block.{k}.{j}"], tensors[f"heads.{k}.blocks.{j}.b"].astype(np.float32))
+                        for j in range(self.layers)] for k in range(self.num_heads)]
+        self.b_in = [tensors[f"heads.{k}.b_in"].astype(np.float32) for k in range(self.num_heads)]
+        self.bias = [tensors[f"heads.{k}.bias"].astype(np.float32) for k in range(self.num_heads)]
 
     @classmethod
     def open(cls, path: str | Path, int8: bool = False) -> HydraHeads:
@@ -194,7 +222,7 @@ class HydraHeads:
         if info.get("feature") != FEATURE:
             raise EdgegenError(f"{path} reads feature {info.get('feature')!r}; this edgegen provides {FEATURE}")
         try:
-            return cls(tensors, info, int8)
+            return cls(tensors, info, partial(_int8_products, path) if int8 else None)
         except KeyError as e:
             raise EdgegenError(f"{path}: heads file lacks tensor {e}") from None
 
