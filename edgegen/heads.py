@@ -167,9 +167,9 @@ def _int8_products(path: Path, weights: dict[str, np.ndarray]) -> dict[str, Prod
 
 
 class HydraHeads:
-    """K Hydra heads for one target, run in NumPy (float32; ``int8``: their products on ONNX Runtime with int8
-    weights, a head in 0.67x NumPy's time with a cold cache, close but not equal; docs/hydra.md). Open with
-    :meth:`open`."""
+    """K Hydra heads for one target, run in NumPy (float32), or with ``products`` computing their matrix products
+    (``open(path, int8=True)``: ONNX Runtime with int8 weights, a head in 0.67x NumPy's time with a cold cache,
+    close but not equal; docs/hydra.md). Open with :meth:`open`."""
 
     def __init__(self, tensors: dict[str, np.ndarray], info: dict[str, Any],
                  products: Callable[[dict[str, np.ndarray]], dict[str, Product]] | None = None) -> None:
