@@ -46,7 +46,7 @@ from edgegen.errors import EdgegenError
 
 FORMAT = "edgegen-hydra-heads/1"
 METADATA_KEY = "edgegen_heads"
-_INT8_RULE = "MatMulNBits 8-bit blocks of 32, accuracy 4, v1"  # in the int8 graphs' cache key
+_INT8_RULE = "MatMulNBitsQuantizer 8-bit blocks of 32, symmetric, accuracy 4"  # in the int8 graphs' cache key
 FEATURE = "final_norm_hidden"  # what ``hidden`` must be: the target's last hidden state after its final norm
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "I8": np.int8,
            "BF16": None}
@@ -161,8 +161,7 @@ def _int8_products(path: Path, weights: dict[str, np.ndarray]) -> dict[str, Prod
                 (tmp / f"{name}.onnx").write_bytes(int8_linear_model(w))
         return folder
 
-    build_once(folder, f"the int8 graphs of {path.name}", build, progress=False,
-               complete=lambda out: all((out / f"{name}.onnx").is_file() for name in weights))
+    build_once(folder, f"the int8 graphs of {path.name}", build, progress=False, complete=Path.is_dir)  # atomic
     return {name: Int8Linear(folder / f"{name}.onnx", threads=1) for name in weights}
 
 

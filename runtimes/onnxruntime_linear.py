@@ -9,6 +9,7 @@ ONNX Runtime: callers build once and keep the bytes on disk (edgegen.heads).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +19,31 @@ _BLOCK = 32
 
 
 def int8_linear_model(weight: np.ndarray) -> bytes:
-    """The ONNX model of ``x (rows, in) -> x @ weight (rows, out)``, ``weight (in, out)`` quantized symmetrically to
-    int8 per block of 32 inputs and output column: one MatMulNBits node (needs the ``onnx`` package)."""
+    """The ONNX model of ``x (rows, in) -> x @ weight (rows, out)``: a float MatMul that ONNX Runtime's own
+    MatMulNBitsQuantizer turns into int8 blocks of 32 (symmetric, accuracy level 4), as the exports' int8 graphs are
+    quantized (export/onnx.py). Needs the ``onnx`` package."""
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = weight.shape
-    blocks = -(-k // _BLOCK)
-    padded = np.zeros((blocks * _BLOCK, n), np.float32)
-    padded[:k] = weight
-    grouped = padded.T.reshape(n, blocks, _BLOCK)  # (out, blocks, 32): MatMulNBits' layout of B
-    scale = np.abs(grouped).max(axis=2) / 127.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(grouped / scale[..., None]), -127, 127).astype(np.int16) + 128  # zero point 128
-    node = helper.make_node("MatMulNBits", ["x", "w", "scale"], ["y"], domain="com.microsoft", K=k, N=n, bits=8,
-                            block_size=_BLOCK, accuracy_level=4)
     graph = helper.make_graph(
-        [node], "int8_linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "int8_linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
-        [numpy_helper.from_array(q.astype(np.uint8), "w"),
-         numpy_helper.from_array(scale.astype(np.float32).reshape(-1), "scale")])
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+        [numpy_helper.from_array(np.ascontiguousarray(weight, np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    try:  # importing the quantizer runs logging.basicConfig(level=INFO), and it logs every node: kept quiet
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=_BLOCK, is_symmetric=True, accuracy_level=4,
+                                         op_types_to_quantize=("MatMul",))
+        quantizer.process()
+    finally:
+        root.setLevel(root_state[0])
+        root.handlers[:] = root_state[1]
+    return quantizer.model.model.SerializeToString()
 
 
 class Int8Linear:

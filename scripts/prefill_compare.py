@@ -3,8 +3,9 @@
     python scripts/prefill_compare.py FOLDER --tokens 1000 --rounds 8 --engine ov:512 --engine ov:2048 --engine genai
 
 Engines: ``ov:CHUNK`` (OpenVINOSession, the prompt forwarded CHUNK tokens at a time), ``ort:CHUNK`` (ONNX Runtime)
-and ``genai`` (openvino-genai's LLMPipeline, time to its first streamed token). Every round takes a fresh prompt cut
-from the bench's text, and the engines take turns (reversed every other round); the first round is a warm-up.
+and ``genai`` (openvino-genai as ``edgegen bench`` runs it, time to its first token). Every round takes a fresh
+prompt cut from the bench's text, and the engines take turns (reversed every other round); the first round is a
+warm-up.
 """
 
 from __future__ import annotations
@@ -16,31 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from edgegen.bench.runner import measure
 from edgegen.bench.ttft import packaged_text_ids
 from edgegen.manifest import read_manifest
 from edgegen.runtimes import open_session
+from edgegen.runtimes.baselines import open_anchor
 
 
 def _genai(folder: Path):
-    import openvino as ov
-    import openvino_genai as ovg
-
-    pipe = ovg.LLMPipeline(str(folder / "openvino"), "CPU")
-
-    def run(ids: list[int]) -> float:
-        config = ovg.GenerationConfig()
-        config.max_new_tokens, config.do_sample, config.ignore_eos = 1, False, True
-        first: list[float] = []
-
-        def streamer(token: int) -> object:
-            first.append(time.perf_counter())
-            return ovg.StreamingStatus.RUNNING
-
-        start = time.perf_counter()
-        pipe.generate(ov.Tensor(np.array([ids], np.int64)), config, streamer)
-        return first[0] - start
-
-    return run
+    """openvino-genai as the bench runs it (runtimes.baselines), timed by the bench's one timing loop."""
+    engine = open_anchor("openvino-genai", folder)
+    return lambda ids: measure(engine, ids, 1).ttft_s
 
 
 def _session(folder: Path, backend: str, chunk: int):
