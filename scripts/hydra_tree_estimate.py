@@ -12,6 +12,10 @@ Step time is the target forward over 1 + draft rows, measured here per row count
 heads' own NumPy time measured per shape; expected tokens/s = mean tokens per step / mean step time. A tree
 needs a tree attention mask in the target graph (docs/hydra.md); this estimates whether one would pay before
 building it.
+
+``--assume A ...`` adds what chains would give at the same costs if every head were right with probability A
+given the heads before it were (head 1's acceptance A, chain k's A^k): the speed a better-trained set of heads
+could reach on this machine at most, with the heads' cost as measured.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--limit", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--assume", type=float, nargs="*", default=[0.6, 0.7, 0.9, 1.0],
+                        help="per-head acceptances for the bound table")
     args = parser.parse_args()
 
     from threadpoolctl import ThreadpoolController
@@ -71,7 +77,7 @@ def main() -> None:
     from edgegen.heads import HydraHeads
 
     blas = ThreadpoolController()
-    heads = HydraHeads.open(args.heads)
+    heads = HydraHeads.open(args.heads, int8=True)  # as the strategy opens them
     gen = edgegen.load(args.model, backend=args.backend)
     session = gen.session
     prompts = load_prompts("all", args.limit)
@@ -114,7 +120,21 @@ def main() -> None:
             per_step = 1 + float(np.mean(lengths))
             rate = 1000 * per_step / total
             print(f"| {name} | {rows} | {per_step - 1:.2f} | {h_ms:.2f} | {total:.1f} | {rate:.1f} |")
-    print(f"\nAR (1 row): {1000 / cost_ms[1]:.1f} tokens/s (est.)")
+    ar_rate = 1000 / cost_ms[1]
+    print(f"\nAR (1 row): {ar_rate:.1f} tokens/s (est.)")
+    if args.assume:
+        print("\nchains at assumed acceptance (every head right with probability A given the heads before it)")
+        print("| A | best chain | rows | tokens/step | step ms | tokens/s (est.) | x AR |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for a in args.assume:
+            rates = []
+            for n in range(1, heads.num_heads + 1):
+                name = f"chain {n}"
+                per_step = sum(a**i for i in range(n + 1))
+                total = cost_ms[rows_needed[name]] + statistics.median(heads_ms[name])
+                rates.append((1000 * per_step / total, name, rows_needed[name], per_step, total))
+            rate, name, rows, per_step, total = max(rates)
+            print(f"| {a:.2f} | {name} | {rows} | {per_step:.2f} | {total:.1f} | {rate:.1f} | {rate / ar_rate:.2f}x |")
 
 
 if __name__ == "__main__":
