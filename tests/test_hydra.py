@@ -26,7 +26,8 @@ from edgegen.strategies import make_strategy
 from edgegen.strategies import verify as verify_module
 from edgegen.strategies.autoregressive import Autoregressive
 from edgegen.strategies.base import DecodeRequest
-from edgegen.strategies.hydra import Hydra, open_heads
+from edgegen.strategies.drafters import Draft
+from edgegen.strategies.hydra import Hydra, LookupOrHydra, open_heads
 
 
 def hydra(seed: int = 2, lookup: bool = False, **options) -> Hydra:
@@ -57,6 +58,33 @@ def test_greedy_hydra_equals_ar(heads_seed: int, lookup: bool) -> None:
     assert 0 < c.draft_accepted < c.draft_proposed  # drafts were accepted and rejected: rollback ran
     assert c.extra["head1_proposed"] >= c.extra["head2_proposed"] > 0  # per-head counts: a chain's prefix
     assert c.extra["head1_accepted"] >= c.extra["head2_accepted"]
+
+
+def test_heads_are_not_run_when_lookup_already_drafts_as_long() -> None:
+    class Lookup:  # drafts `n` tokens whatever the context
+        n = 0
+
+        def propose(self, context, max_tokens, sampler):
+            return Draft([7] * min(self.n, max_tokens))
+
+    class Heads:  # a drafter over 3 heads that drafts one token, counting its runs
+        heads = TinyHeads(1)
+        runs = 0
+
+        def propose(self, context, max_tokens, sampler):
+            self.runs += 1
+            return Draft([5])
+
+        def discard(self):
+            pass
+
+    lookup, heads = Lookup(), Heads()
+    both = LookupOrHydra(heads, lookup)
+    greedy = Sampler(SamplingConfig())
+    for n, room, runs, chosen in [(3, 5, 0, 7), (2, 2, 0, 7), (2, 5, 1, 7), (0, 5, 2, 5), (1, 5, 3, 5)]:
+        lookup.n = n
+        draft = both.propose([1, 2], room, greedy)
+        assert heads.runs == runs and draft.tokens[0] == chosen, (n, room)  # on a tie (1 vs 1): the heads
 
 
 def test_heads_agreeing_with_the_target_are_accepted() -> None:

@@ -9,7 +9,8 @@ output is AR's and sampling keeps AR's distribution (sampled drafts are drawn fr
 distributions q, which verification divides by).
 
 Prompt lookup drafts beside the heads. Greedy takes the longer of the two drafts (both are deterministic, so
-either is verified exactly); sampling takes lookup where the context repeats and the heads elsewhere, a choice
+either is verified exactly; the heads on a tie), and does not run the heads when lookup's draft is already as
+long as theirs could be; sampling takes lookup where the context repeats and the heads elsewhere, a choice
 made before the heads draw: choosing after seeing a sampled chain would skew its tokens away from q.
 """
 
@@ -139,8 +140,9 @@ class LookupOrHydra:
 
     def propose(self, context: list[int], max_tokens: int, sampler: Sampler) -> Draft:
         copied = self.lookup.propose(context, max_tokens, sampler)
-        if copied.tokens and not sampler.config.greedy:
-            return copied
+        longest = min(max_tokens, self.hydra.heads.num_heads)  # the heads' draft is never longer than this
+        if copied.tokens and (not sampler.config.greedy or len(copied.tokens) >= longest):
+            return copied  # sampling: lookup wherever it matches; greedy: the heads could not draft longer
         drafted = self.hydra.propose(context, max_tokens, sampler)
         if len(copied.tokens) > len(drafted.tokens):
             self.hydra.discard()
