@@ -32,8 +32,9 @@ from edgegen.strategies.drafters import Draft, Drafter, PromptLookupDrafter
 from edgegen.strategies.speculative import Speculative
 
 # A chain stops at the first head whose top probability is below this (0: never), so an unsure head drafts
-# nothing and prompt lookup's draft, when longer, is verified instead. Not tuned on trained heads yet.
-DEFAULT_CONFIDENCE = 0.3
+# nothing and prompt lookup's draft, when longer, is verified instead. Chosen on the shipped heads against the
+# row costs of a CPU, where a rejected row costs 12-30% of a step (docs/hydra.md, "Run 11").
+DEFAULT_CONFIDENCE = 0.7
 
 
 class DraftHeads(Protocol):
