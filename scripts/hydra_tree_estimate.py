@@ -109,17 +109,17 @@ def main() -> None:
     cost_ms = {r: statistics.median(v) for r, v in cost.items()}
     print(f"target forward ms per row count ({args.backend}): "
           + ", ".join(f"{r}: {ms:.1f}" for r, ms in cost_ms.items()))
+    heads_med = {name: statistics.median(v) for name, v in heads_ms.items()}
+    step_total = {name: cost_ms[rows_needed[name]] + heads_med[name] for name in SHAPES}  # target + heads, ms
     for category, by_shape in found.items():
         print(f"\n{category} ({len(next(iter(by_shape.values())))} positions)")
         print("| draft | rows | accepted/step | heads ms | step ms | tokens/s (est.) |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, lengths in by_shape.items():
-            rows = rows_needed[name]
-            h_ms = statistics.median(heads_ms[name])
-            total = cost_ms[rows] + h_ms
             per_step = 1 + float(np.mean(lengths))
-            rate = 1000 * per_step / total
-            print(f"| {name} | {rows} | {per_step - 1:.2f} | {h_ms:.2f} | {total:.1f} | {rate:.1f} |")
+            rate = 1000 * per_step / step_total[name]
+            print(f"| {name} | {rows_needed[name]} | {per_step - 1:.2f} | {heads_med[name]:.2f} | "
+                  f"{step_total[name]:.1f} | {rate:.1f} |")
     ar_rate = 1000 / cost_ms[1]
     print(f"\nAR (1 row): {ar_rate:.1f} tokens/s (est.)")
     if args.assume:
@@ -131,8 +131,7 @@ def main() -> None:
             for n in range(1, heads.num_heads + 1):
                 name = f"chain {n}"
                 per_step = sum(a**i for i in range(n + 1))
-                total = cost_ms[rows_needed[name]] + statistics.median(heads_ms[name])
-                rates.append((1000 * per_step / total, name, rows_needed[name], per_step, total))
+                rates.append((1000 * per_step / step_total[name], name, rows_needed[name], per_step, step_total[name]))
             rate, name, rows, per_step, total = max(rates)
             print(f"| {a:.2f} | {name} | {rows} | {per_step:.2f} | {total:.1f} | {rate:.1f} | {rate / ar_rate:.2f}x |")
 
